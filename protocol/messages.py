@@ -1,0 +1,133 @@
+"""Typed messages exchanged between agent and control plane (protocol v1)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from protocol.version import PROTOCOL_VERSION
+
+ASSIGNMENT_PAYLOAD_TYPE = "application/vnd.outpost.assignment+json;v=1"
+
+# Field of the TUF root metadata ("signed" part) that lists the director's keys.
+# Anchoring them in root means the offline root key decides who may direct devices.
+DIRECTOR_ROOT_FIELD = "x-outpost-director"
+
+# What an artifact is for, and how it is stored.
+ARTIFACT_KINDS = ("llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config")
+ARTIFACT_FORMATS = ("gguf", "onnx", "tflite", "mlpackage", "sqlite", "json")
+
+ArtifactKind = Literal["llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config"]
+ArtifactFormat = Literal["gguf", "onnx", "tflite", "mlpackage", "sqlite", "json"]
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TARGET_PATH = re.compile(r"^[0-9a-f]{64}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HardwareFacts(_Message):
+    arch: str = Field(max_length=32)
+    os: str = Field(max_length=32)
+    cpu_count: int = Field(ge=1, le=4096)
+    ram_mb: int = Field(ge=1)
+    accelerators: list[str] = Field(default_factory=list, max_length=16)
+
+
+class EnrollRequest(_Message):
+    """Sent once by a new device with its one-time enrollment token."""
+
+    protocol_version: int = PROTOCOL_VERSION
+    token: str = Field(min_length=16, max_length=256)
+    device_public_key: str = Field(pattern=r"^[0-9a-f]{64}$", description="raw Ed25519, hex")
+    name: str = Field(min_length=1, max_length=128)
+    hardware: HardwareFacts
+    tags: list[str] = Field(default_factory=list, max_length=32)
+
+
+class EnrollResponse(_Message):
+    device_id: str
+    protocol_version: int = PROTOCOL_VERSION
+
+
+class TargetRef(_Message):
+    """One artifact of a release, pinned by TUF target path, hash and length."""
+
+    name: str = Field(description="logical artifact name, e.g. the model id clients use")
+    path: str = Field(description="TUF target path: '<sha256>/<file name>'")
+    sha256: str
+    length: int = Field(ge=1)
+    kind: ArtifactKind
+    format: ArtifactFormat
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, v: str) -> str:
+        if not _NAME.match(v):
+            raise ValueError("artifact name must be 1-128 of [A-Za-z0-9._-], starting alphanumeric")
+        return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _sha_ok(cls, v: str) -> str:
+        if not _SHA256.match(v):
+            raise ValueError("sha256 must be 64 lowercase hex characters")
+        return v
+
+    @field_validator("path")
+    @classmethod
+    def _path_ok(cls, v: str) -> str:
+        if not _TARGET_PATH.match(v):
+            raise ValueError("target path must be '<sha256>/<file name>'")
+        return v
+
+
+class Assignment(_Message):
+    """The director's signed statement: this device should run this release.
+
+    ``version`` is monotonic per device; an agent never accepts a lower one.
+    """
+
+    protocol_version: int = PROTOCOL_VERSION
+    device_id: str
+    version: int = Field(ge=1)
+    release_id: str
+    release_name: str
+    release_version: str
+    targets: list[TargetRef] = Field(min_length=1, max_length=64)
+    config: dict[str, Any] = Field(default_factory=dict)
+    issued_at: datetime
+    expires_at: datetime
+
+
+class InstallState(str, Enum):
+    DOWNLOADING = "downloading"
+    VERIFIED = "verified"
+    ACTIVE = "active"
+    FAILED = "failed"
+    REFUSED = "refused"
+    ROLLED_BACK = "rolled_back"
+
+
+class StatusReport(_Message):
+    """An install-status report. ``report_id`` makes delivery idempotent."""
+
+    report_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    device_id: str
+    assignment_version: int | None = None
+    release_id: str | None = None
+    state: InstallState
+    detail: str = Field(default="", max_length=2000)
+    at: datetime
+
+
+class StatusReportAck(_Message):
+    report_id: str
+    duplicate: bool
