@@ -5,9 +5,10 @@ defined here, once: typed messages, the signing envelope, device request
 authentication and the URL paths. Both sides and the tests import from here.
 """
 
+from protocol import paths
 from protocol.canonical import canonical_json
 from protocol.device_auth import DeviceAuthHeader, sign_device_request, verify_device_request
-from protocol.envelope import SignedEnvelope, Signature, sign_envelope, verify_envelope
+from protocol.envelope import Signature, SignedEnvelope, sign_envelope, verify_envelope
 from protocol.errors import (
     EnvelopeFormatError,
     ProtocolError,
@@ -38,7 +39,6 @@ from protocol.messages import (
     TargetRef,
 )
 from protocol.version import PROTOCOL_VERSION
-from protocol import paths
 
 __all__ = [
     "ARTIFACT_FORMATS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -21,7 +21,9 @@ DIRECTOR_ROOT_FIELD = "x-outpost-director"
 ARTIFACT_KINDS = ("llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config")
 ARTIFACT_FORMATS = ("gguf", "onnx", "tflite", "mlpackage", "sqlite", "json")
 
-ArtifactKind = Literal["llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config"]
+ArtifactKind = Literal[
+    "llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config"
+]
 ArtifactFormat = Literal["gguf", "onnx", "tflite", "mlpackage", "sqlite", "json"]
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -107,7 +109,7 @@ class Assignment(_Message):
     expires_at: datetime
 
 
-class InstallState(str, Enum):
+class InstallState(StrEnum):
     DOWNLOADING = "downloading"
     VERIFIED = "verified"
     ACTIVE = "active"
