@@ -1,0 +1,34 @@
+"""Agent settings, read once at startup (env prefix ``OUTPOST_AGENT_``) and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AgentSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_AGENT_", extra="ignore")
+
+    state_dir: Path = Field(default=Path("/var/lib/outpost"))
+    server_url: str | None = None
+
+    # local API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8800, ge=0, le=65535)
+    api_token: SecretStr | None = None  # default: <state_dir>/api-token, made at enroll
+    max_request_bytes: int = Field(default=1_000_000, ge=1024)
+    max_upload_bytes: int = Field(default=50_000_000, ge=1024)
+
+    # update loop
+    poll_interval_seconds: float = Field(default=30.0, gt=0)
+    max_backoff_seconds: float = Field(default=600.0, gt=0)
+    download_chunk_bytes: int = Field(default=1 << 20, ge=4096)
+
+    # runtime
+    n_threads: int | None = None  # default: all cores
+    n_ctx: int = Field(default=2048, ge=128)
+    max_queue: int = Field(default=8, ge=1)
+    idle_unload_seconds: float = Field(default=0.0, ge=0)  # 0 = never unload
+    memory_budget_mb: int | None = None
