@@ -20,6 +20,7 @@ class AgentSettings(BaseSettings):
     api_token: SecretStr | None = None  # default: <state_dir>/api-token, made at enroll
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
     max_upload_bytes: int = Field(default=50_000_000, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)  # vision decode cap
 
     # update loop
     poll_interval_seconds: float = Field(default=30.0, gt=0)

@@ -1,0 +1,294 @@
+"""HTTP routes: ``POST /v1/vision/classify`` and ``POST /v1/vision/detect`` (multipart upload).
+
+The request body is parsed as it streams in and refused with 413 as soon as it passes
+the upload cap, so a huge upload never sits in memory. Errors are agent errors; the local
+API's one exception handler turns them into status codes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
+
+from edge_agent.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaError
+from edge_agent.vision.classification import check_top_k
+from edge_agent.vision.decode import DecodedImage, decode_image
+from edge_agent.vision.model import StageTimes
+from edge_agent.vision.provider import VisionModelProvider
+
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+_FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the small fields
+_MAX_FIELD_BYTES = 1024
+_MAX_PARTS = 16
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class Timings(BaseModel):
+    decode_ms: float
+    preprocess_ms: float
+    inference_ms: float
+    postprocess_ms: float
+
+
+class ClassPrediction(BaseModel):
+    label: str
+    index: int
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    predictions: list[ClassPrediction]
+    image: ImageSize
+    timings_ms: Timings
+
+
+class Box(BaseModel):
+    x_min: float
+    y_min: float
+    x_max: float
+    y_max: float
+
+
+class DetectedObject(BaseModel):
+    label: str
+    score: float
+    box: Box
+    keypoints: list[tuple[float, float]]
+
+
+class DetectResponse(BaseModel):
+    model: str
+    detections: list[DetectedObject]
+    image: ImageSize
+    timings_ms: Timings
+
+
+@dataclass
+class ImageUpload:
+    """The parts of a vision request: the image bytes and optional small fields."""
+
+    data: bytes
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _PartState:
+    name: str = ""
+    header_field: bytearray = field(default_factory=bytearray)
+    header_value: bytearray = field(default_factory=bytearray)
+    body: bytearray = field(default_factory=bytearray)
+
+
+async def read_upload(request: Request, max_upload_bytes: int) -> ImageUpload:
+    """Stream a multipart body into an :class:`ImageUpload`, refusing oversize input early."""
+    ctype, params = parse_options_header(request.headers.get("content-type"))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise UnsupportedMediaError(
+            "send the image as multipart/form-data with the image in a field named 'file'"
+        )
+    body_limit = max_upload_bytes + _FORM_OVERHEAD
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+        raise PayloadTooLargeError(
+            f"the upload is {int(declared)} bytes; the limit is {max_upload_bytes} bytes"
+        )
+
+    parts: dict[str, bytes] = {}
+    state = _PartState()
+    count = 0
+
+    def on_part_begin() -> None:
+        nonlocal state, count
+        count += 1
+        if count > _MAX_PARTS:
+            raise BadRequestError(f"too many form fields (at most {_MAX_PARTS})")
+        state = _PartState()
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        state.header_field += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        state.header_value += data[start:end]
+
+    def on_header_end() -> None:
+        if bytes(state.header_field).lower() == b"content-disposition":
+            _, opts = parse_options_header(bytes(state.header_value))
+            state.name = opts.get(b"name", b"").decode("utf-8", "replace")
+        state.header_field.clear()
+        state.header_value.clear()
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        limit = max_upload_bytes if state.name == "file" else _MAX_FIELD_BYTES
+        if len(state.body) + (end - start) > limit:
+            if state.name == "file":
+                raise PayloadTooLargeError(
+                    f"the uploaded file exceeds the limit of {max_upload_bytes} bytes"
+                )
+            raise BadRequestError(f"form field {state.name!r} is longer than {limit} bytes")
+        state.body += data[start:end]
+
+    def on_part_end() -> None:
+        if state.name:
+            parts[state.name] = bytes(state.body)
+
+    parser = MultipartParser(
+        boundary,
+        {
+            "on_part_begin": on_part_begin,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+        },
+    )
+    received = 0
+    try:
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > body_limit:
+                raise PayloadTooLargeError(
+                    f"the upload exceeds the limit of {max_upload_bytes} bytes"
+                )
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise BadRequestError(f"the multipart body is malformed: {e}") from e
+    data = parts.pop("file", None)
+    if data is None:
+        raise BadRequestError("the form has no 'file' field: upload the image as 'file'")
+    fields = {k: v.decode("utf-8", "replace") for k, v in parts.items()}
+    return ImageUpload(data, fields)
+
+
+def _field(upload: ImageUpload, name: str, query_value: str | None) -> str | None:
+    value = upload.fields.get(name, query_value)
+    return value.strip() or None if value is not None else None
+
+
+def _parse_top_k(raw: str | None) -> int:
+    if raw is None:
+        return 5
+    try:
+        value = int(raw)
+    except ValueError as e:
+        raise BadRequestError(f"top_k must be an integer, got {raw!r}") from e
+    return check_top_k(value)
+
+
+def _decode(data: bytes, max_pixels: int) -> tuple[DecodedImage, float]:
+    t0 = time.perf_counter()
+    image = decode_image(data, max_pixels=max_pixels)
+    return image, (time.perf_counter() - t0) * 1e3
+
+
+def _timings(times: StageTimes, decode_ms: float) -> Timings:
+    return Timings(
+        decode_ms=decode_ms,
+        preprocess_ms=times.preprocess_ms,
+        inference_ms=times.inference_ms,
+        postprocess_ms=times.postprocess_ms,
+    )
+
+
+_MULTIPART_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "model": {"type": "string"},
+                        "top_k": {"type": "integer", "minimum": 1},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def vision_router(
+    provider: VisionModelProvider,
+    *,
+    max_upload_bytes: int = 50_000_000,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+) -> APIRouter:
+    """Routes for image classification and detection with the active release's models.
+
+    Wire with ``AgentSettings``: ``vision_router(provider,
+    max_upload_bytes=settings.max_upload_bytes, max_image_pixels=settings.max_image_pixels)``.
+    """
+    router = APIRouter(prefix="/v1/vision", tags=["vision"])
+
+    @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_MULTIPART_DOC)
+    async def classify(
+        request: Request,
+        model: str | None = Query(default=None, max_length=128),
+        top_k: str | None = Query(default=None, max_length=8),
+    ) -> ClassifyResponse:
+        upload = await read_upload(request, max_upload_bytes)
+        name = _field(upload, "model", model)
+        k = _parse_top_k(_field(upload, "top_k", top_k))
+        vision_model = provider.vision_model(name, "classify")
+
+        def work() -> ClassifyResponse:
+            image, decode_ms = _decode(upload.data, max_image_pixels)
+            result = vision_model.classify(image.pixels, k)
+            return ClassifyResponse(
+                model=vision_model.name,
+                predictions=[
+                    ClassPrediction(label=p.label, index=p.index, score=p.score)
+                    for p in result.predictions
+                ],
+                image=ImageSize(width=image.width, height=image.height),
+                timings_ms=_timings(result.times, decode_ms),
+            )
+
+        return await run_in_threadpool(work)
+
+    @router.post("/detect", response_model=DetectResponse, openapi_extra=_MULTIPART_DOC)
+    async def detect(
+        request: Request,
+        model: str | None = Query(default=None, max_length=128),
+    ) -> DetectResponse:
+        upload = await read_upload(request, max_upload_bytes)
+        vision_model = provider.vision_model(_field(upload, "model", model), "detect")
+
+        def work() -> DetectResponse:
+            image, decode_ms = _decode(upload.data, max_image_pixels)
+            result = vision_model.detect(image.pixels)
+            return DetectResponse(
+                model=vision_model.name,
+                detections=[
+                    DetectedObject(
+                        label=d.label,
+                        score=d.score,
+                        box=Box(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
+                        keypoints=list(d.keypoints),
+                    )
+                    for d in result.detections
+                ],
+                image=ImageSize(width=image.width, height=image.height),
+                timings_ms=_timings(result.times, decode_ms),
+            )
+
+        return await run_in_threadpool(work)
+
+    return router
