@@ -1,0 +1,498 @@
+"""The local API app: OpenAI-compatible routes over the model registry, token-protected."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from dataclasses import asdict
+from typing import Annotated, Any, Literal, TypeVar
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from edge_agent.api.streaming import PieceStream
+from edge_agent.api.wire import (
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatDelta,
+    ChatMessageOut,
+    Completion,
+    CompletionChoice,
+    CompletionRequest,
+    EmbeddingItem,
+    EmbeddingList,
+    EmbeddingRequest,
+    EmbeddingUsage,
+    ErrorBody,
+    ErrorDetail,
+    Health,
+    ModelCard,
+    ModelList,
+    Usage,
+)
+from edge_agent.errors import (
+    AgentError,
+    BadRequestError,
+    ConfigError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ResourceExhaustedError,
+    UnauthorizedError,
+    UnsupportedMediaError,
+)
+from edge_agent.runtime import (
+    ChatTurn,
+    GeneratedText,
+    ModelRegistry,
+    Sampling,
+    TextGenerator,
+    TextPiece,
+    join_pieces,
+)
+from edge_agent.settings import AgentSettings
+
+__all__ = ["InvalidParameterError", "create_local_api"]
+
+log = logging.getLogger(__name__)
+
+W = TypeVar("W", bound=BaseModel)
+StatusSource = Callable[[], dict[str, Any]]
+
+
+class InvalidParameterError(BadRequestError):
+    """A request field has a wrong type or value; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# --- errors: one handler, status from the exception class -------------------------------
+
+
+def _code(exc: AgentError) -> str:
+    name = type(exc).__name__.removesuffix("Error")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _describe_validation(errors: Sequence[Any], *, skip_body: bool) -> tuple[str, str | None]:
+    parts = []
+    first_param: str | None = None
+    for err in errors:
+        loc = [str(p) for p in err.get("loc", ())]
+        if skip_body and loc and loc[0] == "body":
+            loc = loc[1:]
+        param = ".".join(loc) or None
+        first_param = first_param or param
+        parts.append(f"{param}: {err.get('msg')}" if param else str(err.get("msg")))
+    return "invalid request: " + "; ".join(parts), first_param
+
+
+def _as_agent_error(exc: Exception) -> AgentError:
+    if isinstance(exc, AgentError):
+        return exc
+    if isinstance(exc, RequestValidationError):
+        message, param = _describe_validation(exc.errors(), skip_body=True)
+        return InvalidParameterError(message, param)
+    log.exception("unexpected error in the local API", exc_info=exc)
+    return AgentError(f"internal error ({type(exc).__name__}); see the agent log")
+
+
+async def _error_response(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, StarletteHTTPException):  # routing: unknown path, wrong method
+        detail = ErrorDetail(
+            message=f"{request.method} {request.url.path}: {exc.detail}",
+            type="invalid_request_error",
+            code=re.sub(r"\W+", "_", str(exc.detail)).strip("_").lower() or None,
+        )
+        return JSONResponse(
+            ErrorBody(error=detail).model_dump(), exc.status_code, headers=exc.headers
+        )
+    error = _as_agent_error(exc)
+    headers: dict[str, str] = {}
+    if isinstance(error, UnauthorizedError):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(error, ResourceExhaustedError):
+        headers["Retry-After"] = "1"
+    return JSONResponse(_error_body(error).model_dump(), error.http_status, headers=headers)
+
+
+def _error_body(error: AgentError) -> ErrorBody:
+    return ErrorBody(
+        error=ErrorDetail(
+            message=str(error),
+            type=error.error_type,
+            param=getattr(error, "param", None),
+            code=_code(error),
+        )
+    )
+
+
+# --- request plumbing -------------------------------------------------------------------
+
+
+def _bearer_check(api_token: str) -> Callable[[Request], None]:
+    expected = api_token.encode("utf-8")
+
+    def require_token(request: Request) -> None:
+        header = request.headers.get("authorization")
+        if header is None:
+            raise UnauthorizedError(
+                "missing API token: send the header 'Authorization: Bearer <token>'"
+            )
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode("utf-8"), expected
+        ):
+            raise UnauthorizedError("invalid API token: check the agent's api-token")
+
+    return require_token
+
+
+def _json_body(model: type[W], max_bytes: int) -> Callable[[Request], Awaitable[W]]:
+    """A dependency that reads at most ``max_bytes`` of JSON and validates it as ``model``."""
+
+    async def parse(request: Request) -> W:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise _too_large(int(declared), max_bytes)
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.lower():
+            raise UnsupportedMediaError(
+                f"request body must be JSON (Content-Type: application/json), got {content_type!r}"
+            )
+        received = bytearray()
+        async for chunk in request.stream():
+            received += chunk
+            if len(received) > max_bytes:
+                raise _too_large(len(received), max_bytes)
+        if not received:
+            raise InvalidParameterError("request body is empty: send a JSON object")
+        try:
+            return model.model_validate_json(bytes(received))
+        except ValidationError as e:
+            errors = e.errors()
+            if errors and errors[0]["type"] == "json_invalid":
+                raise InvalidParameterError(
+                    f"request body is not valid JSON: {errors[0]['msg']}"
+                ) from e
+            if errors and errors[0]["type"] == "model_type":
+                raise InvalidParameterError("request body must be a JSON object") from e
+            message, param = _describe_validation(errors, skip_body=False)
+            raise InvalidParameterError(message, param) from e
+
+    return parse
+
+
+def _too_large(size: int, limit: int) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"request body is {size}+ bytes; this agent accepts at most {limit} bytes "
+        f"(setting max_request_bytes)"
+    )
+
+
+def _sse(message: BaseModel) -> bytes:
+    return b"data: " + message.model_dump_json().encode("utf-8") + b"\n\n"
+
+
+_SSE_DONE = b"data: [DONE]\n\n"
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
+    return Usage(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+
+
+def _chat_turns(request: ChatCompletionRequest) -> list[ChatTurn]:
+    if request.tools or request.functions:
+        raise InvalidParameterError("tools and functions are not supported by this agent", "tools")
+    if request.logprobs:
+        raise InvalidParameterError("logprobs are not supported by this agent", "logprobs")
+    if request.response_format is not None and request.response_format.get("type") != "text":
+        raise InvalidParameterError(
+            "only response_format {'type': 'text'} is supported", "response_format"
+        )
+    return [ChatTurn(m.role, m.text()) for m in request.messages]
+
+
+def _completion_prompt(request: CompletionRequest) -> str:
+    if request.echo or request.suffix is not None or request.logprobs is not None:
+        raise InvalidParameterError("echo, suffix and logprobs are not supported by this agent")
+    if isinstance(request.prompt, str):
+        return request.prompt
+    if len(request.prompt) != 1:
+        raise InvalidParameterError(
+            f"prompt must be one string (got a list of {len(request.prompt)}); "
+            "send one request per prompt",
+            "prompt",
+        )
+    return request.prompt[0]
+
+
+def _sampling(
+    request: ChatCompletionRequest | CompletionRequest, max_tokens: int | None
+) -> Sampling:
+    return Sampling(
+        max_tokens=max_tokens,
+        temperature=request.temperature,
+        top_p=request.top_p,
+        stop=request.stop_sequences(),
+        seed=request.seed,
+        presence_penalty=request.presence_penalty,
+        frequency_penalty=request.frequency_penalty,
+    )
+
+
+# --- the app ----------------------------------------------------------------------------
+
+
+def create_local_api(
+    registry: ModelRegistry,
+    settings: AgentSettings,
+    *,
+    api_token: str,
+    status: StatusSource | None = None,
+    extra_routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """Build the agent's local API.
+
+    Every route except ``GET /healthz`` needs ``Authorization: Bearer <api_token>``;
+    ``extra_routers`` (RAG, vision, ...) are mounted behind the same check and share the
+    error handler, so raising an ``edge_agent.errors`` exception gives the right status.
+    ``status`` supplies the body of ``GET /v1/status`` (the registry adds ``models``).
+    """
+    if len(api_token) < 16:
+        raise ConfigError("the local API token must be at least 16 characters long")
+
+    app = FastAPI(title="Outpost agent local API", version="1", docs_url=None, redoc_url=None)
+    for exc_class in (AgentError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_class, _error_response)
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> Health:
+        return Health()
+
+    auth = [Depends(_bearer_check(api_token))]
+    limit = settings.max_request_bytes
+    ChatBody = Annotated[ChatCompletionRequest, Depends(_json_body(ChatCompletionRequest, limit))]
+    CompletionBody = Annotated[CompletionRequest, Depends(_json_body(CompletionRequest, limit))]
+    EmbeddingBody = Annotated[EmbeddingRequest, Depends(_json_body(EmbeddingRequest, limit))]
+    v1 = APIRouter(prefix="/v1")
+
+    def model_card(name: str) -> ModelCard | None:
+        for m in registry.models():
+            if m.name == name:
+                return ModelCard(id=m.name, kind=m.kind, release_id=m.release_id, loaded=m.loaded)
+        return None
+
+    @v1.get("/models")
+    async def list_models() -> ModelList:
+        return ModelList(
+            data=[
+                ModelCard(id=m.name, kind=m.kind, release_id=m.release_id, loaded=m.loaded)
+                for m in registry.models()
+            ]
+        )
+
+    @v1.get("/models/{name}")
+    async def get_model(name: str) -> ModelCard:
+        card = model_card(name)
+        if card is None:
+            registry.context_length(name)  # raises NoModelError or NotFoundError (lists models)
+            raise NotFoundError(f"model {name!r} does not exist")
+        return card
+
+    @v1.get("/status")
+    async def get_status() -> dict[str, Any]:
+        body: dict[str, Any] = {"models": [asdict(m) for m in registry.models()]}
+        if status is not None:
+            body.update(status())
+        return body
+
+    async def generate(
+        model: str,
+        stream: bool,
+        produce: Callable[[TextGenerator], Iterator[TextPiece]],
+    ) -> tuple[PieceStream | None, GeneratedText | None, TextPiece | None]:
+        lease = registry.lease_generator(model)
+        if not stream:
+            whole = lease.run(lambda m: join_pieces(produce(m)))
+            lease.release_when_done(whole)
+            return None, await asyncio.wrap_future(whole), None
+        pieces = PieceStream(asyncio.get_running_loop())
+        lease.release_when_done(lease.run(lambda m: pieces.pump(lambda: produce(m))))
+        try:
+            first = await pieces.next()  # errors before the first token become 4xx here
+        except BaseException:
+            pieces.cancel()
+            raise
+        return pieces, None, first
+
+    @v1.post("/chat/completions", response_model=None)
+    async def chat_completions(body: ChatBody) -> ChatCompletion | StreamingResponse:
+        turns = _chat_turns(body)
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        sampling = _sampling(body, max_tokens)
+        pieces, whole, first = await generate(
+            body.model, body.stream, lambda m: m.chat(turns, sampling)
+        )
+        ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if whole is not None:
+            return ChatCompletion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[
+                    ChatChoice(
+                        message=ChatMessageOut(content=whole.text),
+                        finish_reason=whole.finish_reason,
+                    )
+                ],
+                usage=_usage(whole.prompt_tokens, whole.completion_tokens),
+            )
+        assert pieces is not None
+
+        def chunk(delta: ChatDelta, reason: Any = None, usage: Usage | None = None) -> bytes:
+            choices = (
+                [] if usage is not None else [ChatChunkChoice(delta=delta, finish_reason=reason)]
+            )
+            return _sse(
+                ChatCompletionChunk(
+                    id=ident, created=created, model=body.model, choices=choices, usage=usage
+                )
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            piece = first
+            role: Literal["assistant"] | None = "assistant"
+            try:
+                while piece is not None:
+                    if piece.text or piece.finish_reason is None:
+                        yield chunk(ChatDelta(role=role, content=piece.text))
+                        role = None
+                    if piece.finish_reason is not None:
+                        yield chunk(ChatDelta(), piece.finish_reason)
+                        if body.include_usage:
+                            usage = _usage(piece.prompt_tokens, piece.completion_tokens)
+                            yield chunk(ChatDelta(), usage=usage)
+                        break
+                    piece = await pieces.next()
+                yield _SSE_DONE
+            except Exception as e:  # after the 200 header: report in-band, as OpenAI does
+                yield _sse(_error_body(_as_agent_error(e)))
+            finally:
+                pieces.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @v1.post("/completions", response_model=None)
+    async def completions(body: CompletionBody) -> Completion | StreamingResponse:
+        prompt = _completion_prompt(body)
+        sampling = _sampling(body, body.max_tokens)
+        pieces, whole, first = await generate(
+            body.model, body.stream, lambda m: m.complete(prompt, sampling)
+        )
+        ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if whole is not None:
+            return Completion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[CompletionChoice(text=whole.text, finish_reason=whole.finish_reason)],
+                usage=_usage(whole.prompt_tokens, whole.completion_tokens),
+            )
+        assert pieces is not None
+
+        def chunk(piece: TextPiece) -> bytes:
+            return _sse(
+                Completion(
+                    id=ident,
+                    created=created,
+                    model=body.model,
+                    choices=[CompletionChoice(text=piece.text, finish_reason=piece.finish_reason)],
+                )
+            )
+
+        async def events() -> AsyncIterator[bytes]:
+            piece = first
+            try:
+                while piece is not None:
+                    yield chunk(piece)
+                    if piece.finish_reason is not None:
+                        if body.include_usage:
+                            usage = _usage(piece.prompt_tokens, piece.completion_tokens)
+                            yield _sse(
+                                Completion(
+                                    id=ident,
+                                    created=created,
+                                    model=body.model,
+                                    choices=[],
+                                    usage=usage,
+                                )
+                            )
+                        break
+                    piece = await pieces.next()
+                yield _SSE_DONE
+            except Exception as e:  # after the 200 header: report in-band, as OpenAI does
+                yield _sse(_error_body(_as_agent_error(e)))
+            finally:
+                pieces.cancel()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+
+    @v1.post("/embeddings")
+    async def embeddings(body: EmbeddingBody) -> EmbeddingList:
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        if not texts:
+            raise InvalidParameterError("input must not be empty", "input")
+        lease = registry.lease_embedder(body.model)
+        future = lease.run(lambda m: m.embed(texts))
+        lease.release_when_done(future)
+        result = await asyncio.wrap_future(future)
+        dims = len(result.vectors[0]) if result.vectors else 0
+        if body.dimensions is not None and body.dimensions != dims:
+            raise InvalidParameterError(
+                f"model {body.model!r} makes {dims}-dimensional embeddings; "
+                f"'dimensions' cannot change that",
+                "dimensions",
+            )
+        items = [
+            EmbeddingItem(
+                index=i,
+                embedding=(
+                    base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+                    if body.encoding_format == "base64"
+                    else v
+                ),
+            )
+            for i, v in enumerate(result.vectors)
+        ]
+        return EmbeddingList(
+            data=items,
+            model=body.model,
+            usage=EmbeddingUsage(
+                prompt_tokens=result.prompt_tokens, total_tokens=result.prompt_tokens
+            ),
+        )
+
+    app.include_router(v1, dependencies=auth)
+    for router in extra_routers:
+        app.include_router(router, dependencies=auth)
+    return app

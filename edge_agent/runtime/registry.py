@@ -1,0 +1,397 @@
+"""The models of the active release, served by artifact name.
+
+Each model has its own worker thread (llama.cpp is not thread-safe, so one job at a time
+runs per model) and a bounded admission count: a request is admitted while fewer than
+``max_queue`` requests (the running one included) hold the model, and is refused with
+BusyError otherwise, at once. Models load lazily on the first job (or on ``warm``),
+unload after ``idle_unload_seconds`` without use, and are swapped atomically by
+``activate``: requests already admitted on an old model finish on it, and the old model
+is freed when the last of them is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar, cast
+
+from edge_agent.errors import BusyError, NoModelError, NotFoundError
+from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.runtime.backends import (
+    ChatTurn,
+    Embedder,
+    GeneratedText,
+    LoadedModel,
+    ModelLoader,
+    ModelOptions,
+    Sampling,
+    TextGenerator,
+    join_pieces,
+)
+from edge_agent.runtime.options import resolve_options
+from edge_agent.settings import AgentSettings
+
+M = TypeVar("M", bound=LoadedModel)
+T = TypeVar("T")
+
+LLM = "llm"
+EMBEDDING = "embedding"
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the registry serves under one name, for listings and status."""
+
+    name: str
+    kind: str
+    format: str
+    sha256: str
+    release_id: str
+    loaded: bool
+    admitted: int
+
+
+def is_idle(
+    *, loaded: bool, admitted: int, last_used: float, now: float, idle_after: float
+) -> bool:
+    """Whether a model should be unloaded: loaded, unused, and quiet for ``idle_after`` s."""
+    return idle_after > 0 and loaded and admitted == 0 and now - last_used >= idle_after
+
+
+class _Slot:
+    """One model of one release: its worker thread and, once loaded, the backend."""
+
+    def __init__(
+        self,
+        artifact: InstalledArtifact,
+        options: ModelOptions,
+        loader: ModelLoader,
+        release_id: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.artifact = artifact
+        self.options = options
+        self.release_id = release_id
+        self._loader = loader
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix=f"model-{artifact.name}"
+        )
+        self._model: LoadedModel | None = None  # touched only on the worker thread
+        self.loaded = False
+        self.admitted = 0  # guarded by the registry's lock
+        self.retired = False
+        self.last_used = clock()
+
+    def submit(self, job: Callable[[Any], T]) -> Future[T]:
+        return self._executor.submit(self._run, job)
+
+    def _run(self, job: Callable[[Any], T]) -> T:
+        if self._model is None:
+            self._model = self._loader(self.artifact, self.options)
+            self.loaded = True
+        try:
+            return job(self._model)
+        finally:
+            self.last_used = self._clock()
+
+    def unload(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already freed by a concurrent swap
+            self._executor.submit(self._unload_now)
+
+    def _unload_now(self) -> None:
+        model, self._model = self._model, None
+        self.loaded = False
+        if model is not None:
+            model.close()
+
+    def free(self) -> None:
+        """Unload after every job already submitted, then stop the worker thread."""
+        self._executor.submit(self._unload_now)
+        self._executor.shutdown(wait=False)
+
+
+class ModelLease(Generic[M]):
+    """An admitted request's hold on one model. Release it when the request is done
+    (``with`` does it); jobs run on the model's own thread, one at a time."""
+
+    def __init__(self, registry: ModelRegistry, slot: _Slot) -> None:
+        self._registry = registry
+        self._slot = slot
+        self._released = False
+
+    @property
+    def name(self) -> str:
+        return self._slot.artifact.name
+
+    @property
+    def release_id(self) -> str:
+        return self._slot.release_id
+
+    def run(self, job: Callable[[M], T]) -> Future[T]:
+        """Run ``job(model)`` on the model's thread, loading the model first if needed."""
+        if self._released:
+            raise RuntimeError("lease already released")
+        return self._slot.submit(job)
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._registry._release_slot(self._slot)
+
+    def release_when_done(self, future: Future[Any]) -> None:
+        """Release once ``future`` finishes (success, error or cancellation)."""
+        future.add_done_callback(lambda _f: self.release())
+
+    def __enter__(self) -> ModelLease[M]:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def _llama_loaders() -> dict[str, ModelLoader]:
+    from edge_agent.runtime.llama import LlamaEmbedder, LlamaTextGenerator
+
+    return {LLM: LlamaTextGenerator.load, EMBEDDING: LlamaEmbedder.load}
+
+
+class ModelRegistry:
+    """Serves the models of the active release by artifact name.
+
+    Thread-safe. ``loaders`` maps an artifact kind to the function that loads it (default:
+    llama.cpp for ``llm`` and ``embedding``); artifacts of other kinds are not served here.
+    """
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        *,
+        loaders: Mapping[str, ModelLoader] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._loaders = dict(loaders) if loaders is not None else _llama_loaders()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._release: InstalledRelease | None = None
+        self._slots: dict[str, _Slot] = {}
+        self._closed = threading.Event()
+        self._reaper: threading.Thread | None = None
+        if settings.idle_unload_seconds > 0:
+            self._reaper = threading.Thread(
+                target=self._reap, name="model-idle-unloader", daemon=True
+            )
+            self._reaper.start()
+
+    # --- release lifecycle -------------------------------------------------------------
+
+    @property
+    def release(self) -> InstalledRelease | None:
+        return self._release
+
+    def activate(self, release: InstalledRelease) -> None:
+        """Serve ``release`` from now on. Requests admitted before keep their old model,
+        which is freed after they finish; a model whose file and options did not change
+        stays loaded. Raises ConfigError (and keeps the old release) if the release's
+        model config is invalid."""
+        specs = [
+            (artifact, resolve_options(self._settings, release.config, artifact.name))
+            for artifact in release.artifacts
+            if artifact.kind in self._loaders
+        ]
+        to_free: list[_Slot] = []
+        with self._lock:
+            old = self._slots
+            new: dict[str, _Slot] = {}
+            for artifact, options in specs:
+                previous = old.get(artifact.name)
+                if (
+                    previous is not None
+                    and previous.artifact == artifact
+                    and previous.options == options
+                ):
+                    previous.release_id = release.release_id
+                    new[artifact.name] = previous
+                else:
+                    new[artifact.name] = _Slot(
+                        artifact,
+                        options,
+                        self._loaders[artifact.kind],
+                        release.release_id,
+                        self._clock,
+                    )
+            kept = {id(slot) for slot in new.values()}
+            for slot in old.values():
+                if id(slot) not in kept:
+                    slot.retired = True
+                    if slot.admitted == 0:
+                        to_free.append(slot)
+            self._slots = new
+            self._release = release
+        for slot in to_free:
+            slot.free()
+
+    def warm(self, names: Iterable[str] | None = None) -> None:
+        """Load models now instead of on first use (all of them by default); blocks."""
+        wanted = None if names is None else set(names)
+        with self._lock:
+            slots = [s for n, s in self._slots.items() if wanted is None or n in wanted]
+        for future in [slot.submit(lambda _m: None) for slot in slots]:
+            future.result()
+
+    def close(self) -> None:
+        """Stop serving: free every model once its admitted requests are done."""
+        self._closed.set()
+        with self._lock:
+            slots, self._slots = list(self._slots.values()), {}
+            self._release = None
+            idle = []
+            for slot in slots:
+                slot.retired = True
+                if slot.admitted == 0:
+                    idle.append(slot)
+        for slot in idle:
+            slot.free()
+
+    # --- listing -----------------------------------------------------------------------
+
+    def models(self) -> list[ServedModel]:
+        with self._lock:
+            slots = list(self._slots.values())
+        return [
+            ServedModel(
+                name=s.artifact.name,
+                kind=s.artifact.kind,
+                format=s.artifact.format,
+                sha256=s.artifact.sha256,
+                release_id=s.release_id,
+                loaded=s.loaded,
+                admitted=s.admitted,
+            )
+            for s in slots
+        ]
+
+    def context_length(self, name: str) -> int:
+        """The context window a model is (or will be) loaded with."""
+        with self._lock:
+            slot = self._find(name, None)
+            return slot.options.n_ctx
+
+    # --- admission ---------------------------------------------------------------------
+
+    def lease(self, name: str, kind: str) -> ModelLease[Any]:
+        """Admit one request on model ``name`` of ``kind``.
+
+        Raises NoModelError (no release yet), NotFoundError (no such model of that kind)
+        or BusyError (``max_queue`` requests already hold it); never waits.
+        """
+        with self._lock:
+            slot = self._find(name, kind)
+            if slot.admitted >= self._settings.max_queue:
+                raise BusyError(
+                    f"model {name!r} is busy: {slot.admitted} request(s) already running or "
+                    f"queued (max_queue={self._settings.max_queue}); retry shortly"
+                )
+            slot.admitted += 1
+            slot.last_used = self._clock()
+        return ModelLease(self, slot)
+
+    def lease_generator(self, name: str) -> ModelLease[TextGenerator]:
+        return cast(ModelLease[TextGenerator], self.lease(name, LLM))
+
+    def lease_embedder(self, name: str) -> ModelLease[Embedder]:
+        return cast(ModelLease[Embedder], self.lease(name, EMBEDDING))
+
+    def _find(self, name: str, kind: str | None) -> _Slot:
+        if self._release is None:
+            raise NoModelError(
+                "no model release is active yet: the agent serves models once an update "
+                "has been verified and installed (see GET /v1/status)"
+            )
+        slot = self._slots.get(name)
+        if slot is not None and (kind is None or slot.artifact.kind == kind):
+            return slot
+        wanted = [n for n, s in self._slots.items() if kind is None or s.artifact.kind == kind]
+        available = ", ".join(sorted(wanted)) or "none"
+        what = f"{kind} model" if kind else "model"
+        if slot is not None:
+            raise NotFoundError(
+                f"model {name!r} is a {slot.artifact.kind} model, not an {what}; "
+                f"{what}s in release {self._release.release_name} "
+                f"{self._release.release_version}: {available}"
+            )
+        raise NotFoundError(
+            f"model {name!r} does not exist; {what}s in release "
+            f"{self._release.release_name} {self._release.release_version}: {available}"
+        )
+
+    def _release_slot(self, slot: _Slot) -> None:
+        with self._lock:
+            slot.admitted -= 1
+            slot.last_used = self._clock()
+            free = slot.retired and slot.admitted == 0
+        if free:
+            slot.free()
+
+    # --- idle unloading ----------------------------------------------------------------
+
+    def unload_idle(self, now: float | None = None) -> list[str]:
+        """Unload every model idle for ``idle_unload_seconds``; returns their names."""
+        at = self._clock() if now is None else now
+        idle_after = self._settings.idle_unload_seconds
+        with self._lock:
+            idle = [
+                s
+                for s in self._slots.values()
+                if is_idle(
+                    loaded=s.loaded,
+                    admitted=s.admitted,
+                    last_used=s.last_used,
+                    now=at,
+                    idle_after=idle_after,
+                )
+            ]
+        for slot in idle:
+            slot.unload()
+        return [s.artifact.name for s in idle]
+
+    def _reap(self) -> None:
+        interval = min(max(self._settings.idle_unload_seconds / 4, 0.05), 5.0)
+        while not self._closed.wait(interval):
+            self.unload_idle()
+
+    # --- blocking conveniences for other parts of the agent -----------------------------
+
+    def chat(self, name: str, turns: Sequence[ChatTurn], sampling: Sampling) -> GeneratedText:
+        """Generate a whole chat reply (blocking: call it from a worker thread)."""
+        with self.lease_generator(name) as lease:
+            return lease.run(lambda m: join_pieces(m.chat(turns, sampling))).result()
+
+    def complete(self, name: str, prompt: str, sampling: Sampling) -> GeneratedText:
+        """Continue ``prompt`` (blocking: call it from a worker thread)."""
+        with self.lease_generator(name) as lease:
+            return lease.run(lambda m: join_pieces(m.complete(prompt, sampling))).result()
+
+    def embed(self, name: str, texts: Sequence[str]) -> list[list[float]]:
+        """Embed ``texts`` with embedding model ``name`` (blocking), one vector per text."""
+        with self.lease_embedder(name) as lease:
+            return lease.run(lambda m: m.embed(texts)).result().vectors
+
+    async def embed_async(self, name: str, texts: Sequence[str]) -> list[list[float]]:
+        """``embed`` for async code: waits without blocking the event loop."""
+        lease = self.lease_embedder(name)
+        future = lease.run(lambda m: m.embed(texts))
+        lease.release_when_done(future)
+        return (await asyncio.wrap_future(future)).vectors
