@@ -1,0 +1,343 @@
+"""The RAG engine: ingest (load, normalize, dedupe, chunk, embed, store) and ask (hybrid
+retrieval, prompt, generation, citations, abstention). Models come in through Protocols.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+import numpy as np
+
+from edge_agent.errors import BadRequestError, StoreError
+from edge_agent.rag.chunking import chunk_text
+from edge_agent.rag.dedupe import content_sha256, minhash_signature
+from edge_agent.rag.fusion import reciprocal_rank_fusion
+from edge_agent.rag.grounding import (
+    Citation,
+    EvidencePolicy,
+    Source,
+    assess_evidence,
+    build_messages,
+    cite,
+    extractive_answer,
+    model_declined,
+    verify_citation,
+)
+from edge_agent.rag.index import EmbeddingIdentity, FilterValue, RagIndex, Vector
+from edge_agent.rag.loaders import load_document
+from edge_agent.rag.text import content_terms, normalize_text, token_spans
+
+__all__ = [
+    "Answer",
+    "ChatModel",
+    "EmbeddingModel",
+    "IngestOutcome",
+    "RagEngine",
+    "RetrievalSettings",
+]
+
+IngestStatus = Literal["added", "replaced", "unchanged", "duplicate", "near_duplicate"]
+
+
+class EmbeddingModel(Protocol):
+    """Sentence embeddings from the release's embedding artifact."""
+
+    @property
+    def identity(self) -> EmbeddingIdentity: ...
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+class ChatModel(Protocol):
+    """A chat model that completes a list of ``{"role", "content"}`` messages."""
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, max_tokens: int) -> str: ...
+
+
+@dataclass(frozen=True)
+class RetrievalSettings:
+    lexical_candidates: int = 40
+    vector_candidates: int = 40
+    bit_candidates: int = 400  # Hamming-distance candidates re-ranked with exact floats
+    rrf_k: int = 60
+    max_query_terms: int = 32
+    max_query_tokens: int = 200  # the question is cut to this before embedding
+    near_duplicate_jaccard: float = 0.85
+    embed_batch: int = 16
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    document: str
+    status: IngestStatus
+    chunks: int = 0
+    duplicate_of: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    answer: str
+    abstained: bool
+    reason: str
+    citations: list[Citation] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+
+
+def _clip_tokens(text: str, max_tokens: int) -> str:
+    spans = token_spans(text)
+    return text if len(spans) <= max_tokens else text[: spans[max_tokens - 1][1]]
+
+
+class RagEngine:
+    """Ingest and question answering over one :class:`RagIndex`."""
+
+    def __init__(
+        self,
+        index: RagIndex,
+        embedder: EmbeddingModel,
+        chat: ChatModel | None = None,
+        *,
+        settings: RetrievalSettings | None = None,
+        evidence: EvidencePolicy | None = None,
+    ) -> None:
+        ident = embedder.identity
+        if (ident.sha256, ident.dimension) != (index.identity.sha256, index.identity.dimension):
+            raise StoreError(
+                f"{index.path} was built with embedding model {index.identity.sha256[:12]} but "
+                f"the engine was given {ident.sha256[:12]}; an index is only valid with its "
+                "own embedding model"
+            )
+        self.index = index
+        self.embedder = embedder
+        self.chat = chat
+        self.settings = settings or RetrievalSettings()
+        self.evidence = evidence or EvidencePolicy()
+        self._write_lock = threading.Lock()
+
+    # --- embedding ----------------------------------------------------------------------
+
+    def _embed(self, texts: Sequence[str]) -> Vector:
+        dim = self.index.identity.dimension
+        out = np.zeros((len(texts), dim), dtype=np.float32)
+        step = self.settings.embed_batch
+        for i in range(0, len(texts), step):
+            got = np.asarray(self.embedder.embed(list(texts[i : i + step])), dtype=np.float32)
+            if got.shape != (len(texts[i : i + step]), dim) or not np.isfinite(got).all():
+                raise StoreError(
+                    f"the embedding model returned {got.shape} values for "
+                    f"{len(texts[i : i + step])} texts of {dim}-d (or NaN); nothing was stored"
+                )
+            out[i : i + step] = got
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        unit: Vector = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        return unit
+
+    # --- ingest -------------------------------------------------------------------------
+
+    def ingest_text(
+        self,
+        key: str,
+        text: str,
+        *,
+        title: str | None = None,
+        media_type: str = "text/plain",
+        metadata: Mapping[str, FilterValue] | None = None,
+    ) -> IngestOutcome:
+        """Add or replace document ``key``. Unchanged text and duplicates are skipped."""
+        if not key or len(key) > 512:
+            raise BadRequestError("a document id must be 1-512 characters")
+        normalized = normalize_text(text)
+        if not normalized:
+            raise BadRequestError(f"{key} contains no text after normalization")
+        digest = content_sha256(normalized)
+        with self._write_lock:
+            existing = self.index.document(key)
+            if (
+                existing is not None
+                and existing.content_sha256 == digest
+                and dict(existing.metadata) == dict(metadata or {})
+            ):
+                return IngestOutcome(key, "unchanged", existing.chunk_count)
+            twin = self.index.key_with_content(digest, other_than=key)
+            if twin is not None:
+                return IngestOutcome(key, "duplicate", duplicate_of=twin)
+            signature = minhash_signature(normalized)
+            keys, signatures = self.index.minhash_signatures(other_than=key)
+            if keys:
+                similarity = (signatures == signature[None, :]).mean(axis=1)
+                best = int(np.argmax(similarity))
+                if similarity[best] >= self.settings.near_duplicate_jaccard:
+                    return IngestOutcome(key, "near_duplicate", duplicate_of=keys[best])
+            chunks = chunk_text(normalized, self.index.policy)
+            known = self.index.chunk_embeddings(key) if existing is not None else {}
+            missing = [c.text for c in chunks if c.text not in known]
+            fresh = dict(zip(missing, self._embed(missing), strict=True)) if missing else {}
+            vectors = np.stack(
+                [known[c.text] if c.text in known else fresh[c.text] for c in chunks]
+            )
+            self.index.put_document(
+                key=key,
+                title=title or key,
+                media_type=media_type,
+                text=normalized,
+                content_sha256=digest,
+                metadata=metadata or {},
+                minhash=signature,
+                chunks=chunks,
+                embeddings=vectors,
+            )
+        return IngestOutcome(key, "replaced" if existing else "added", len(chunks))
+
+    def ingest_bytes(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        name: str,
+        media_type: str | None = None,
+        metadata: Mapping[str, FilterValue] | None = None,
+    ) -> IngestOutcome:
+        """Parse an uploaded file (text, Markdown, HTML, PDF) and ingest it as ``key``."""
+        loaded = load_document(data, name=name, media_type=media_type)
+        return self.ingest_text(
+            key, loaded.text, title=loaded.title, media_type=loaded.media_type, metadata=metadata
+        )
+
+    def ingest_paths(
+        self,
+        paths: Sequence[Path],
+        *,
+        root: Path | None = None,
+        progress: Callable[[int, int, str, IngestOutcome | Exception], None] | None = None,
+    ) -> list[IngestOutcome | Exception]:
+        """Ingest files one transaction each; a bad file is reported and skipped."""
+        results: list[IngestOutcome | Exception] = []
+        for i, path in enumerate(paths, start=1):
+            key = path.relative_to(root).as_posix() if root else path.name
+            result: IngestOutcome | Exception
+            try:
+                result = self.ingest_bytes(key, path.read_bytes(), name=path.name)
+            except (BadRequestError, OSError) as e:
+                result = e
+            results.append(result)
+            if progress is not None:
+                progress(i, len(paths), key, result)
+        return results
+
+    # --- retrieval ----------------------------------------------------------------------
+
+    def retrieve(
+        self, question: str, *, k: int = 5, filters: Mapping[str, FilterValue] | None = None
+    ) -> list[Source]:
+        """Hybrid retrieval: BM25 (FTS5) and vector KNN, fused by reciprocal rank."""
+        if not question.strip():
+            raise BadRequestError("the question is empty")
+        if not 1 <= k <= 50:
+            raise BadRequestError("k must be between 1 and 50")
+        s = self.settings
+        query_vector = self._embed([_clip_tokens(normalize_text(question), s.max_query_tokens)])[0]
+        terms = content_terms(question)[: s.max_query_terms]
+        lexical = self.index.lexical_search(terms, s.lexical_candidates, filters=filters)
+        vector = self.index.vector_search(
+            query_vector, s.vector_candidates, candidates=s.bit_candidates, filters=filters
+        )
+        fused = reciprocal_rank_fusion([lexical, [i for i, _ in vector]], k=s.rrf_k)[:k]
+        ids = [i for i, _ in fused]
+        similarity = dict(vector)
+        missing = [i for i in ids if i not in similarity]
+        similarity.update(self.index.similarities(query_vector, missing))
+        stored = self.index.chunks(ids)
+        lexical_set = set(lexical)
+        return [
+            Source(
+                number=n,
+                document=stored[i].document,
+                title=stored[i].title,
+                chunk_id=i,
+                start=stored[i].start,
+                end=stored[i].end,
+                text=stored[i].text,
+                similarity=similarity.get(i, 0.0),
+                lexical_match=i in lexical_set,
+            )
+            for n, i in enumerate((i for i in ids if i in stored), start=1)
+        ]
+
+    # --- answers ------------------------------------------------------------------------
+
+    def verified(self, citations: Sequence[Citation]) -> list[Citation]:
+        """Only the citations whose quote is exactly their span of the stored document."""
+        texts: dict[str, str | None] = {}
+        good = []
+        for c in citations:
+            if c.document not in texts:
+                texts[c.document] = self.index.document_text(c.document)
+            text = texts[c.document]
+            if text is not None and verify_citation(c, text):
+                good.append(c)
+        return good
+
+    def answer(
+        self,
+        question: str,
+        *,
+        k: int = 5,
+        filters: Mapping[str, FilterValue] | None = None,
+        max_tokens: int = 256,
+        generate: bool = True,
+    ) -> Answer:
+        """Answer from the index with citations, or abstain and say why.
+
+        Without a chat model (or with ``generate=False``) the answer is extractive: the
+        best-matching source sentences, quoted.
+        """
+        sources = self.retrieve(question, k=k, filters=filters)
+        evidence = assess_evidence(question, sources, self.evidence)
+        if not evidence.sufficient:
+            return Answer(
+                question, f"I don't know: {evidence.reason}.", True, evidence.reason, [], sources
+            )
+        if self.chat is not None and generate:
+            prompt = build_messages(_clip_tokens(question, self.settings.max_query_tokens), sources)
+            text = self.chat.complete(prompt, max_tokens=max_tokens)
+            if model_declined(text):
+                reason = "the model found no answer in the retrieved sources"
+                return Answer(question, text.strip(), True, reason, [], sources)
+        else:
+            text = extractive_answer(question, sources)
+        citations = self.verified(cite(text, question, sources))
+        if not citations:
+            reason = "the answer could not be tied to any retrieved passage"
+            return Answer(question, f"I don't know: {reason}.", True, reason, [], sources)
+        return Answer(question, text.strip(), False, evidence.reason, citations, sources)
+
+    def augment_chat_messages(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        k: int = 5,
+        filters: Mapping[str, FilterValue] | None = None,
+    ) -> tuple[list[dict[str, str]], list[Source]]:
+        """Messages with retrieved sources added for the last user turn (see ``rag.api``)."""
+        question = next(
+            (str(m.get("content", "")) for m in reversed(messages) if m.get("role") == "user"),
+            "",
+        )
+        if not question.strip():
+            raise BadRequestError("retrieval needs a user message with text")
+        sources = self.retrieve(question, k=k, filters=filters)
+        grounded = build_messages(question, sources)
+        history = [dict(m) for m in messages]
+        last_user = max(i for i, m in enumerate(history) if m.get("role") == "user")
+        history[last_user] = grounded[1]
+        system = [m for m in history if m.get("role") == "system"]
+        rest = [m for m in history if m.get("role") != "system"]
+        merged_system = grounded[0]["content"] + "".join(
+            "\n\n" + str(m.get("content", "")) for m in system
+        )
+        return [{"role": "system", "content": merged_system}, *rest], sources

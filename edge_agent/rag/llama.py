@@ -1,0 +1,92 @@
+"""llama.cpp adapters for the engine's model Protocols (used by the CLI and the tests;
+inside the agent the runtime's model registry provides these instead).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import ConfigError, ContextOverflowError
+from edge_agent.rag.index import EmbeddingIdentity
+
+__all__ = ["LlamaChat", "LlamaEmbedder", "file_sha256"]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _llama(path: Path, **kwargs: Any) -> Any:
+    try:
+        from llama_cpp import Llama
+    except ImportError as e:  # pragma: no cover - depends on the installed extras
+        raise ConfigError("running GGUF models needs the 'llm' extra (llama-cpp-python)") from e
+    if not path.is_file():
+        raise ConfigError(f"model file {path} does not exist")
+    try:
+        return Llama(str(path), verbose=False, **kwargs)
+    except ValueError as e:
+        raise ConfigError(f"llama.cpp cannot load {path}: {e}") from e
+
+
+class LlamaEmbedder:
+    """A GGUF sentence-embedding model (e.g. the converted all-MiniLM-L6-v2)."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        sha256: str | None = None,
+        n_threads: int | None = None,
+        n_ctx: int = 512,
+    ) -> None:
+        self._llm = _llama(
+            path, embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=n_threads
+        )
+        self._lock = threading.Lock()
+        self._identity = EmbeddingIdentity(
+            name=path.name,
+            sha256=sha256 or file_sha256(path),
+            dimension=int(self._llm.n_embd()),
+        )
+
+    @property
+    def identity(self) -> EmbeddingIdentity:
+        return self._identity
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        with self._lock:
+            vectors = self._llm.embed(list(texts), normalize=True, truncate=True)
+        return [list(map(float, v)) for v in vectors]
+
+    def close(self) -> None:
+        self._llm.close()
+
+
+class LlamaChat:
+    """A GGUF chat model with a chat template (e.g. SmolLM2-135M-Instruct), greedy decoding."""
+
+    def __init__(self, path: Path, *, n_ctx: int = 2048, n_threads: int | None = None) -> None:
+        self._llm = _llama(path, n_ctx=n_ctx, n_threads=n_threads)
+        self._lock = threading.Lock()
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, max_tokens: int) -> str:
+        with self._lock:
+            try:
+                result = self._llm.create_chat_completion(
+                    messages=[dict(m) for m in messages], max_tokens=max_tokens, temperature=0.0
+                )
+            except ValueError as e:  # llama-cpp-python's "exceed context window"
+                raise ContextOverflowError(f"the prompt does not fit the chat model: {e}") from e
+        return str(result["choices"][0]["message"]["content"] or "")
+
+    def close(self) -> None:
+        self._llm.close()
