@@ -1,0 +1,331 @@
+"""The agent's SQLite state database: key-value state, the install journal, the outbox.
+
+stdlib ``sqlite3`` in WAL mode with ``synchronous=FULL``: a committed journal step
+survives a power cut. One connection, guarded by a lock, shared by the agent's threads.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS installs (
+    install_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    assignment_version INTEGER NOT NULL,
+    release_id TEXT NOT NULL,
+    release_dir TEXT NOT NULL,
+    step TEXT NOT NULL,
+    manifest TEXT NOT NULL,
+    prior_current TEXT,
+    prior_previous TEXT,
+    started_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS journal (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    install_id INTEGER NOT NULL REFERENCES installs(install_id),
+    step TEXT NOT NULL,
+    at TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    report_id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    queued_at TEXT NOT NULL,
+    delivered_at TEXT
+);
+"""
+
+
+class InstallStep(StrEnum):
+    """Where an install is. The first four are unfinished: recovery must act on them."""
+
+    DOWNLOADING = "downloading"
+    VERIFIED = "verified"
+    STAGED = "staged"
+    ACTIVATING = "activating"
+    ACTIVE = "active"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+UNFINISHED_STEPS = (
+    InstallStep.DOWNLOADING,
+    InstallStep.VERIFIED,
+    InstallStep.STAGED,
+    InstallStep.ACTIVATING,
+)
+
+
+@dataclass(frozen=True)
+class InstallRecord:
+    install_id: int
+    assignment_version: int
+    release_id: str
+    release_dir: str
+    step: InstallStep
+    manifest: dict[str, Any]
+    prior_current: str | None
+    prior_previous: str | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class QueuedReport:
+    report_id: str
+    body: str
+
+
+class StateDB:
+    """Typed access to ``state.db``. Every write is one transaction."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA foreign_keys=ON")
+            self._conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(
+                f"state database {path} cannot be opened ({e}); see docs/runbooks/store-recovery.md"
+            ) from e
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    # --- key-value -------------------------------------------------------------------
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def put(self, key: str, value: str) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT INTO kv(key, value) VALUES(?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def delete_prefix(self, prefix: str) -> None:
+        with self._transaction() as c:
+            c.execute("DELETE FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+
+    # --- install journal ---------------------------------------------------------------
+
+    def begin_install(
+        self,
+        *,
+        assignment_version: int,
+        release_id: str,
+        release_dir: str,
+        manifest: dict[str, Any],
+        now: datetime,
+    ) -> InstallRecord:
+        """A new install row in DOWNLOADING, or the unfinished one for the same version."""
+        with self._transaction() as c:
+            existing = self._unfinished(c)
+            if existing is not None and existing.assignment_version == assignment_version:
+                return existing
+            if existing is not None:
+                self._set_step(c, existing.install_id, InstallStep.INTERRUPTED, now, "superseded")
+            cur = c.execute(
+                "INSERT INTO installs(assignment_version, release_id, release_dir, step,"
+                " manifest, started_at, updated_at) VALUES(?, ?, ?, ?, ?, ?, ?)",
+                (
+                    assignment_version,
+                    release_id,
+                    release_dir,
+                    InstallStep.DOWNLOADING.value,
+                    json.dumps(manifest, sort_keys=True),
+                    now.isoformat(),
+                    now.isoformat(),
+                ),
+            )
+            install_id = int(cur.lastrowid or 0)
+            c.execute(
+                "INSERT INTO journal(install_id, step, at) VALUES(?, ?, ?)",
+                (install_id, InstallStep.DOWNLOADING.value, now.isoformat()),
+            )
+            record = self._install(c, install_id)
+        if record is None:
+            raise StoreError(f"install {install_id} vanished inside its own transaction")
+        return record
+
+    def set_step(
+        self,
+        install_id: int,
+        step: InstallStep,
+        now: datetime,
+        detail: str = "",
+        *,
+        prior_pointers: tuple[str | None, str | None] | None = None,
+    ) -> None:
+        """Move an install to ``step`` and journal it (one transaction)."""
+        with self._transaction() as c:
+            self._set_step(c, install_id, step, now, detail, prior_pointers)
+
+    def unfinished_install(self) -> InstallRecord | None:
+        with self._lock:
+            return self._unfinished(self._conn)
+
+    def install(self, install_id: int) -> InstallRecord | None:
+        with self._lock:
+            return self._install(self._conn, install_id)
+
+    def journal_steps(self, install_id: int) -> list[str]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT step FROM journal WHERE install_id = ? ORDER BY seq", (install_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def activation_attempts(self, assignment_version: int) -> int:
+        """How often activation of ``assignment_version`` started (crashes included)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM journal j JOIN installs i USING(install_id)"
+                " WHERE i.assignment_version = ? AND j.step = ?",
+                (assignment_version, InstallStep.ACTIVATING.value),
+            ).fetchone()
+        return int(row[0])
+
+    def _set_step(
+        self,
+        c: sqlite3.Connection,
+        install_id: int,
+        step: InstallStep,
+        now: datetime,
+        detail: str,
+        prior_pointers: tuple[str | None, str | None] | None = None,
+    ) -> None:
+        if prior_pointers is None:
+            c.execute(
+                "UPDATE installs SET step = ?, updated_at = ?, detail = ? WHERE install_id = ?",
+                (step.value, now.isoformat(), detail, install_id),
+            )
+        else:
+            c.execute(
+                "UPDATE installs SET step = ?, updated_at = ?, detail = ?, prior_current = ?,"
+                " prior_previous = ? WHERE install_id = ?",
+                (step.value, now.isoformat(), detail, *prior_pointers, install_id),
+            )
+        c.execute(
+            "INSERT INTO journal(install_id, step, at, detail) VALUES(?, ?, ?, ?)",
+            (install_id, step.value, now.isoformat(), detail),
+        )
+
+    def _unfinished(self, c: sqlite3.Connection) -> InstallRecord | None:
+        marks = ",".join("?" for _ in UNFINISHED_STEPS)
+        row = c.execute(
+            f"SELECT install_id FROM installs WHERE step IN ({marks})"
+            " ORDER BY install_id DESC LIMIT 1",
+            [s.value for s in UNFINISHED_STEPS],
+        ).fetchone()
+        return None if row is None else self._install(c, int(row[0]))
+
+    @staticmethod
+    def _install(c: sqlite3.Connection, install_id: int) -> InstallRecord | None:
+        row = c.execute(
+            "SELECT install_id, assignment_version, release_id, release_dir, step, manifest,"
+            " prior_current, prior_previous, detail FROM installs WHERE install_id = ?",
+            (install_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return InstallRecord(
+            install_id=int(row[0]),
+            assignment_version=int(row[1]),
+            release_id=str(row[2]),
+            release_dir=str(row[3]),
+            step=InstallStep(row[4]),
+            manifest=json.loads(row[5]),
+            prior_current=row[6],
+            prior_previous=row[7],
+            detail=str(row[8]),
+        )
+
+    # --- status-report outbox ----------------------------------------------------------
+
+    def enqueue_report(self, report_id: str, body: str, now: datetime, *, max_pending: int) -> int:
+        """Queue a report; drop the oldest pending ones beyond ``max_pending``.
+
+        Returns how many old reports were dropped.
+        """
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR IGNORE INTO outbox(report_id, body, queued_at) VALUES(?, ?, ?)",
+                (report_id, body, now.isoformat()),
+            )
+            pending = int(
+                c.execute("SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL").fetchone()[0]
+            )
+            excess = max(0, pending - max_pending)
+            if excess:
+                c.execute(
+                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox"
+                    " WHERE delivered_at IS NULL ORDER BY seq LIMIT ?)",
+                    (excess,),
+                )
+            return excess
+
+    def pending_reports(self, limit: int) -> Sequence[QueuedReport]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT report_id, body FROM outbox WHERE delivered_at IS NULL"
+                " ORDER BY seq LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [QueuedReport(str(r[0]), str(r[1])) for r in rows]
+
+    def mark_delivered(self, report_id: str, now: datetime) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "UPDATE outbox SET delivered_at = ? WHERE report_id = ?",
+                (now.isoformat(), report_id),
+            )
+            # keep a short delivered history for diagnosis, not forever
+            c.execute(
+                "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND seq NOT IN"
+                " (SELECT seq FROM outbox WHERE delivered_at IS NOT NULL"
+                " ORDER BY seq DESC LIMIT 200)"
+            )
+
+    def pending_report_count(self) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
+            ).fetchone()
+        return int(row[0])

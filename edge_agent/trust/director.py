@@ -1,0 +1,157 @@
+"""Verify the director's per-device assignment against keys anchored in the TUF root."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from edge_agent.errors import (
+    BadUpdateError,
+    ExpiredUpdateError,
+    RollbackAttackError,
+    UntrustedSignatureError,
+    WrongDeviceError,
+)
+from protocol import (
+    ASSIGNMENT_PAYLOAD_TYPE,
+    DIRECTOR_ROOT_FIELD,
+    PROTOCOL_VERSION,
+    Assignment,
+    EnvelopeFormatError,
+    PublicKey,
+    SignatureError,
+    SignedEnvelope,
+    key_id,
+    public_key_from_hex,
+    verify_envelope,
+)
+
+
+@dataclass(frozen=True)
+class DirectorTrust:
+    """The director keys a verified TUF root names, and how many of them must sign.
+
+    Keys are indexed by the envelope key id (sha256 of the raw public key), recomputed
+    from the public key itself, so a mislabelled entry in the root cannot alias a key.
+    """
+
+    keys: Mapping[str, PublicKey]
+    threshold: int
+
+    @classmethod
+    def from_root_signed(cls, root_signed: Mapping[str, Any]) -> DirectorTrust:
+        """Read the director field of a verified root's ``signed`` part."""
+        return cls.from_root_field(root_signed.get(DIRECTOR_ROOT_FIELD))
+
+    @classmethod
+    def from_root_field(cls, field: object) -> DirectorTrust:
+        """Parse the value of :data:`protocol.DIRECTOR_ROOT_FIELD`."""
+        if not isinstance(field, Mapping):
+            raise UntrustedSignatureError(
+                f"the trusted root has no {DIRECTOR_ROOT_FIELD!r} field, so it trusts no"
+                " director; no assignment can be accepted until the root is rotated"
+            )
+        threshold = field.get("threshold")
+        entries = field.get("keys")
+        if not isinstance(threshold, int) or isinstance(threshold, bool) or threshold < 1:
+            raise UntrustedSignatureError("the trusted root's director threshold is not >= 1")
+        if not isinstance(entries, Mapping):
+            raise UntrustedSignatureError("the trusted root's director field lists no keys")
+        keys: dict[str, PublicKey] = {}
+        for entry in entries.values():
+            if not isinstance(entry, Mapping) or entry.get("keytype") != "ed25519":
+                continue
+            public = entry.get("public")
+            if not isinstance(public, str):
+                continue
+            try:
+                key = public_key_from_hex(public)
+            except EnvelopeFormatError:
+                continue
+            keys[key_id(key)] = key
+        if len(keys) < threshold:
+            raise UntrustedSignatureError(
+                f"the trusted root names {len(keys)} usable director key(s) but requires"
+                f" {threshold}; no assignment can be accepted"
+            )
+        return cls(keys=keys, threshold=threshold)
+
+
+@dataclass(frozen=True)
+class AssignmentVerdict:
+    """A verified assignment, and whether it asks for anything new."""
+
+    assignment: Assignment
+    is_new: bool
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def verify_assignment(
+    envelope: SignedEnvelope,
+    *,
+    director: DirectorTrust,
+    device_id: str,
+    installed_version: int | None,
+    highest_accepted_version: int | None,
+    now: datetime,
+) -> AssignmentVerdict:
+    """Check signature, device, version and expiry of an assignment, in that order.
+
+    ``installed_version`` is the assignment version the device serves;
+    ``highest_accepted_version`` the highest one that ever passed these checks. A lower
+    version than either is a rollback; the installed version again is "nothing new"
+    (and is not subject to expiry: an expired assignment never stops serving).
+    """
+    try:
+        payload = verify_envelope(
+            envelope,
+            payload_type=ASSIGNMENT_PAYLOAD_TYPE,
+            trusted_keys=director.keys,
+            threshold=director.threshold,
+        )
+    except SignatureError as e:
+        raise UntrustedSignatureError(
+            f"the assignment is not signed by the director keys the trusted root names ({e});"
+            " refusing it and keeping the current release"
+        ) from e
+    except EnvelopeFormatError as e:
+        raise BadUpdateError(f"the assignment envelope is malformed: {e}") from e
+    try:
+        assignment = Assignment.model_validate(payload)
+    except ValidationError as e:
+        raise BadUpdateError(
+            f"the signed assignment is not a valid protocol v{PROTOCOL_VERSION} assignment:"
+            f" {e.error_count()} field error(s)"
+        ) from e
+    if assignment.protocol_version != PROTOCOL_VERSION:
+        raise BadUpdateError(
+            f"the assignment speaks protocol v{assignment.protocol_version}; this agent"
+            f" speaks v{PROTOCOL_VERSION}: upgrade the agent"
+        )
+    if assignment.device_id != device_id:
+        raise WrongDeviceError(
+            f"the assignment is for device {assignment.device_id!r}, not this device"
+            f" ({device_id!r}); refusing it"
+        )
+    floor = max(v for v in (installed_version, highest_accepted_version, 0) if v is not None)
+    if assignment.version < floor:
+        raise RollbackAttackError(
+            f"assignment version {assignment.version} is older than version {floor} already"
+            " accepted; a replayed assignment is refused"
+        )
+    if assignment.version == installed_version:
+        return AssignmentVerdict(assignment=assignment, is_new=False)
+    if _aware(assignment.expires_at) <= _aware(now):
+        raise ExpiredUpdateError(
+            f"assignment version {assignment.version} expired at"
+            f" {assignment.expires_at.isoformat()}: no new install until the control plane"
+            " re-signs it; the device keeps serving its current release"
+        )
+    return AssignmentVerdict(assignment=assignment, is_new=True)

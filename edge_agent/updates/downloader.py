@@ -1,0 +1,137 @@
+"""Resumable artifact downloads, bounded by the signed length, admitted only by hash."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from edge_agent.errors import TamperedArtifactError, TransportError
+from edge_agent.store import ReleaseStore
+from protocol import TargetRef
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+Checkpoint = Callable[[str], None]
+
+
+class ArtifactDownloader:
+    """Fetch a target into ``downloads/<sha256>.part`` and admit it into the store.
+
+    A partial file from an earlier attempt is resumed with an HTTP Range request. The
+    signed length is a hard bound: the moment a response would exceed it, the partial
+    file is deleted and :class:`TamperedArtifactError` is raised; no excess byte is
+    written. Only bytes whose sha256 matches the signed hash ever leave ``downloads/``.
+    """
+
+    def __init__(
+        self,
+        http: httpx.Client,
+        *,
+        targets_url: str,
+        store: ReleaseStore,
+        chunk_bytes: int = 1 << 20,
+        stop: threading.Event | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self._http = http
+        self._base = targets_url.rstrip("/")
+        self._store = store
+        self._chunk = chunk_bytes
+        self._stop = stop or threading.Event()
+        self._checkpoint = checkpoint or (lambda step: None)
+
+    def fetch(self, target: TargetRef) -> Path:
+        """Return the store path of the verified blob for ``target``."""
+        if self._store.has_blob(target.sha256, target.length):
+            return self._store.blob_path(target.sha256)
+        part = self._store.partial_path(target.sha256)
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > target.length:
+            self._store.discard_partial(target.sha256)
+            offset = 0
+        if offset < target.length:
+            self._download(target, part, offset)
+        return self._store.admit_partial(target.sha256, target.length)
+
+    def _tampered(self, target: TargetRef, message: str) -> TamperedArtifactError:
+        self._store.discard_partial(target.sha256)
+        return TamperedArtifactError(
+            f"artifact {target.name} ({target.path}): {message}; the download was discarded"
+            " and the device keeps its current release"
+        )
+
+    def _download(self, target: TargetRef, part: Path, offset: int) -> None:
+        url = f"{self._base}/{target.path}"
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with self._http.stream("GET", url, headers=headers) as response:
+                offset = self._resume_point(target, response, offset)
+                announced = response.headers.get("Content-Length")
+                if (
+                    announced is not None
+                    and announced.isdigit()
+                    and offset + int(announced) > target.length
+                ):
+                    raise self._tampered(
+                        target,
+                        f"the server announces {offset + int(announced)} bytes but only"
+                        f" {target.length} are signed",
+                    )
+                self._write(target, part, offset, response)
+        except httpx.HTTPError as e:
+            raise TransportError(
+                f"download of {target.name} interrupted ({type(e).__name__}); it resumes"
+                " from the bytes already received"
+            ) from e
+
+    def _resume_point(self, target: TargetRef, response: httpx.Response, offset: int) -> int:
+        status = response.status_code
+        if status == 200:
+            return 0
+        if status == 206 and offset:
+            match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+            if match is not None and int(match.group(1)) == offset:
+                return offset
+            self._store.discard_partial(target.sha256)
+            raise TransportError(
+                f"the server answered an unexpected range for {target.name}; restarting it"
+            )
+        if status == 416:
+            self._store.discard_partial(target.sha256)
+        raise TransportError(f"GET {target.path} answered HTTP {status}; will retry")
+
+    def _write(self, target: TargetRef, part: Path, offset: int, response: httpx.Response) -> None:
+        received = offset
+        first = True
+        with part.open("ab" if offset else "wb") as f:
+            for chunk in response.iter_bytes(self._chunk):
+                if received + len(chunk) > target.length:
+                    f.close()
+                    raise self._tampered(
+                        target, f"the server sent more than the {target.length} signed bytes"
+                    )
+                f.write(chunk)
+                received += len(chunk)
+                if first:
+                    f.flush()
+                    os.fsync(f.fileno())
+                    self._checkpoint("download")
+                    first = False
+                if self._stop.is_set():
+                    f.flush()
+                    os.fsync(f.fileno())
+                    raise TransportError(
+                        f"download of {target.name} paused for shutdown at {received} bytes"
+                    )
+            f.flush()
+            os.fsync(f.fileno())
+        if received < target.length:
+            raise TransportError(
+                f"download of {target.name} ended after {received} of {target.length} bytes;"
+                " it resumes from there"
+            )

@@ -1,0 +1,336 @@
+"""The update state machine: check -> verify -> download -> verify hashes -> stage ->
+activate -> report, one cycle per poll, with backoff and jitter between cycles."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Protocol
+
+from edge_agent.errors import BadUpdateError, TamperedArtifactError, TransportError
+from edge_agent.release import InstalledRelease
+from edge_agent.store import InstallRecord, ReleaseStore
+from edge_agent.trust import check_targets_signed, verify_assignment
+from edge_agent.updates.control_plane_client import ControlPlaneClient
+from edge_agent.updates.downloader import ArtifactDownloader, Checkpoint
+from edge_agent.updates.outbox import StatusOutbox
+from edge_agent.updates.schedule import PollSchedule
+from edge_agent.updates.tuf_client import ImageMetadataClient
+from protocol import Assignment, InstallState
+
+log = logging.getLogger(__name__)
+
+MAX_ACTIVATION_ATTEMPTS = 3
+_HIGHEST_ACCEPTED = "highest_accepted_version"
+_GIVEN_UP = "given_up_version"
+_REPORTED = "reported:"
+
+
+class ReleaseActivator(Protocol):
+    """The runtime side: start serving ``release`` (load its models) or raise."""
+
+    def activate(self, release: InstalledRelease) -> None: ...
+
+
+class CycleResult(StrEnum):
+    NO_ASSIGNMENT = "no_assignment"
+    UP_TO_DATE = "up_to_date"
+    INSTALLED = "installed"
+    REFUSED = "refused"
+    FAILED = "failed"
+    GIVEN_UP = "given_up"
+    OFFLINE = "offline"
+
+
+_HEALTHY = frozenset({CycleResult.NO_ASSIGNMENT, CycleResult.UP_TO_DATE, CycleResult.INSTALLED})
+
+
+@dataclass(frozen=True)
+class CycleOutcome:
+    result: CycleResult
+    detail: str = ""
+    assignment_version: int | None = None
+
+
+@dataclass(frozen=True)
+class UpdateStatus:
+    """A snapshot of the update loop for the local API's status endpoint."""
+
+    phase: str = "idle"
+    online: bool | None = None
+    release_id: str | None = None
+    release_name: str | None = None
+    release_version: str | None = None
+    assignment_version: int | None = None
+    last_check_at: datetime | None = None
+    last_result: str | None = None
+    last_error: str | None = None
+    consecutive_failures: int = 0
+    pending_reports: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        body = asdict(self)
+        if self.last_check_at is not None:
+            body["last_check_at"] = self.last_check_at.isoformat()
+        return body
+
+
+class UpdateLoop:
+    """Polls the control plane and installs verified releases, one cycle at a time."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        store: ReleaseStore,
+        control_plane: ControlPlaneClient,
+        image_metadata: ImageMetadataClient,
+        downloader: ArtifactDownloader,
+        activator: ReleaseActivator,
+        outbox: StatusOutbox,
+        schedule: PollSchedule,
+        clock: Callable[[], datetime] | None = None,
+        rng: Callable[[], float] = random.random,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self._device_id = device_id
+        self._store = store
+        self._cp = control_plane
+        self._metadata = image_metadata
+        self._downloader = downloader
+        self._activator = activator
+        self._outbox = outbox
+        self._schedule = schedule
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._rng = rng
+        self._checkpoint = checkpoint or (lambda step: None)
+        self._lock = threading.Lock()
+        self._status = UpdateStatus()
+        self._failures = 0
+        self._sync_installed()
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> UpdateStatus:
+        with self._lock:
+            return replace(self._status, pending_reports=self._outbox.pending())
+
+    def _set(self, **changes: Any) -> None:
+        with self._lock:
+            self._status = replace(self._status, **changes)
+
+    def _sync_installed(self) -> None:
+        release = self._store.current()
+        self._set(
+            release_id=release.release_id if release else None,
+            release_name=release.release_name if release else None,
+            release_version=release.release_version if release else None,
+            assignment_version=release.assignment_version if release else None,
+        )
+
+    # --- the loop -----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Cycle until ``stop`` is set; never raises for a bad update or a lost link."""
+        while not stop.is_set():
+            outcome = self.run_once()
+            self.deliver_reports()
+            self._failures = 0 if outcome.result in _HEALTHY else self._failures + 1
+            self._set(consecutive_failures=self._failures)
+            delay = self._schedule.delay(self._failures, self._rng())
+            log.debug("update cycle: %s; next check in %.1f s", outcome.result.value, delay)
+            stop.wait(delay)
+
+    def deliver_reports(self) -> int:
+        """Send queued status reports; a lost link leaves them queued."""
+        try:
+            sent = self._outbox.deliver(self._cp.send_status)
+        except TransportError as e:
+            log.info("status reports stay queued (%d): %s", self._outbox.pending(), e)
+            self._set(online=False)
+            return 0
+        if sent:
+            log.info("delivered %d queued status report(s)", sent)
+        return sent
+
+    def run_once(self) -> CycleOutcome:
+        """One pass of the state machine. Errors become outcomes; serving is untouched."""
+        self._set(phase="checking", last_check_at=self._clock())
+        try:
+            outcome = self._cycle()
+        except TransportError as e:
+            log.info("control plane unreachable: %s", e)
+            outcome = CycleOutcome(CycleResult.OFFLINE, str(e))
+        except BadUpdateError as e:
+            log.warning("update refused: %s", e)
+            outcome = CycleOutcome(CycleResult.REFUSED, str(e))
+        except Exception as e:
+            log.exception("update cycle failed")
+            outcome = CycleOutcome(CycleResult.FAILED, f"{type(e).__name__}: {e}")
+        self._set(
+            phase="idle",
+            online=outcome.result is not CycleResult.OFFLINE,
+            last_result=outcome.result.value,
+            last_error=None if outcome.result in _HEALTHY else outcome.detail,
+        )
+        self._sync_installed()
+        return outcome
+
+    def _cycle(self) -> CycleOutcome:
+        # check
+        envelope = self._cp.fetch_assignment()
+        if envelope is None:
+            return CycleOutcome(CycleResult.NO_ASSIGNMENT)
+        # verify: image-repository metadata, then the director's assignment against it
+        try:
+            metadata = self._metadata.refresh()
+            verdict = verify_assignment(
+                envelope,
+                director=metadata.director,
+                device_id=self._device_id,
+                installed_version=self._store.installed_version(),
+                highest_accepted_version=self._highest_accepted(),
+                now=self._clock(),
+            )
+            if not verdict.is_new:
+                return CycleOutcome(CycleResult.UP_TO_DATE, "", verdict.assignment.version)
+            assignment = verdict.assignment
+            if self._given_up(assignment.version):
+                return CycleOutcome(
+                    CycleResult.GIVEN_UP,
+                    f"assignment {assignment.version} failed to activate before; waiting for"
+                    " a newer one",
+                    assignment.version,
+                )
+            signed = metadata.signed_targets([t.path for t in assignment.targets])
+            check_targets_signed(assignment, signed)
+        except BadUpdateError as e:
+            self._report_once(f"refused:{type(e).__name__}", InstallState.REFUSED, str(e))
+            raise
+        self._store.db.put(_HIGHEST_ACCEPTED, str(assignment.version))
+        signed_targets = {path: t for path, t in signed.items() if t is not None}
+        install = self._store.begin_install(assignment, envelope, signed_targets)
+        return self._install(assignment, install)
+
+    def _install(self, assignment: Assignment, install: InstallRecord) -> CycleOutcome:
+        version, release_id = assignment.version, assignment.release_id
+        self._report_once(
+            f"downloading:{version}", InstallState.DOWNLOADING, "", version, release_id
+        )
+        # download + verify hashes (a blob enters the store only if its hash matches)
+        self._set(phase="downloading")
+        try:
+            for target in assignment.targets:
+                self._downloader.fetch(target)
+        except TamperedArtifactError as e:
+            self._store.fail(install, str(e))
+            self._report_once(
+                f"refused:{version}:tampered", InstallState.REFUSED, str(e), version, release_id
+            )
+            raise
+        self._store.mark_verified(install)
+        self._outbox.record(
+            InstallState.VERIFIED, assignment_version=version, release_id=release_id
+        )
+        self._checkpoint("verified")
+        # stage
+        self._set(phase="activating")
+        self._store.stage(install)
+        if self._store.db.activation_attempts(version) >= MAX_ACTIVATION_ATTEMPTS:
+            detail = (
+                f"activation of assignment {version} was interrupted"
+                f" {MAX_ACTIVATION_ATTEMPTS} times; giving up on it"
+            )
+            self._store.fail(install, detail)
+            self._give_up(version)
+            self._outbox.record(
+                InstallState.FAILED,
+                assignment_version=version,
+                release_id=release_id,
+                detail=detail,
+            )
+            return CycleOutcome(CycleResult.GIVEN_UP, detail, version)
+        # activate (a renewal - same release re-signed - keeps the rollback target)
+        renewal = _same_content(self._store.current(), assignment)
+        release = self._store.activate(install, keep_previous=renewal)
+        self._checkpoint("activate")
+        try:
+            self._activator.activate(release)
+        except Exception as e:
+            return self._roll_back(install, assignment, e)
+        self._store.commit(install)
+        self._store.db.delete_prefix(_REPORTED)
+        self._outbox.record(
+            InstallState.ACTIVE,
+            assignment_version=version,
+            release_id=release_id,
+            detail=f"{assignment.release_name} {assignment.release_version}",
+        )
+        log.info(
+            "installed release %s %s (assignment %d)",
+            assignment.release_name,
+            assignment.release_version,
+            version,
+        )
+        return CycleOutcome(CycleResult.INSTALLED, "", version)
+
+    def _roll_back(
+        self, install: InstallRecord, assignment: Assignment, error: Exception
+    ) -> CycleOutcome:
+        reason = f"the runtime could not activate the release: {type(error).__name__}: {error}"
+        log.error("%s; rolling back", reason)
+        prior = self._store.abort_activation(install, reason)
+        if prior is not None:
+            try:
+                self._activator.activate(prior)
+            except Exception:
+                log.exception("re-activating the previous release failed too")
+        self._give_up(assignment.version)
+        self._outbox.record(
+            InstallState.ROLLED_BACK,
+            assignment_version=assignment.version,
+            release_id=assignment.release_id,
+            detail=reason,
+        )
+        return CycleOutcome(CycleResult.FAILED, reason, assignment.version)
+
+    # --- small persistent facts ---------------------------------------------------------
+
+    def _highest_accepted(self) -> int | None:
+        value = self._store.db.get(_HIGHEST_ACCEPTED)
+        return None if value is None else int(value)
+
+    def _given_up(self, version: int) -> bool:
+        return self._store.db.get(_GIVEN_UP) == str(version)
+
+    def _give_up(self, version: int) -> None:
+        self._store.db.put(_GIVEN_UP, str(version))
+
+    def _report_once(
+        self,
+        key: str,
+        state: InstallState,
+        detail: str,
+        assignment_version: int | None = None,
+        release_id: str | None = None,
+    ) -> None:
+        """Queue a report unless one with the same key was queued since the last install."""
+        if self._store.db.get(_REPORTED + key) is not None:
+            return
+        self._store.db.put(_REPORTED + key, "1")
+        self._outbox.record(
+            state, assignment_version=assignment_version, release_id=release_id, detail=detail
+        )
+
+
+def _same_content(current: InstalledRelease | None, assignment: Assignment) -> bool:
+    if current is None or current.release_id != assignment.release_id:
+        return False
+    installed = [(a.name, a.sha256, a.kind, a.format) for a in current.artifacts]
+    assigned = [(t.name, t.sha256, t.kind, t.format) for t in assignment.targets]
+    return installed == assigned and dict(current.config) == assignment.config
