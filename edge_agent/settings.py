@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,9 @@ class AgentSettings(BaseSettings):
     poll_interval_seconds: float = Field(default=30.0, gt=0)
     max_backoff_seconds: float = Field(default=600.0, gt=0)
     download_chunk_bytes: int = Field(default=1 << 20, ge=4096)
+    # TEST ONLY (OUTPOST_AGENT_TEST_PAUSE_AT): freeze at an install step so a test can kill
+    # the agent there; see edge_agent/updates/fault_injection.py. Never set on a device.
+    test_pause_at: Literal["download", "verified", "activate"] | None = None
 
     # runtime
     n_threads: int | None = None  # default: all cores
