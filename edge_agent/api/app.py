@@ -162,10 +162,11 @@ def _bearer_check(api_token: str) -> Callable[[Request], None]:
     return require_token
 
 
-def _json_body(model: type[W], max_bytes: int) -> Callable[[Request], Awaitable[W]]:
-    """A dependency that reads at most ``max_bytes`` of JSON and validates it as ``model``."""
+def _json_body(model: type[W]) -> Callable[[Request], Awaitable[W]]:
+    """A dependency that reads at most ``max_request_bytes`` of JSON, validated as ``model``."""
 
     async def parse(request: Request) -> W:
+        max_bytes: int = request.app.state.max_request_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_bytes:
             raise _too_large(int(declared), max_bytes)
@@ -260,6 +261,11 @@ def _sampling(
     )
 
 
+ChatBody = Annotated[ChatCompletionRequest, Depends(_json_body(ChatCompletionRequest))]
+CompletionBody = Annotated[CompletionRequest, Depends(_json_body(CompletionRequest))]
+EmbeddingBody = Annotated[EmbeddingRequest, Depends(_json_body(EmbeddingRequest))]
+
+
 # --- the app ----------------------------------------------------------------------------
 
 
@@ -289,11 +295,8 @@ def create_local_api(
     async def healthz() -> Health:
         return Health()
 
+    app.state.max_request_bytes = settings.max_request_bytes
     auth = [Depends(_bearer_check(api_token))]
-    limit = settings.max_request_bytes
-    ChatBody = Annotated[ChatCompletionRequest, Depends(_json_body(ChatCompletionRequest, limit))]
-    CompletionBody = Annotated[CompletionRequest, Depends(_json_body(CompletionRequest, limit))]
-    EmbeddingBody = Annotated[EmbeddingRequest, Depends(_json_body(EmbeddingRequest, limit))]
     v1 = APIRouter(prefix="/v1")
 
     def model_card(name: str) -> ModelCard | None:

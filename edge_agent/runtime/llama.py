@@ -192,7 +192,8 @@ class LlamaEmbedder:
         self._name = name
         self._llama = llama
         self._normalize = normalize
-        self._pool_here = llama.pooling_type() == llama_cpp.LLAMA_POOLING_TYPE_NONE
+        pooling = int(llama_cpp.llama_pooling_type(llama.ctx))
+        self._pool_here = pooling == llama_cpp.LLAMA_POOLING_TYPE_NONE
         train_ctx = int(llama_cpp.llama_model_n_ctx_train(llama.model))
         self._max_tokens = min(int(llama.n_ctx()), llama.n_batch, train_ctx or llama.n_batch)
 

