@@ -222,6 +222,12 @@ class ImageRepository:
             **self.refresh_timestamp(timestamp_signer, now),
         }
 
+    def refresh_snapshot(
+        self, snapshot_signer: CryptoSigner, timestamp_signer: CryptoSigner, now: datetime
+    ) -> MetadataFiles:
+        """Re-sign snapshot (new version, new expiry) and a timestamp pointing at it."""
+        return self._new_snapshot(snapshot_signer, timestamp_signer, now)
+
     def refresh_timestamp(self, timestamp_signer: CryptoSigner, now: datetime) -> MetadataFiles:
         """Re-sign timestamp (new version, new expiry) pointing at the current snapshot."""
         ts = self.timestamp.signed

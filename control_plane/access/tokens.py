@@ -1,0 +1,79 @@
+"""Operator API tokens: random secrets of which only a SHA-256 hash is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane.access.roles import Permission, Role, permissions_of
+from control_plane.errors import AuthenticationError, PermissionDeniedError
+from control_plane.storage.models import ApiToken
+
+
+def new_secret(prefix: str) -> str:
+    """A fresh high-entropy secret, prefixed so a leaked one is recognisable."""
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def secret_hash(secret: str) -> str:
+    """The stored form of a secret (tokens are random, so a plain hash suffices)."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated operator (an API token)."""
+
+    token_id: str
+    name: str
+    role: Role
+
+    @property
+    def actor(self) -> str:
+        """How this principal appears in the audit log."""
+        return f"token:{self.name}({self.token_id})"
+
+    def require(self, permission: Permission) -> None:
+        if permission not in permissions_of(self.role):
+            raise PermissionDeniedError(
+                f"role {self.role.value!r} may not {permission.value};"
+                " ask an admin for a token with a role that may"
+            )
+
+
+def create_api_token(
+    session: Session, *, name: str, role: Role, created_by: str, now: datetime
+) -> tuple[ApiToken, str]:
+    """Store a new token's hash; return the row and the secret (shown to the caller once)."""
+    secret = new_secret("ocp")
+    row = ApiToken(
+        id=new_id("tok"),
+        name=name,
+        role=role.value,
+        token_hash=secret_hash(secret),
+        created_at=now,
+        created_by=created_by,
+        revoked_at=None,
+    )
+    session.add(row)
+    session.flush()
+    return row, secret
+
+
+def authenticate_api_token(session: Session, secret: str) -> Principal:
+    row = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == secret_hash(secret))
+    ).first()
+    if row is None or row.revoked_at is not None:
+        raise AuthenticationError("API token is unknown or revoked")
+    return Principal(token_id=row.id, name=row.name, role=Role(row.role))

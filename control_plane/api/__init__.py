@@ -1,0 +1,1 @@
+"""The HTTP API: operator, device and repository routes over the domain packages."""

@@ -1,0 +1,231 @@
+"""Operator API (``Authorization: Bearer <API token>``; each route names its permission)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from functools import partial
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request, Response, status
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from control_plane import audit
+from control_plane.access.tokens import create_api_token
+from control_plane.api.dependencies import CP, Admin, Assigner, Enroller, Publisher, Reader
+from control_plane.api.wire import (
+    ApiTokenCreate,
+    ApiTokenCreated,
+    ArtifactPublic,
+    AssignmentCreate,
+    AssignmentPublic,
+    AuditEntryPublic,
+    DevicePublic,
+    EnrollmentTokenCreate,
+    EnrollmentTokenCreated,
+    ReleaseCreate,
+    ReleasePublic,
+)
+from control_plane.artifacts.service import ArtifactSpec, check_upload, register_artifact
+from control_plane.errors import ArtifactTooLargeError, InvalidRequestError, NotFoundError
+from control_plane.fleet.devices import device_views
+from control_plane.fleet.enrollment import create_enrollment_token
+from control_plane.releases.service import create_release, get_release
+from control_plane.storage.models import Artifact, AuditEntry, Release
+
+router = APIRouter(prefix="/api/v1")
+_UPLOAD_BUFFER = 1 << 20
+
+
+@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+def create_token(body: ApiTokenCreate, admin: Admin, cp: CP) -> ApiTokenCreated:
+    """Create an operator API token (admin). The token is in this response only."""
+    now = cp.clock()
+    with cp.db.transaction() as session:
+        row, secret = create_api_token(
+            session, name=body.name, role=body.role, created_by=admin.actor, now=now
+        )
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="api_token.create",
+            target=row.id,
+            now=now,
+            details={"name": row.name, "role": row.role},
+        )
+    return ApiTokenCreated.of(row, secret)
+
+
+@router.post("/enrollment-tokens", status_code=status.HTTP_201_CREATED)
+def create_enrollment(
+    body: EnrollmentTokenCreate, operator: Enroller, cp: CP
+) -> EnrollmentTokenCreated:
+    """A one-time token that enrolls one device (operator)."""
+    with cp.db.transaction() as session:
+        row, secret = create_enrollment_token(
+            session,
+            tags=list(body.tags),
+            lifetime=timedelta(seconds=body.expires_in_seconds),
+            actor=operator.actor,
+            now=cp.clock(),
+        )
+    return EnrollmentTokenCreated(id=row.id, token=secret, expires_at=row.expires_at, tags=row.tags)
+
+
+@router.get("/devices")
+def list_devices(_viewer: Reader, cp: CP) -> list[DevicePublic]:
+    with cp.db.transaction() as session:
+        return [DevicePublic.of(v) for v in device_views(session)]
+
+
+@router.get("/devices/{device_id}")
+def show_device(device_id: str, _viewer: Reader, cp: CP) -> DevicePublic:
+    with cp.db.transaction() as session:
+        (view,) = device_views(session, device_id)
+        return DevicePublic.of(view)
+
+
+@router.post("/devices/{device_id}/assignment", status_code=status.HTTP_201_CREATED)
+def assign_release(
+    device_id: str, body: AssignmentCreate, operator: Assigner, cp: CP
+) -> AssignmentPublic:
+    """The director signs the device's next assignment, naming this release (operator)."""
+    record = cp.director.assign(
+        device_id=device_id, release_id=body.release_id, actor=operator.actor, now=cp.clock()
+    )
+    return AssignmentPublic.of(record)
+
+
+@router.post("/artifacts", status_code=status.HTTP_201_CREATED)
+async def upload_artifact(
+    request: Request,
+    response: Response,
+    publisher: Publisher,
+    cp: CP,
+    name: Annotated[str, Query(max_length=100)],
+    kind: Annotated[str, Query(max_length=32)],
+    format: Annotated[str, Query(max_length=32)],
+    runtime: Annotated[str | None, Query(max_length=64)] = None,
+    quantization: Annotated[str | None, Query(max_length=64)] = None,
+    x_outpost_custom: Annotated[str | None, Header(max_length=16_384)] = None,
+) -> ArtifactPublic:
+    """Upload an artifact as the raw request body (release manager).
+
+    The body streams to disk while hashed, up to ``max_artifact_bytes``. The same bytes
+    uploaded again return the existing artifact (200 instead of 201).
+    Optional custom metadata: ``runtime``, ``quantization`` and a JSON object in the
+    ``X-Outpost-Custom`` header (e.g. device constraints); it lands in the TUF target.
+    """
+    spec = ArtifactSpec.parse(
+        name=name,
+        kind=kind,
+        fmt=format,
+        runtime=runtime,
+        quantization=quantization,
+        custom_json=x_outpost_custom,
+    )
+    limit = cp.settings.max_artifact_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise InvalidRequestError("Content-Length must be a number")
+        if int(declared) > limit:
+            raise ArtifactTooLargeError(
+                f"artifact of {declared} bytes exceeds the limit of {limit} bytes"
+                " (OUTPOST_CP_MAX_ARTIFACT_BYTES); nothing was stored"
+            )
+    upload = await run_in_threadpool(cp.blobs.start_upload, limit)
+    try:
+        buffer = bytearray()
+        async for chunk in request.stream():
+            if upload.length + len(buffer) + len(chunk) > limit:
+                upload.write(bytes(buffer) + chunk)  # raises ArtifactTooLargeError, discards
+            buffer += chunk
+            if len(buffer) >= _UPLOAD_BUFFER:
+                await run_in_threadpool(upload.write, bytes(buffer))
+                buffer.clear()
+        if buffer:
+            await run_in_threadpool(upload.write, bytes(buffer))
+        sha256 = await run_in_threadpool(upload.finish)
+        facts = await run_in_threadpool(check_upload, upload, spec)
+        artifact, created = await run_in_threadpool(
+            partial(
+                register_artifact,
+                cp.db,
+                upload=upload,
+                sha256=sha256,
+                spec=spec,
+                facts=facts,
+                actor=publisher.actor,
+                now=cp.clock(),
+            )
+        )
+    except BaseException:
+        upload.discard()
+        raise
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return ArtifactPublic.of(artifact)
+
+
+@router.get("/artifacts")
+def list_artifacts(_viewer: Reader, cp: CP) -> list[ArtifactPublic]:
+    with cp.db.transaction() as session:
+        rows = session.scalars(select(Artifact).order_by(Artifact.created_at.desc())).all()
+        return [ArtifactPublic.of(a) for a in rows]
+
+
+@router.get("/artifacts/{artifact_id}")
+def show_artifact(artifact_id: str, _viewer: Reader, cp: CP) -> ArtifactPublic:
+    with cp.db.transaction() as session:
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            raise NotFoundError(f"no artifact with id {artifact_id!r}")
+        return ArtifactPublic.of(artifact)
+
+
+@router.post("/releases", status_code=status.HTTP_201_CREATED)
+def publish_release(body: ReleaseCreate, publisher: Publisher, cp: CP) -> ReleasePublic:
+    """Create a release and sign its artifacts into the image repository (release manager).
+
+    Needs the targets key in the offline keys folder; without it: 409 targets_key_offline.
+    """
+    release = create_release(
+        cp.metadata,
+        cp.keyring,
+        name=body.name,
+        version=body.version,
+        artifact_ids=body.artifacts,
+        config=body.config,
+        actor=publisher.actor,
+        now=cp.clock(),
+    )
+    return ReleasePublic.of(release)
+
+
+@router.get("/releases")
+def list_releases(_viewer: Reader, cp: CP) -> list[ReleasePublic]:
+    with cp.db.transaction() as session:
+        rows = session.scalars(select(Release).order_by(Release.created_at.desc())).all()
+        return [ReleasePublic.of(r) for r in rows]
+
+
+@router.get("/releases/{release_id}")
+def show_release(release_id: str, _viewer: Reader, cp: CP) -> ReleasePublic:
+    with cp.db.transaction() as session:
+        return ReleasePublic.of(get_release(session, release_id))
+
+
+@router.get("/audit")
+def read_audit_log(
+    _admin: Admin,
+    cp: CP,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    before_id: Annotated[int | None, Query(ge=1)] = None,
+) -> list[AuditEntryPublic]:
+    """Audit entries, newest first (admin). Page with ``before_id``."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    with cp.db.transaction() as session:
+        return [AuditEntryPublic.of(e) for e in session.scalars(query)]

@@ -1,0 +1,80 @@
+"""The image repository over HTTP (no auth: TUF metadata verifies what is served),
+and the health check."""
+
+from __future__ import annotations
+
+import re
+
+from fastapi import APIRouter, Response
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from control_plane.api.dependencies import CP
+from control_plane.api.wire import Health
+from control_plane.errors import NotFoundError
+from control_plane.metadata_store import TIMESTAMP_FILE, read_file
+from control_plane.storage.models import Artifact, ReleaseArtifact
+from protocol import paths
+from protocol.version import PROTOCOL_VERSION
+
+router = APIRouter()
+
+_METADATA_FILE = re.compile(
+    r"^(?:[1-9][0-9]{0,9}\.(?:root|targets|snapshot)|root|timestamp)\.json$"
+)
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@router.get(paths.REPO_METADATA + "/{file_name}")
+def metadata_file(file_name: str, cp: CP) -> Response:
+    """A TUF metadata file, e.g. ``1.root.json``, ``3.snapshot.json``, ``timestamp.json``."""
+    if not _METADATA_FILE.match(file_name):
+        raise NotFoundError(f"no metadata file {file_name!r}")
+    if file_name == TIMESTAMP_FILE:
+        content: bytes | None = cp.metadata.current_timestamp(cp.clock())
+        cache = "no-cache"
+    else:
+        with cp.db.transaction() as session:
+            content = read_file(session, file_name)
+        cache = "no-cache" if file_name == "root.json" else _IMMUTABLE
+    if content is None:
+        raise NotFoundError(f"no metadata file {file_name!r}")
+    return Response(
+        content=content, media_type="application/json", headers={"Cache-Control": cache}
+    )
+
+
+@router.api_route(paths.REPO_TARGETS + "/{sha256}/{file_name}", methods=["GET", "HEAD"])
+def target_file(sha256: str, file_name: str, cp: CP) -> FileResponse:
+    """The bytes of a published target; supports ``Range`` (206) for resumed downloads.
+
+    Also answers python-tuf's consistent-snapshot form ``<sha256>/<sha256>.<file name>``.
+    """
+    if not _SHA256.match(sha256):
+        raise NotFoundError("target paths look like '<sha256>/<file name>'")
+    names = [file_name]
+    if file_name.startswith(sha256 + "."):
+        names.append(file_name.removeprefix(sha256 + "."))
+    with cp.db.transaction() as session:
+        artifact = session.scalars(
+            select(Artifact)
+            .where(Artifact.target_path.in_([f"{sha256}/{n}" for n in names]))
+            .where(Artifact.id.in_(select(ReleaseArtifact.artifact_id)))
+        ).first()
+    if artifact is None:
+        raise NotFoundError(f"no published target {sha256}/{file_name}")
+    blob = cp.blobs.path(artifact.sha256)
+    if not blob.is_file():
+        raise NotFoundError(f"target {artifact.target_path} is missing from the blob store")
+    return FileResponse(
+        blob,
+        media_type="application/octet-stream",
+        headers={"ETag": f'"{artifact.sha256}"', "Cache-Control": _IMMUTABLE},
+    )
+
+
+@router.get(paths.HEALTH)
+def health(cp: CP) -> Health:
+    cp.db.ping()
+    return Health(status="ok", protocol_version=PROTOCOL_VERSION)

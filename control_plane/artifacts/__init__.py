@@ -1,0 +1,1 @@
+"""Artifacts: uploaded, type-checked, hashed and stored content-addressed."""

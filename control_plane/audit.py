@@ -1,0 +1,26 @@
+"""The append-only audit log: every mutating operator action and every enrollment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from control_plane.storage.models import AuditEntry
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    target: str,
+    now: datetime,
+    details: Mapping[str, Any] | None = None,
+) -> None:
+    """Add one entry in the caller's transaction (it commits or rolls back with the action)."""
+    session.add(
+        AuditEntry(at=now, actor=actor, action=action, target=target, details=dict(details or {}))
+    )

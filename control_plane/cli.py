@@ -1,0 +1,88 @@
+"""``outpost-cp``: ``init`` a control plane, ``serve`` it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from control_plane.app import create_app, utc_now
+from control_plane.errors import ControlPlaneError, NotInitializedError
+from control_plane.initialization import initialize
+from control_plane.metadata_store import is_initialized
+from control_plane.settings import ControlPlaneSettings
+from control_plane.storage.database import Database, migrate
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="outpost-cp",
+        description="Outpost control plane. Every flag can also be set as OUTPOST_CP_<NAME>.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("init", "create keys, the database schema, the repository and an admin token"),
+        ("serve", "run the HTTP API (migrates the database first)"),
+    ):
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.add_argument("--data-dir", type=Path, help="state folder (keys, blobs, root.json)")
+        cmd.add_argument(
+            "--database-url",
+            help="SQLAlchemy URL; default sqlite in the data dir; e.g. postgresql+psycopg://...",
+        )
+        if name == "serve":
+            cmd.add_argument("--host", help="interface to bind (default 127.0.0.1)")
+            cmd.add_argument("--port", type=int, help="port (default 8700)")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
+    overrides: dict[str, Any] = {
+        key: value
+        for key in ("data_dir", "database_url", "host", "port")
+        if (value := getattr(args, key, None)) is not None
+    }
+    return ControlPlaneSettings(**overrides)
+
+
+def _serve(settings: ControlPlaneSettings) -> None:
+    import uvicorn
+
+    db = Database.from_url(settings.resolved_database_url)
+    try:
+        migrate(db.engine)
+        with db.transaction() as session:
+            if not is_initialized(session):
+                raise NotInitializedError(
+                    f"the database {settings.display_database_url} holds no repository;"
+                    f" run 'outpost-cp init --data-dir {settings.data_dir}' first"
+                )
+    finally:
+        db.dispose()
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = _settings(args)
+        if args.command == "init":
+            result = initialize(settings, utc_now())
+            print(json.dumps(result.as_json()), flush=True)
+        else:
+            _serve(settings)
+    except ValidationError as e:
+        print(f"outpost-cp: invalid setting: {e}", file=sys.stderr)
+        return 2
+    except ControlPlaneError as e:
+        print(f"outpost-cp: {e}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,133 @@
+"""Issuing assignments against the database (the director's adapter)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from control_plane import audit
+from control_plane.director.assignment import (
+    ReleaseFacts,
+    build_assignment,
+    needs_reissue,
+    next_version,
+    sign_assignment,
+)
+from control_plane.errors import NotFoundError
+from control_plane.storage.database import Database, retrying
+from control_plane.storage.models import AssignmentRecord, Device, Release
+from protocol.keys import Ed25519KeyPair
+from protocol.messages import TargetRef
+
+
+def release_facts(release: Release) -> ReleaseFacts:
+    targets = tuple(
+        TargetRef(
+            name=m.artifact.name,
+            path=m.artifact.target_path,
+            sha256=m.artifact.sha256,
+            length=m.artifact.length,
+            kind=m.artifact.kind,  # type: ignore[arg-type]
+            format=m.artifact.format,  # type: ignore[arg-type]
+        )
+        for m in release.members
+    )
+    return ReleaseFacts(
+        id=release.id,
+        name=release.name,
+        version=release.version,
+        targets=targets,
+        config=release.config,
+    )
+
+
+def latest_assignment(session: Session, device_id: str) -> AssignmentRecord | None:
+    return session.scalars(
+        select(AssignmentRecord)
+        .where(AssignmentRecord.device_id == device_id)
+        .order_by(AssignmentRecord.version.desc())
+        .limit(1)
+    ).first()
+
+
+class Director:
+    """Signs per-device assignments with the director key and stores them."""
+
+    def __init__(self, db: Database, key: Ed25519KeyPair, ttl: timedelta) -> None:
+        self.db = db
+        self.key = key
+        self.ttl = ttl
+
+    def _issue(
+        self, session: Session, device_id: str, release: Release, issued_by: str, now: datetime
+    ) -> AssignmentRecord:
+        previous = session.scalar(
+            select(func.max(AssignmentRecord.version)).where(
+                AssignmentRecord.device_id == device_id
+            )
+        )
+        assignment = build_assignment(
+            device_id=device_id,
+            version=next_version(previous),
+            release=release_facts(release),
+            now=now,
+            ttl=self.ttl,
+        )
+        record = AssignmentRecord(
+            device_id=device_id,
+            version=assignment.version,
+            release_id=release.id,
+            envelope=sign_assignment(assignment, self.key).model_dump_json(),
+            issued_at=assignment.issued_at,
+            expires_at=assignment.expires_at,
+            issued_by=issued_by,
+        )
+        session.add(record)
+        session.flush()  # a concurrent issue of the same version fails here, and is retried
+        return record
+
+    def assign(
+        self, *, device_id: str, release_id: str, actor: str, now: datetime
+    ) -> AssignmentRecord:
+        """Sign the next assignment of ``release_id`` to ``device_id`` (audited)."""
+
+        def work(session: Session) -> AssignmentRecord:
+            if session.get(Device, device_id) is None:
+                raise NotFoundError(f"no device with id {device_id!r}")
+            release = session.get(Release, release_id)
+            if release is None:
+                raise NotFoundError(f"no release with id {release_id!r}")
+            record = self._issue(session, device_id, release, actor, now)
+            audit.record(
+                session,
+                actor=actor,
+                action="assignment.create",
+                target=device_id,
+                now=now,
+                details={
+                    "release_id": release.id,
+                    "release": f"{release.name}@{release.version}",
+                    "version": record.version,
+                },
+            )
+            return record
+
+        return retrying(self.db, work)
+
+    def current(self, device_id: str, now: datetime) -> AssignmentRecord | None:
+        """The device's newest assignment, re-signed first if past half its lifetime."""
+
+        def work(session: Session) -> AssignmentRecord | None:
+            record = latest_assignment(session, device_id)
+            if record is None or not needs_reissue(
+                issued_at=record.issued_at, expires_at=record.expires_at, now=now
+            ):
+                return record
+            release = session.get(Release, record.release_id)
+            if release is None:  # pragma: no cover - foreign key guarantees it
+                return record
+            return self._issue(session, device_id, release, "director:reissue", now)
+
+        return retrying(self.db, work)

@@ -1,0 +1,1 @@
+"""Devices: enrollment with one-time tokens, and what the fleet looks like."""

@@ -1,0 +1,102 @@
+"""Creating a release: its artifacts are signed into the image repository in the same
+transaction that stores the release, so a release exists only once it is published."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from control_plane import audit
+from control_plane.access.tokens import new_id
+from control_plane.artifacts.service import target_file
+from control_plane.errors import ConflictError, InvalidRequestError, NotFoundError
+from control_plane.keyring import Keyring
+from control_plane.metadata_store import MetadataStore
+from control_plane.storage.models import Artifact, Release, ReleaseArtifact
+
+RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RELEASE_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+
+
+def create_release(
+    store: MetadataStore,
+    keyring: Keyring,
+    *,
+    name: str,
+    version: str,
+    artifact_ids: Sequence[str],
+    config: dict[str, Any],
+    actor: str,
+    now: datetime,
+) -> Release:
+    """Publish the artifacts (targets key needed) and store the release (audited)."""
+    if len(set(artifact_ids)) != len(artifact_ids):
+        raise InvalidRequestError("a release lists each artifact once")
+    targets_key = keyring.load_targets()
+
+    def work(session: Session) -> Release:
+        duplicate = session.scalars(
+            select(Release.id).where(Release.name == name, Release.version == version)
+        ).first()
+        if duplicate is not None:
+            raise ConflictError(
+                f"release {name}@{version} already exists ({duplicate}); releases are"
+                " immutable, publish a new version"
+            )
+        rows = session.scalars(select(Artifact).where(Artifact.id.in_(artifact_ids))).all()
+        by_id = {a.id: a for a in rows}
+        missing = [i for i in artifact_ids if i not in by_id]
+        if missing:
+            raise InvalidRequestError(f"unknown artifact ids: {', '.join(missing)}")
+        artifacts = [by_id[i] for i in artifact_ids]
+        names = [a.name for a in artifacts]
+        if len(set(names)) != len(names):
+            raise InvalidRequestError("two artifacts of a release share a name; names must differ")
+        targets_version = store.add_targets(
+            session, [target_file(a) for a in artifacts], targets_key, now
+        )
+        release = Release(
+            id=new_id("rel"),
+            name=name,
+            version=version,
+            config=config,
+            targets_version=targets_version,
+            created_at=now,
+            created_by=actor,
+        )
+        session.add(release)
+        session.flush()
+        for position, artifact in enumerate(artifacts):
+            session.add(
+                ReleaseArtifact(release_id=release.id, artifact_id=artifact.id, position=position)
+            )
+        audit.record(
+            session,
+            actor=actor,
+            action="release.publish",
+            target=release.id,
+            now=now,
+            details={
+                "name": name,
+                "version": version,
+                "artifacts": list(artifact_ids),
+                "targets_version": targets_version,
+            },
+        )
+        session.flush()
+        session.refresh(release)
+        return release
+
+    return store.write(work)
+
+
+def get_release(session: Session, release_id: str) -> Release:
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFoundError(f"no release with id {release_id!r}")
+    return release

@@ -1,0 +1,83 @@
+"""Control-plane settings, read once at startup (env prefix ``OUTPOST_CP_``) and passed down."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from control_plane.repository import RepositoryLifetimes
+
+_DAY = 86_400
+
+
+class ControlPlaneSettings(BaseSettings):
+    """Everything the control plane reads from its environment.
+
+    ``database_url`` defaults to a SQLite file in ``data_dir``; give
+    ``postgresql+psycopg://user@host/db`` to use PostgreSQL.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="OUTPOST_CP_", extra="ignore")
+
+    data_dir: Path = Path("/var/lib/outpost-cp")
+    database_url: str | None = None
+    # Where the root and targets private keys live while they are on this machine.
+    # Default: <data_dir>/keys/offline. Point it at removable media to keep them off the disk.
+    offline_keys_dir: Path | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8700, ge=0, le=65535)
+    log_level: str = "info"
+
+    root_lifetime_seconds: int = Field(default=365 * _DAY, ge=1)
+    targets_lifetime_seconds: int = Field(default=365 * _DAY, ge=1)
+    snapshot_lifetime_seconds: int = Field(default=30 * _DAY, ge=1)
+    timestamp_lifetime_seconds: int = Field(default=_DAY, ge=1)
+    assignment_ttl_seconds: int = Field(default=7 * _DAY, ge=1)
+
+    max_artifact_bytes: int = Field(default=8 * 1024**3, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'control-plane.db').resolve()}"
+
+    @property
+    def display_database_url(self) -> str:
+        """The database URL with any password masked (safe to print and log)."""
+        return make_url(self.resolved_database_url).render_as_string(hide_password=True)
+
+    @property
+    def resolved_offline_keys_dir(self) -> Path:
+        return self.offline_keys_dir or self.data_dir / "keys" / "offline"
+
+    @property
+    def online_keys_dir(self) -> Path:
+        return self.data_dir / "keys" / "online"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def root_file(self) -> Path:
+        """The initial trusted root that devices are provisioned with."""
+        return self.data_dir / "root.json"
+
+    @property
+    def lifetimes(self) -> RepositoryLifetimes:
+        return RepositoryLifetimes(
+            root=timedelta(seconds=self.root_lifetime_seconds),
+            targets=timedelta(seconds=self.targets_lifetime_seconds),
+            snapshot=timedelta(seconds=self.snapshot_lifetime_seconds),
+            timestamp=timedelta(seconds=self.timestamp_lifetime_seconds),
+        )
+
+    @property
+    def assignment_ttl(self) -> timedelta:
+        return timedelta(seconds=self.assignment_ttl_seconds)

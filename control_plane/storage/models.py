@@ -1,0 +1,212 @@
+"""Storage models (SQLAlchemy 2, typed). Wire models live in ``control_plane.api.wire``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# BIGINT on PostgreSQL; SQLite only auto-increments a column declared INTEGER.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTCDateTime column")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+        list[str]: JSON(),
+    }
+
+
+class Device(Base):
+    __tablename__ = "devices"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    public_key_hex: Mapped[str] = mapped_column(String(64), unique=True)
+    hardware: Mapped[dict[str, Any]]
+    tags: Mapped[list[str]]
+    enrolled_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+    installed_release_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("releases.id"))
+    installed_assignment_version: Mapped[int | None]
+    enrollment_token_id: Mapped[str | None] = mapped_column(
+        String(64), ForeignKey("enrollment_tokens.id")
+    )
+
+    installed_release: Mapped[Release | None] = relationship(lazy="raise")
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    tags: Mapped[list[str]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(32))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    revoked_at: Mapped[datetime | None]
+
+
+class Artifact(Base):
+    __tablename__ = "artifacts"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(32))
+    format: Mapped[str] = mapped_column(String(32))
+    length: Mapped[int] = mapped_column(BigInteger)
+    target_path: Mapped[str] = mapped_column(String(200), unique=True)
+    custom: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class Release(Base):
+    __tablename__ = "releases"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_releases_name_version"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    version: Mapped[str] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]]
+    targets_version: Mapped[int]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+
+    members: Mapped[list[ReleaseArtifact]] = relationship(
+        order_by="ReleaseArtifact.position", lazy="selectin"
+    )
+
+
+class ReleaseArtifact(Base):
+    __tablename__ = "release_artifacts"
+
+    release_id: Mapped[str] = mapped_column(String(64), ForeignKey("releases.id"), primary_key=True)
+    artifact_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("artifacts.id"), primary_key=True
+    )
+    position: Mapped[int]
+
+    artifact: Mapped[Artifact] = relationship(lazy="selectin")
+
+
+class AssignmentRecord(Base):
+    __tablename__ = "assignments"
+    __table_args__ = (
+        UniqueConstraint("device_id", "version", name="uq_assignments_device_version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"))
+    version: Mapped[int]
+    release_id: Mapped[str] = mapped_column(String(64), ForeignKey("releases.id"))
+    envelope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    issued_by: Mapped[str] = mapped_column(String(200))
+
+
+class StatusReportRecord(Base):
+    __tablename__ = "status_reports"
+    __table_args__ = (Index("ix_status_reports_device_received", "device_id", "received_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    report_id: Mapped[str] = mapped_column(String(32), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"))
+    assignment_version: Mapped[int | None]
+    release_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    detail: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
+class TufMetadataFile(Base):
+    __tablename__ = "tuf_metadata"
+    __table_args__ = (Index("ix_tuf_metadata_role_version", "role", "version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    file_name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    version: Mapped[int]
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class AuditEntry(Base):
+    """Append-only (triggers in the migration refuse UPDATE and DELETE)."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict[str, Any]]
+
+
+__all__ = [
+    "ApiToken",
+    "Artifact",
+    "AssignmentRecord",
+    "AuditEntry",
+    "Base",
+    "Device",
+    "EnrollmentToken",
+    "Release",
+    "ReleaseArtifact",
+    "StatusReportRecord",
+    "TufMetadataFile",
+    "UTCDateTime",
+]
