@@ -11,7 +11,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 import httpx
@@ -204,4 +204,3 @@ def _warm_or_roll_back(registry: ModelRegistry, store: ReleaseStore) -> None:
         previous = store.roll_back()
         if previous is not None:
             registry.activate(previous)
-

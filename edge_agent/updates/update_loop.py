@@ -55,6 +55,7 @@ class CycleOutcome:
     result: CycleResult
     detail: str = ""
     assignment_version: int | None = None
+    error_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,13 +166,15 @@ class UpdateLoop:
             outcome = self._cycle()
         except TransportError as e:
             log.info("control plane unreachable: %s", e)
-            outcome = CycleOutcome(CycleResult.OFFLINE, str(e))
+            outcome = CycleOutcome(CycleResult.OFFLINE, str(e), error_type=type(e).__name__)
         except BadUpdateError as e:
             log.warning("update refused: %s", e)
-            outcome = CycleOutcome(CycleResult.REFUSED, str(e))
+            outcome = CycleOutcome(CycleResult.REFUSED, str(e), error_type=type(e).__name__)
         except Exception as e:
             log.exception("update cycle failed")
-            outcome = CycleOutcome(CycleResult.FAILED, f"{type(e).__name__}: {e}")
+            outcome = CycleOutcome(
+                CycleResult.FAILED, f"{type(e).__name__}: {e}", error_type=type(e).__name__
+            )
         self._set(
             phase="idle",
             online=outcome.result is not CycleResult.OFFLINE,
