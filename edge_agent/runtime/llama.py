@@ -38,24 +38,35 @@ class _GuardedLlama(llama_cpp.Llama):
     """A Llama that refuses prompts longer than its context before generating.
 
     Every generation path of llama-cpp-python (plain completion and every chat handler)
-    ends in ``create_completion`` with the final prompt, so the check sits there.
+    ends in ``create_completion`` with the final prompt, so the check sits there. The
+    usable context is the smaller of what was asked for and what llama.cpp allocated
+    (llama.cpp pads the context, llama-cpp-python's token buffer keeps the asked size).
     """
 
     served_name: str = ""
     last_prompt_tokens: int = 0
+
+    @property
+    def usable_context(self) -> int:
+        return min(int(self.n_ctx()), int(self.input_ids.shape[0]))
 
     def create_completion(self, prompt: str | list[int], *args: Any, **kwargs: Any) -> Any:
         if isinstance(prompt, str):
             n_prompt = len(self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
         else:
             n_prompt = len(prompt)
-        n_ctx = self.n_ctx()
+        n_ctx = self.usable_context
         if n_prompt >= n_ctx:
             raise ContextOverflowError(
                 f"the prompt is {n_prompt} tokens but model {self.served_name!r} has a "
                 f"context of {n_ctx} tokens (the prompt must leave room for at least one "
                 f"generated token); shorten the prompt or messages"
             )
+        room = n_ctx - n_prompt
+        max_tokens = kwargs.get("max_tokens")
+        kwargs["max_tokens"] = (
+            room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        )
         self.last_prompt_tokens = n_prompt
         return super().create_completion(prompt, *args, **kwargs)
 
@@ -106,7 +117,7 @@ class LlamaTextGenerator:
 
     @property
     def context_length(self) -> int:
-        return int(self._llama.n_ctx())
+        return self._llama.usable_context
 
     def chat(self, turns: Sequence[ChatTurn], sampling: Sampling) -> Iterator[TextPiece]:
         messages: list[Any] = [

@@ -51,7 +51,7 @@ def release(
             name=name,
             kind=kind,
             format="gguf",
-            sha256=hashlib.sha256(f"{release_id}/{name}".encode()).hexdigest(),
+            sha256=hashlib.sha256(str(path).encode()).hexdigest(),  # same file, same hash
             length=path.stat().st_size,
             path=path,
         )
@@ -107,7 +107,7 @@ class Served:
 
 def settings_for_tests(**overrides: Any) -> AgentSettings:
     values: dict[str, Any] = {
-        "n_threads": min(2, os.cpu_count() or 1),
+        "n_threads": 1,  # robust on a shared 2-core box; the benchmark measures speed
         "n_ctx": N_CTX,
         "max_queue": 4,
         "max_request_bytes": 64 * 1024,
@@ -143,7 +143,9 @@ def served(smollm2: Path, minilm: Path) -> Iterator[Served]:
         registry,
         settings,
         api_token=TOKEN,
-        status=lambda: {"release": {"id": registry.release.release_id if registry.release else None}},
+        status=lambda: {
+            "release": {"id": registry.release.release_id if registry.release else None}
+        },
     )
     with LiveServer(app) as server:
         yield Served(registry, settings, first, server.url)

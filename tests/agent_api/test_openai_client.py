@@ -59,7 +59,9 @@ def test_chat_streams_token_by_token_and_matches_the_whole_reply(client: openai.
     assert chunks[0].choices[0].delta.role == "assistant"
     assert "".join(texts) == whole.choices[0].message.content
     assert "hello" in "".join(texts).lower()
-    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finals == ["length"] or finals == ["stop"]
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
 
