@@ -407,12 +407,18 @@ def convert(model_dir: Path, out_path: Path) -> Path:
     return out_path
 
 
-def cached_gguf(cache_dir: Path, model_dir: Path | None = None) -> Path:
+def cached_gguf(cache_dir: Path | None = None, model_dir: Path | None = None) -> Path:
     """The converted GGUF, converting only when no file for this source exists yet.
 
     The cache key is the sha256 of the source files plus the converter version, so a
-    changed source or converter produces a new file instead of reusing a stale one.
+    changed source or converter produces a new file instead of reusing a stale one. The
+    default cache is ``<model cache>/minilm`` (``$OUTPOST_MODEL_CACHE`` or
+    ``~/.cache/outpost/models``).
     """
+    if cache_dir is None:
+        from converters.sources import cache_root
+
+        cache_dir = cache_root() / "minilm"
     model_dir = model_dir or default_source_dir()
     key = source_sha256(model_dir)[:16]
     path = cache_dir / f"all-minilm-l6-v2-f16-{key}-c{CONVERTER_VERSION}.gguf"

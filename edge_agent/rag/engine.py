@@ -19,9 +19,11 @@ from edge_agent.rag.fusion import reciprocal_rank_fusion
 from edge_agent.rag.grounding import (
     Citation,
     EvidencePolicy,
+    Sentence,
     Source,
     assess_evidence,
     build_messages,
+    candidate_sentences,
     cite,
     extractive_answer,
     model_declined,
@@ -270,6 +272,22 @@ class RagEngine:
 
     # --- answers ------------------------------------------------------------------------
 
+    def _relevance(
+        self, sentences: Sequence[Sentence]
+    ) -> Callable[[str, Sequence[Sentence]], list[float]]:
+        """Cosine between a claim and candidate sentences (sentences embedded once)."""
+        vectors = self._embed([s.text for s in sentences]) if sentences else None
+        row = {id(s): i for i, s in enumerate(sentences)}
+        clip = self.settings.max_query_tokens
+
+        def relevance(claim: str, subset: Sequence[Sentence]) -> list[float]:
+            if vectors is None or not subset:
+                return [0.0] * len(subset)
+            q = self._embed([_clip_tokens(claim, clip)])[0]
+            return [float(vectors[row[id(s)]] @ q) for s in subset]
+
+        return relevance
+
     def verified(self, citations: Sequence[Citation]) -> list[Citation]:
         """Only the citations whose quote is exactly their span of the stored document."""
         texts: dict[str, str | None] = {}
@@ -297,20 +315,26 @@ class RagEngine:
         best-matching source sentences, quoted.
         """
         sources = self.retrieve(question, k=k, filters=filters)
-        evidence = assess_evidence(question, sources, self.evidence)
+        terms = content_terms(question)[: self.settings.max_query_terms]
+        evidence = assess_evidence(
+            question, sources, self.evidence, unknown_terms=self.index.unknown_terms(terms)
+        )
         if not evidence.sufficient:
             return Answer(
                 question, f"I don't know: {evidence.reason}.", True, evidence.reason, [], sources
             )
+        sentences = candidate_sentences(sources)
+        relevance = self._relevance(sentences)
         if self.chat is not None and generate:
             prompt = build_messages(_clip_tokens(question, self.settings.max_query_tokens), sources)
             text = self.chat.complete(prompt, max_tokens=max_tokens)
             if model_declined(text):
                 reason = "the model found no answer in the retrieved sources"
                 return Answer(question, text.strip(), True, reason, [], sources)
+            citations = self.verified(cite(text, sentences, relevance))
         else:
-            text = extractive_answer(question, sources)
-        citations = self.verified(cite(text, question, sources))
+            text, citations = extractive_answer(question, sentences, relevance)
+            citations = self.verified(citations)
         if not citations:
             reason = "the answer could not be tied to any retrieved passage"
             return Answer(question, f"I don't know: {reason}.", True, reason, [], sources)

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edge_agent.rag.text import content_terms
+from edge_agent.rag.text import content_terms, stem
 
 __all__ = [
     "Citation",
     "Evidence",
     "EvidencePolicy",
+    "Relevance",
+    "Sentence",
     "Source",
     "assess_evidence",
     "build_messages",
+    "candidate_sentences",
     "cite",
     "extractive_answer",
     "model_declined",
     "verify_citation",
 ]
 
-_SENTENCE = re.compile(r"[^.!?。！？\n]+(?:[.!?。！？]+|\n|$)")
+_SENTENCE_BREAK = re.compile(r"(?<=[.!?])\s+|(?<=[。！？])|\n\s*\n")
 _MARKER = re.compile(r"\[(\d{1,3})\]")
 _DECLINE = re.compile(
     r"\b(?:i (?:do not|don't|cannot|can't) (?:know|find|answer)|not (?:in|covered by|"
@@ -69,6 +72,8 @@ class EvidencePolicy:
 
     min_similarity: float = 0.30
     confident_similarity: float = 0.55
+    paraphrase_similarity: float = 0.75
+    max_unknown_share: float = 0.5
     min_term_coverage: float = 0.5
 
 
@@ -88,12 +93,29 @@ def build_messages(
 
 
 def assess_evidence(
-    question: str, sources: Sequence[Source], policy: EvidencePolicy = EvidencePolicy()
+    question: str,
+    sources: Sequence[Source],
+    policy: EvidencePolicy = EvidencePolicy(),
+    *,
+    unknown_terms: Sequence[str] = (),
 ) -> Evidence:
-    """Whether the retrieved sources are strong enough to answer from, and why not."""
+    """Whether the retrieved sources are strong enough to answer from, and why not.
+
+    ``unknown_terms`` are the question's words that occur nowhere in the index: a question
+    mostly about things the documents never mention is abstained on unless a passage is a
+    near-paraphrase of it.
+    """
     if not sources:
         return Evidence(False, "no passage in the index matches the question")
     best = max(sources, key=lambda s: s.similarity)
+    terms = content_terms(question)
+    unknown_share = len(unknown_terms) / len(terms) if terms else 0.0
+    if unknown_share >= policy.max_unknown_share and best.similarity < policy.paraphrase_similarity:
+        listed = ", ".join(repr(t) for t in unknown_terms[:5])
+        return Evidence(
+            False,
+            f"the documents never mention {listed} (best passage similarity {best.similarity:.2f})",
+        )
     if best.similarity >= policy.confident_similarity:
         return Evidence(True, f"best passage similarity {best.similarity:.2f}")
     if best.similarity < policy.min_similarity:
@@ -102,14 +124,13 @@ def assess_evidence(
             f"best passage similarity {best.similarity:.2f} is below "
             f"{policy.min_similarity:.2f}: the documents do not seem to cover this",
         )
-    terms = content_terms(question)
     if not terms:
         return Evidence(True, f"best passage similarity {best.similarity:.2f}")
     top = sorted(sources, key=lambda s: -s.similarity)[:3]
     found = set()
     for s in top:
-        words = set(content_terms(s.text))
-        found |= {t for t in terms if t in words}
+        words = {stem(w) for w in content_terms(s.text)}
+        found |= {t for t in terms if stem(t) in words}
     coverage = len(found) / len(terms)
     if coverage < policy.min_term_coverage:
         return Evidence(
@@ -122,8 +143,8 @@ def assess_evidence(
 
 def _sentences(text: str) -> list[tuple[int, int]]:
     spans = []
-    for m in _SENTENCE.finditer(text):
-        start, end = m.span()
+    bounds = [0, *(i for m in _SENTENCE_BREAK.finditer(text) for i in m.span()), len(text)]
+    for start, end in zip(bounds[::2], bounds[1::2], strict=True):
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
@@ -133,62 +154,119 @@ def _sentences(text: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _best_sentence(source: Source, terms: Sequence[str]) -> tuple[int, int, float]:
-    wanted = set(terms)
-    best = (0, len(source.text), -1.0)
-    for start, end in _sentences(source.text):
-        words = content_terms(source.text[start:end])
-        score = sum(1 for w in words if w in wanted) / (1 + 0.02 * len(words))
-        if score > best[2]:
-            best = (start, end, score)
-    return best
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of a source; ``start``/``end`` are offsets into ``source.text``."""
+
+    source: Source
+    start: int
+    end: int
+
+    @property
+    def text(self) -> str:
+        return self.source.text[self.start : self.end]
+
+    def citation(self) -> Citation:
+        return Citation(
+            source=self.source.number,
+            document=self.source.document,
+            chunk_id=self.source.chunk_id,
+            start=self.source.start + self.start,
+            end=self.source.start + self.end,
+            quote=self.text,
+        )
 
 
-def _citation(source: Source, start: int, end: int) -> Citation:
-    return Citation(
-        source=source.number,
-        document=source.document,
-        chunk_id=source.chunk_id,
-        start=source.start + start,
-        end=source.start + end,
-        quote=source.text[start:end],
-    )
+LEXICAL_WEIGHT = 0.1
+Relevance = Callable[[str, Sequence[Sentence]], Sequence[float]]
 
 
-def cite(answer: str, question: str, sources: Sequence[Source]) -> list[Citation]:
-    """Citations for an answer: for each ``[n]`` it uses, the sentence of source n that best
-    supports it. An answer without valid markers cites the one source that supports it best.
+def candidate_sentences(sources: Sequence[Source]) -> list[Sentence]:
+    """The sentences of the sources that can be quoted: headings and fragments are left out
+    (ten words or fewer without a full stop), and overlapping chunks yield each once.
     """
-    by_number = {s.number: s for s in sources}
-    numbers = [int(n) for n in _MARKER.findall(answer) if int(n) in by_number]
-    terms = content_terms(answer) + content_terms(question)
-    if not numbers:
-        scored = [(_best_sentence(s, terms), s) for s in sources]
-        scored = [x for x in scored if x[0][2] > 0]
-        if not scored:
-            return []
-        (start, end, _), source = max(scored, key=lambda x: x[0][2])
-        return [_citation(source, start, end)]
-    citations = []
-    for n in dict.fromkeys(numbers):
-        start, end, _ = _best_sentence(by_number[n], terms)
-        citations.append(_citation(by_number[n], start, end))
-    return citations
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for source in sources:
+        for start, end in _sentences(source.text):
+            text = source.text[start:end]
+            if len(text.split()) <= 10 and not text.endswith((".", "!", "?", "。", "！", "？")):
+                continue
+            key = (source.document, source.start + start)
+            if key not in seen:
+                seen.add(key)
+                out.append(Sentence(source, start, end))
+    return out
 
 
-def extractive_answer(question: str, sources: Sequence[Source], max_sentences: int = 2) -> str:
-    """An answer made of the source sentences that best match the question, with markers.
+def _lexical_overlap(terms: Sequence[str], sentence: Sentence) -> float:
+    wanted = {stem(t) for t in terms}
+    if not wanted:
+        return 0.0
+    words = {stem(w) for w in content_terms(sentence.text)}
+    return len(wanted & words) / len(wanted)
+
+
+def _ranked(
+    claim: str, sentences: Sequence[Sentence], relevance: Relevance
+) -> list[tuple[float, Sentence]]:
+    terms = content_terms(claim)
+    scores = relevance(claim, sentences)
+    ranked = [
+        (float(sim) + LEXICAL_WEIGHT * _lexical_overlap(terms, s), s)
+        for sim, s in zip(scores, sentences, strict=True)
+    ]
+    return sorted(ranked, key=lambda x: -x[0])
+
+
+def extractive_answer(
+    question: str,
+    sentences: Sequence[Sentence],
+    relevance: Relevance,
+    max_sentences: int = 2,
+    min_score: float = 0.35,
+) -> tuple[str, list[Citation]]:
+    """An answer made of the source sentences that best match the question, each cited.
 
     Used when no chat model is available, and as a deterministic baseline in evaluations.
+    A second sentence is added only when it scores close to the first.
     """
-    terms = content_terms(question)
-    scored = []
-    for s in sources:
-        start, end, score = _best_sentence(s, terms)
-        scored.append((score * (0.5 + s.similarity), s, start, end))
-    scored.sort(key=lambda x: -x[0])
-    parts = [f"{s.text[a:b]} [{s.number}]" for _, s, a, b in scored[:max_sentences]]
-    return " ".join(parts)
+    ranked = _ranked(question, sentences, relevance)
+    if not ranked or ranked[0][0] < min_score:
+        return "", []
+    picked = [s for score, s in ranked[:max_sentences] if score >= ranked[0][0] - 0.05]
+    text = " ".join(f"{s.text} [{s.source.number}]" for s in picked)
+    return text, [s.citation() for s in picked]
+
+
+def cite(
+    answer: str,
+    sentences: Sequence[Sentence],
+    relevance: Relevance,
+    min_score: float = 0.35,
+) -> list[Citation]:
+    """Citations for a generated answer: for each ``[n]`` it uses, the sentence of source n
+    that best supports the words before the marker. An answer without valid markers cites
+    the one sentence that supports it best, if any supports it well enough.
+    """
+    numbers = {s.source.number for s in sentences}
+    claims: dict[int, str] = {}
+    previous = 0
+    for m in _MARKER.finditer(answer):
+        n = int(m.group(1))
+        if n in numbers:
+            claims[n] = (claims.get(n, "") + " " + answer[previous : m.start()]).strip()
+        previous = m.end()
+    if not claims:
+        ranked = _ranked(answer, sentences, relevance)
+        return [ranked[0][1].citation()] if ranked and ranked[0][0] >= min_score else []
+    citations = []
+    for n, claim in claims.items():
+        own = [s for s in sentences if s.source.number == n]
+        ranked = _ranked(claim or answer, own, relevance)
+        if ranked:
+            citations.append(ranked[0][1].citation())
+    return citations
 
 
 def model_declined(answer: str) -> bool:

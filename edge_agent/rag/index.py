@@ -117,7 +117,7 @@ CREATE TABLE chunks(
 );
 CREATE INDEX chunks_document ON chunks(document_id);
 CREATE VIRTUAL TABLE chunks_fts USING fts5(
-  text, content='', contentless_delete=1, tokenize='unicode61 remove_diacritics 2'
+  text, content='', contentless_delete=1, tokenize='porter unicode61 remove_diacritics 2'
 );
 """
 
@@ -528,6 +528,19 @@ class RagIndex:
         )
         with self._lock, self._sql_errors("searching text"):
             return [int(r[0]) for r in self._db.execute(sql, [match, *params, k])]
+
+    def unknown_terms(self, terms: Sequence[str]) -> list[str]:
+        """The terms that occur in no chunk at all (compared after FTS5's stemming)."""
+        missing = []
+        with self._lock, self._sql_errors("searching text"):
+            for t in terms:
+                if t and '"' not in t:
+                    hit = self._db.execute(
+                        "SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ? LIMIT 1", (f'"{t}"',)
+                    ).fetchone()
+                    if hit is None:
+                        missing.append(t)
+        return missing
 
     def similarities(self, query: Vector, ids: Sequence[int]) -> dict[int, float]:
         q = _unit(query, self.identity.dimension)

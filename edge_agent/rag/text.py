@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["content_terms", "normalize_text", "token_spans"]
+__all__ = ["content_terms", "normalize_text", "stem", "token_spans"]
 
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -52,3 +52,11 @@ def content_terms(text: str) -> list[str]:
         if word not in _STOPWORDS and (len(word) > 1 or not word.isascii()):
             seen.setdefault(word, None)
     return list(seen)
+
+
+def stem(word: str) -> str:
+    """A light English suffix stripper, enough to match "paired" with "pair"."""
+    for suffix in ("ing", "ed", "es", "s"):
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            return word[: -len(suffix)]
+    return word

@@ -1,0 +1,1 @@
+"""Evaluations as code: small redistributable data sets with runners and recorded baselines."""

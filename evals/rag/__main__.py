@@ -1,0 +1,5 @@
+import sys
+
+from evals.rag.runner import main
+
+sys.exit(main())
