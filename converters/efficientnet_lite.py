@@ -87,7 +87,8 @@ class MBConv(nn.Module):
             y = self.act(self._bn0(self._expand_conv(y)))
         y = self.act(self._bn1(self._depthwise_conv(y)))
         y = self._bn2(self._project_conv(y))
-        return x + y if self.residual else y
+        out: torch.Tensor = x + y if self.residual else y
+        return out
 
 
 class EfficientNetLite0(nn.Module):

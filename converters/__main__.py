@@ -1,0 +1,414 @@
+"""``python -m converters <subcommand>``: fetch, export, quantize and convert vision models.
+
+Subcommands: fetch, image-sets, export-efficientnet, quantize, coreml, tflite, card, prepare.
+Run ``python -m converters <subcommand> --help`` for options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from converters.sources import cache_root, fetch_all, sha256_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CARDS = REPO_ROOT / "models"
+
+
+def _say(message: str) -> None:
+    print(f"[converters] {message}", flush=True)
+
+
+def _command_line() -> str:
+    return "python -m converters " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _sets(root: Path) -> tuple[Path, Path]:
+    return root / "sets" / "calibration", root / "sets" / "evaluation"
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    fetch_all(args.cache)
+    return 0
+
+
+def cmd_image_sets(args: argparse.Namespace) -> int:
+    from converters.images import write_image_set
+
+    root = args.cache or cache_root()
+    fetch_all(root)
+    cal, ev = _sets(root)
+    n_cal = write_image_set(root / "images", cal, count=args.calibration_count, seed=0)
+    n_ev = write_image_set(
+        root / "images", ev, count=args.evaluation_count, seed=1, include_sources=True
+    )
+    _say(f"{len(n_cal)} calibration images in {cal}, {len(n_ev)} evaluation images in {ev}")
+    return 0
+
+
+def efficientnet_fp32(root: Path, cards: Path | None) -> Path:
+    """Export EfficientNet-Lite0 to ONNX once (reused when the export is up to date)."""
+    from converters.catalog import preset
+
+    p = preset("efficientnet-lite0")
+    target = p.path(root)
+    if target.exists():
+        return target
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from converters.efficientnet_lite import export_onnx, load_pretrained, weights_path
+
+    _say("exporting EfficientNet-Lite0 PyTorch -> ONNX (opset 17)")
+    model = load_pretrained()
+    export_onnx(model, target)
+    probe = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(probe)).numpy()
+    got = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(
+        None, {"input": probe}
+    )[0]
+    diff = float(np.abs(expected - got).max())
+    _say(f"ONNX vs PyTorch max |diff| = {diff:.2e}")
+    spec_path = target.with_name(target.name + ".vision.json")
+    spec_path.write_text(json.dumps(p.spec.to_config(), indent=2) + "\n")
+    if cards is not None:
+        _card(
+            "efficientnet-lite0-fp32",
+            p.title,
+            target,
+            "onnx",
+            "vision-classify",
+            f"{p.source}; weights sha256 {sha256_file(weights_path())}",
+            p.license,
+            p.spec,
+            {"onnx_vs_pytorch_max_abs_diff": diff, "opset": 17},
+            cards,
+        )
+    return target
+
+
+def _card(
+    name: str,
+    title: str,
+    artifact: Path,
+    fmt: str,
+    kind: str,
+    source: str,
+    license_: str,
+    spec: Any,
+    measurements: dict[str, Any],
+    cards: Path,
+    notes: tuple[str, ...] = (),
+) -> None:
+    from converters.cards import ModelCard
+
+    if artifact.is_dir():
+        size = sum(p.stat().st_size for p in artifact.rglob("*") if p.is_file())
+        digest = "(directory; sha256 of the zipped package is in the release)"
+    else:
+        size, digest = artifact.stat().st_size, sha256_file(artifact)
+    card = ModelCard(
+        name=name,
+        title=title,
+        artifact=artifact.name,
+        format=fmt,
+        kind=kind,
+        sha256=digest,
+        size_bytes=size,
+        source=source,
+        license=license_,
+        spec=spec,
+        produced_by=_command_line(),
+        measurements=measurements,
+        notes=notes,
+    )
+    _say(f"model card -> {card.write(cards)}")
+
+
+def cmd_export_efficientnet(args: argparse.Namespace) -> int:
+    root = args.cache or cache_root()
+    target = efficientnet_fp32(root, args.cards)
+    _say(f"FP32 ONNX: {target}")
+    return 0
+
+
+def _spec_for(args: argparse.Namespace) -> Any:
+    from converters.catalog import preset
+    from edge_agent.vision.spec import VisionModelSpec
+
+    if args.spec is not None:
+        return VisionModelSpec.from_config(json.loads(args.spec.read_text()))
+    return preset(args.preset).spec
+
+
+def run_quantize(
+    model: Path,
+    out: Path,
+    spec: Any,
+    calibration: Path,
+    evaluation: Path,
+    threshold: float,
+    *,
+    name: str,
+    title: str,
+    source: str,
+    license_: str,
+    cards: Path | None,
+    calibration_method: str = "percentile",
+) -> int:
+    from converters.images import list_images
+    from converters.quantize import QuantizationRefused, quantize_onnx
+
+    _say(f"quantizing {model.name} -> {out.name} (static QDQ, U8 activations, S8 per-channel)")
+    try:
+        report = quantize_onnx(
+            model,
+            out,
+            spec,
+            list_images(calibration),
+            list_images(evaluation),
+            threshold=threshold,
+            calibration_method=calibration_method,
+        )
+    except QuantizationRefused as e:
+        _say(f"REFUSED: {e}; report in {out.name}.report.json, no model written")
+        return 3
+    d = report.as_dict()
+    _say(
+        f"{report.metric} {report.agreement} (threshold {threshold}); p50 FP32 "
+        f"{d['fp32_latency']['p50_ms']:.2f} ms -> INT8 {d['int8_latency']['p50_ms']:.2f} ms"
+    )
+    if cards is not None:
+        measured = {k: d[k] for k in ("metric", "agreement", "threshold", "details")}
+        measured.update(
+            {
+                "evaluation_images": report.evaluation_images,
+                "calibration_images": report.calibration_images,
+                "fp32_latency": report.fp32_latency,
+                "int8_latency": report.int8_latency,
+                "speedup_p50": report.speedup_p50,
+                "opset": f"{report.opset_before} -> {report.opset_after}",
+                "settings": report.settings,
+            }
+        )
+        _card(
+            name,
+            title,
+            out,
+            "onnx",
+            f"vision-{spec.task}",
+            f"{source}; FP32 sha256 {report.source_sha256}",
+            license_,
+            spec,
+            measured,
+            cards,
+        )
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from converters.catalog import preset
+
+    root = args.cache or cache_root()
+    cal, ev = _sets(root)
+    p = preset(args.preset) if args.preset else None
+    return run_quantize(
+        args.model,
+        args.out,
+        _spec_for(args),
+        args.calibration or cal,
+        args.evaluation or args.calibration or ev,
+        args.min_agreement,
+        name=args.out.name.removesuffix(".onnx"),
+        title=(p.title if p else args.model.name) + " - static INT8 (QDQ)",
+        source=p.source if p else str(args.model),
+        license_=p.license if p else "see source",
+        cards=args.cards,
+        calibration_method=args.calibration_method,
+    )
+
+
+def cmd_coreml(args: argparse.Namespace) -> int:
+    from converters.catalog import preset
+    from converters.coreml import convert_to_mlpackage, weight_dtypes
+    from converters.efficientnet_lite import load_pretrained
+
+    p = preset("efficientnet-lite0")
+    out = args.out or (root_of(args) / "efficientnet-lite0" / "efficientnet-lite0-int8w.mlpackage")
+    _say(f"converting EfficientNet-Lite0 PyTorch -> Core ML {out.name} (int8 weights)")
+    convert_to_mlpackage(load_pretrained(), out)
+    counts = weight_dtypes(out)
+    _say(f"ML program constants: {counts}")
+    if args.cards is not None:
+        _card(
+            "efficientnet-lite0-coreml-int8w",
+            p.title + " - Core ML ML program, int8 linear weights",
+            out,
+            "mlpackage",
+            "vision-classify",
+            p.source,
+            p.license,
+            p.spec,
+            {"ml_program_constants": counts},
+            args.cards,
+            notes=(
+                "Converted and saved on Linux with coremltools 9; prediction needs macOS, so "
+                "accuracy and latency are measured by the macOS test, not here.",
+            ),
+        )
+    return 0
+
+
+def root_of(args: argparse.Namespace) -> Path:
+    root: Path = args.cache or cache_root()
+    return root
+
+
+def cmd_tflite(args: argparse.Namespace) -> int:
+    from converters.catalog import preset
+
+    p = preset("efficientnet-lite0")
+    out = args.out or (root_of(args) / "efficientnet-lite0" / "efficientnet-lite0-fp32.tflite")
+    python = args.python or sys.executable
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    _say(f"converting EfficientNet-Lite0 PyTorch -> TFLite with {python}")
+    done = subprocess.run(
+        [python, "-m", "converters.tflite", "--out", str(out)], env=env, check=False
+    )
+    if done.returncode != 0:
+        _say("TFLite conversion failed (see the error above)")
+        return 4
+    if args.cards is not None:
+        _card(
+            "efficientnet-lite0-fp32-tflite",
+            p.title + " - TFLite (litert-torch), float32, NCHW input",
+            out,
+            "tflite",
+            "vision-classify",
+            p.source,
+            p.license,
+            p.spec,
+            {},
+            args.cards,
+        )
+    return 0
+
+
+def cmd_card(args: argparse.Namespace) -> int:
+    """A card for a source model shipped as-is (e.g. BlazeFace .tflite)."""
+    from converters.catalog import preset
+
+    p = preset(args.preset)
+    fmt = p.relative_path.rsplit(".", 1)[-1]
+    kind = f"vision-{p.spec.task}"
+    _card(
+        p.name, p.title, p.path(args.cache), fmt, kind, p.source, p.license, p.spec, {}, args.cards
+    )
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Everything the demo, tests and benchmark need, reusing what is already in the cache."""
+    from converters.catalog import preset
+
+    root = args.cache or cache_root()
+    fetch_all(root)
+    cal, ev = _sets(root)
+    if not ev.exists() or not cal.exists():
+        cmd_image_sets(argparse.Namespace(cache=root, calibration_count=48, evaluation_count=96))
+    efficientnet_fp32(root, args.cards)
+    for name, threshold in (("efficientnet-lite0", 0.5), ("text-orientation", 0.5)):
+        p = preset(name)
+        out = root / name / f"{name}-int8.onnx"
+        if out.exists():
+            continue
+        code = run_quantize(
+            p.path(root),
+            out,
+            p.spec,
+            cal,
+            ev,
+            threshold,
+            name=f"{name}-int8",
+            title=p.title + " - static INT8 (QDQ)",
+            source=p.source,
+            license_=p.license,
+            cards=args.cards,
+        )
+        if code:
+            return code
+    _say(f"ready: {root}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m converters", description=__doc__)
+    parser.add_argument("--cache", type=Path, default=None, help="model cache (default env)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("fetch", help="fetch source models and sample images").set_defaults(
+        func=cmd_fetch
+    )
+
+    p = sub.add_parser("image-sets", help="write calibration/evaluation crop sets")
+    p.add_argument("--calibration-count", type=int, default=48)
+    p.add_argument("--evaluation-count", type=int, default=96)
+    p.set_defaults(func=cmd_image_sets)
+
+    p = sub.add_parser("export-efficientnet", help="PyTorch -> ONNX FP32 (EfficientNet-Lite0)")
+    p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
+    p.set_defaults(func=cmd_export_efficientnet)
+
+    p = sub.add_parser("quantize", help="ONNX FP32 -> static QDQ INT8 with an agreement gate")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--preset", help="efficientnet-lite0, text-orientation, pp-ocr-cls")
+    group.add_argument("--spec", type=Path, help="vision spec JSON (release config entry)")
+    p.add_argument("--calibration", type=Path, help="folder of calibration images")
+    p.add_argument("--evaluation", type=Path, help="folder of evaluation images")
+    p.add_argument("--min-agreement", type=float, required=True, help="refuse below this")
+    p.add_argument(
+        "--calibration-method", choices=("minmax", "percentile", "entropy"), default="percentile"
+    )
+    p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("coreml", help="PyTorch -> Core ML .mlpackage with int8 weights")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
+    p.set_defaults(func=cmd_coreml)
+
+    p = sub.add_parser("tflite", help="PyTorch -> TFLite via litert-torch")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--python", help="python of a venv that has litert-torch")
+    p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
+    p.set_defaults(func=cmd_tflite)
+
+    p = sub.add_parser("card", help="write the model card of a source model used as-is")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("prepare", help="fetch + export + quantize what demo/tests/bench need")
+    p.add_argument("--cards", type=Path, default=None, help="also write model cards here")
+    p.set_defaults(func=cmd_prepare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
