@@ -1,0 +1,87 @@
+"""The data layer on SQLite and PostgreSQL: schema, constraints, append-only audit."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select, text, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from control_plane import audit
+from control_plane.storage import AuditEntry, Base, Database, EnrollmentToken, migrate
+from control_plane.storage.database import ConcurrentUpdateError, retrying, schema_is_current
+
+
+@pytest.fixture
+def db(tmp_path: Path, database_url: str | None) -> Iterator[Database]:
+    database = Database.from_url(database_url or f"sqlite:///{tmp_path / 'cp.db'}")
+    migrate(database.engine)
+    yield database
+    database.dispose()
+
+
+def test_migration_builds_exactly_the_models(db: Database) -> None:
+    with db.engine.connect() as connection:
+        diff = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    assert diff == []
+    assert schema_is_current(db.engine)
+
+
+def test_migrating_twice_is_harmless(db: Database) -> None:
+    migrate(db.engine)
+    assert schema_is_current(db.engine)
+
+
+def test_audit_log_refuses_update_and_delete(db: Database) -> None:
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        audit.record(session, actor="me", action="test.act", target="x", now=now, details={"a": 1})
+    with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as connection:
+        connection.execute(update(AuditEntry).values(actor="someone else"))
+    with pytest.raises(DBAPIError, match="append-only"), db.engine.begin() as connection:
+        connection.execute(text("DELETE FROM audit_log"))
+    with db.transaction() as session:
+        (entry,) = session.scalars(select(AuditEntry)).all()
+    assert (entry.actor, entry.details) == ("me", {"a": 1})
+
+
+def test_datetimes_come_back_as_utc(db: Database) -> None:
+    local = datetime(2026, 1, 2, 12, 0, tzinfo=UTC).astimezone(timezone(timedelta(hours=5)))
+    with db.transaction() as session:
+        audit.record(session, actor="me", action="t", target="x", now=local)
+    with db.transaction() as session:
+        stored = session.scalars(select(AuditEntry.at)).one()
+    assert stored == datetime(2026, 1, 2, 12, 0, tzinfo=UTC)
+    assert stored.tzinfo is UTC
+
+
+def test_token_hashes_are_unique(db: Database) -> None:
+    now = datetime.now(UTC)
+
+    def token(i: str) -> EnrollmentToken:
+        return EnrollmentToken(
+            id=i, token_hash="f" * 64, tags=[], created_at=now, created_by="t", expires_at=now
+        )
+
+    with db.transaction() as session:
+        session.add(token("a"))
+    with pytest.raises(IntegrityError), db.transaction() as session:
+        session.add(token("b"))
+
+
+def test_retrying_reruns_work_that_lost_a_race(db: Database) -> None:
+    calls: list[int] = []
+
+    def work(_session: object) -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConcurrentUpdateError
+        return "done"
+
+    assert retrying(db, work) == "done"  # type: ignore[arg-type]
+    assert len(calls) == 3
