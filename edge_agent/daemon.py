@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import random
+import signal
 import threading
 from collections.abc import Callable
 from datetime import datetime
+from types import FrameType
 from typing import TYPE_CHECKING
 
 import httpx
@@ -127,6 +129,18 @@ def run_agent(settings: AgentSettings) -> int:
     from edge_agent.api import create_local_api
     from edge_agent.runtime import ModelRegistry
 
+    stop = threading.Event()
+    servers: list[uvicorn.Server] = []
+
+    def request_stop(_signum: int, _frame: FrameType | None) -> None:
+        # also runs when uvicorn re-raises the signal that stopped it: shutdown goes on
+        stop.set()
+        for server in servers:
+            server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_stop)
+
     state_dir = settings.state_dir
     identity = load_identity(state_dir)
     token = (
@@ -148,7 +162,6 @@ def run_agent(settings: AgentSettings) -> int:
         )
     else:
         log.info("no verified release installed yet; waiting for an assignment")
-    stop = threading.Event()
     http = new_http_client(identity.server_url)
     activator = RegistryActivator(registry)
     loop = compose_update_loop(
@@ -182,6 +195,9 @@ def run_agent(settings: AgentSettings) -> int:
         lifespan="off",
     )
     server = uvicorn.Server(config)
+    servers.append(server)
+    if stop.is_set():
+        server.should_exit = True
     worker.start()
     try:
         server.run()
