@@ -1,0 +1,186 @@
+"""The vision HTTP routes with a tiny real ONNX model: behaviour, bad input, keeps serving."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from edge_agent.errors import ConfigError, NotFoundError
+from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.vision.provider import ReleaseVisionModels
+from tests.vision.conftest import MAX_UPLOAD, colour_release, jpeg_bytes, png_bytes
+from tests.vision.test_decode import png_bomb
+
+
+def solid(bgr: tuple[int, int, int], size: int = 16) -> np.ndarray:
+    return np.full((size, size, 3), bgr, dtype=np.uint8)
+
+
+def classify(client: TestClient, data: bytes, **fields: str) -> tuple[int, dict]:  # type: ignore[type-arg]
+    r = client.post(
+        "/v1/vision/classify", files={"file": ("x.png", data, "image/png")}, data=fields
+    )
+    return r.status_code, r.json()
+
+
+def assert_still_serving(client: TestClient) -> None:
+    status, body = classify(client, png_bytes(solid((0, 0, 255))))
+    assert status == 200 and body["predictions"][0]["label"] == "red"
+
+
+def test_classify_returns_top_k_labels_with_scores(client: TestClient) -> None:
+    status, body = classify(client, png_bytes(solid((255, 0, 0))), top_k="2")
+    assert status == 200
+    assert body["model"] == "colour"
+    assert [p["label"] for p in body["predictions"]][0] == "blue"
+    assert len(body["predictions"]) == 2
+    assert body["predictions"][0]["score"] > 0.99
+    assert body["image"] == {"width": 16, "height": 16}
+    assert set(body["timings_ms"]) == {
+        "decode_ms",
+        "preprocess_ms",
+        "inference_ms",
+        "postprocess_ms",
+    }
+
+
+def test_model_and_top_k_may_come_as_query_parameters(client: TestClient) -> None:
+    r = client.post(
+        "/v1/vision/classify?model=colour&top_k=3",
+        files={"file": ("x.jpg", jpeg_bytes(solid((0, 255, 0))), "image/jpeg")},
+    )
+    assert r.status_code == 200
+    assert [p["label"] for p in r.json()["predictions"]][0] == "green"
+    assert len(r.json()["predictions"]) == 3
+
+
+def test_not_an_image_gets_415(client: TestClient) -> None:
+    status, body = classify(client, b"%PDF-1.7 definitely a document")
+    assert status == 415 and "PDF" in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_truncated_png_gets_400(client: TestClient) -> None:
+    data = png_bytes(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    status, body = classify(client, data[:300])
+    assert status == 400 and "truncated" in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_decompression_bomb_gets_413(client: TestClient) -> None:
+    status, body = classify(client, png_bomb(50_000, 50_000))
+    assert status == 413 and "pixels" in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_upload_over_the_cap_gets_413_from_content_length(client: TestClient) -> None:
+    status, body = classify(client, b"\x89PNG" + b"\x00" * (MAX_UPLOAD + 100_000))
+    assert status == 413 and str(MAX_UPLOAD) in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_chunked_upload_without_length_over_the_cap_gets_413(client: TestClient) -> None:
+    chunk = b"\x00" * 16_384
+    total_chunks = 4 * MAX_UPLOAD // len(chunk)
+
+    def body() -> Iterator[bytes]:
+        yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        for _ in range(total_chunks):
+            yield chunk
+
+    r = client.post(
+        "/v1/vision/classify",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert r.status_code == 413
+    assert_still_serving(client)
+
+
+def test_transparent_image_is_composited_not_read_as_its_hidden_colour(client: TestClient) -> None:
+    bgra = np.zeros((16, 16, 4), dtype=np.uint8)
+    bgra[..., 2] = 255  # red, but fully transparent -> white
+    status, body = classify(client, png_bytes(bgra), top_k="3")
+    assert status == 200
+    scores = [p["score"] for p in body["predictions"]]
+    assert max(scores) - min(scores) < 1e-6  # white: all channels equal
+
+
+def test_sixteen_bit_png_is_classified_like_its_eight_bit_version(client: TestClient) -> None:
+    px = np.zeros((16, 16, 3), dtype=np.uint16)
+    px[..., 1] = 65535
+    status, body = classify(client, png_bytes(px))
+    assert status == 200 and body["predictions"][0]["label"] == "green"
+
+
+def test_grayscale_image_is_expanded_to_rgb(client: TestClient) -> None:
+    status, body = classify(client, png_bytes(np.full((16, 16), 200, np.uint8)), top_k="3")
+    assert status == 200
+    scores = [p["score"] for p in body["predictions"]]
+    assert scores == pytest.approx([1 / 3] * 3, abs=1e-6)
+
+
+def test_unknown_model_gets_404(client: TestClient) -> None:
+    status, body = classify(client, png_bytes(solid((0, 0, 0))), model="nope")
+    assert status == 404 and "colour" in body["error"]["message"]
+
+
+def test_bad_top_k_gets_400(client: TestClient) -> None:
+    for value in ("0", "abc", "1000"):
+        status, body = classify(client, png_bytes(solid((0, 0, 0))), top_k=value)
+        assert status == 400 and "top_k" in body["error"]["message"]
+
+
+def test_missing_file_field_gets_400(client: TestClient) -> None:
+    r = client.post("/v1/vision/classify", files={"image": ("x.png", b"abc", "image/png")})
+    assert r.status_code == 400 and "'file'" in r.json()["error"]["message"]
+
+
+def test_json_body_gets_415(client: TestClient) -> None:
+    r = client.post("/v1/vision/classify", json={"file": "aGVsbG8="})
+    assert r.status_code == 415 and "multipart" in r.json()["error"]["message"]
+
+
+def test_malformed_multipart_gets_400(client: TestClient) -> None:
+    r = client.post(
+        "/v1/vision/classify",
+        content=b"--xyz\r\nthis is not a header line\r\n\r\n",
+        headers={"content-type": "multipart/form-data; boundary=xyz"},
+    )
+    assert r.status_code == 400
+    assert_still_serving(client)
+
+
+def test_detect_without_a_detector_gets_404(client: TestClient) -> None:
+    r = client.post("/v1/vision/detect", files={"file": ("x.png", png_bytes(solid((1, 2, 3))))})
+    assert r.status_code == 404 and "detect" in r.json()["error"]["message"]
+
+
+def test_release_with_vision_artifact_but_no_config_is_refused(tmp_path: Path) -> None:
+    release = colour_release(tmp_path)
+    bare = InstalledRelease(
+        release.release_id, release.release_name, release.release_version, 1, release.artifacts
+    )
+    with pytest.raises(ConfigError, match="config\\['vision'\\]"):
+        ReleaseVisionModels(bare)
+
+
+def test_artifact_kind_and_config_task_must_agree(tmp_path: Path) -> None:
+    release = colour_release(tmp_path)
+    a = release.artifacts[0]
+    wrong = InstalledArtifact(a.name, "vision-detect", a.format, a.sha256, a.length, a.path)
+    with pytest.raises(ConfigError, match="task"):
+        ReleaseVisionModels(InstalledRelease("r", "n", "1", 1, (wrong,), release.config))
+
+
+def test_provider_picks_the_first_model_of_a_task_and_loads_once(tmp_path: Path) -> None:
+    provider = ReleaseVisionModels(colour_release(tmp_path))
+    assert provider.tasks() == {"colour": "classify"}
+    first = provider.vision_model(None, "classify")
+    assert provider.vision_model("colour", "classify") is first
+    with pytest.raises(NotFoundError):
+        provider.vision_model(None, "detect")
