@@ -205,6 +205,16 @@ class StateDB:
         with self._lock:
             return self._install(self._conn, install_id)
 
+    def installs_of(self, assignment_version: int) -> list[InstallRecord]:
+        """Every install attempt of one assignment version, oldest first."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT install_id FROM installs WHERE assignment_version = ? ORDER BY install_id",
+                (assignment_version,),
+            ).fetchall()
+            found = [self._install(self._conn, int(r[0])) for r in rows]
+        return [r for r in found if r is not None]
+
     def journal_steps(self, install_id: int) -> list[str]:
         with self._lock:
             rows = self._conn.execute(
