@@ -48,7 +48,9 @@ def decode(
             f"model gives {reg.shape[0]} boxes for {anchor_centres.shape[0]} anchors: "
             "the blazeface anchor settings do not match this model"
         )
-    scores = (1.0 / (1.0 + np.exp(-np.clip(raw, -100.0, 100.0)))).astype(np.float32)
+    scores = (1.0 / (1.0 + np.exp(-np.clip(raw.astype(np.float64), -100.0, 100.0)))).astype(
+        np.float32
+    )
     hit = np.flatnonzero(scores >= spec.score_threshold)
     if hit.size == 0:
         return ()

@@ -54,7 +54,7 @@ def colour_release(tmp: Path) -> InstalledRelease:
     )
 
 
-def app_with(provider: ReleaseVisionModels) -> FastAPI:
+def app_with(provider: ReleaseVisionModels, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
     """An app shaped like the local API: one handler maps agent errors to statuses."""
     app = FastAPI()
 
@@ -66,7 +66,7 @@ def app_with(provider: ReleaseVisionModels) -> FastAPI:
         )
 
     app.include_router(
-        vision_router(provider, max_upload_bytes=MAX_UPLOAD, max_image_pixels=MAX_PIXELS)
+        vision_router(provider, max_upload_bytes=max_upload, max_image_pixels=MAX_PIXELS)
     )
     return app
 

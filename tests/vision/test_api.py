@@ -36,7 +36,7 @@ def test_classify_returns_top_k_labels_with_scores(client: TestClient) -> None:
     status, body = classify(client, png_bytes(solid((255, 0, 0))), top_k="2")
     assert status == 200
     assert body["model"] == "colour"
-    assert [p["label"] for p in body["predictions"]][0] == "blue"
+    assert next(p["label"] for p in body["predictions"]) == "blue"
     assert len(body["predictions"]) == 2
     assert body["predictions"][0]["score"] > 0.99
     assert body["image"] == {"width": 16, "height": 16}
@@ -54,7 +54,7 @@ def test_model_and_top_k_may_come_as_query_parameters(client: TestClient) -> Non
         files={"file": ("x.jpg", jpeg_bytes(solid((0, 255, 0))), "image/jpeg")},
     )
     assert r.status_code == 200
-    assert [p["label"] for p in r.json()["predictions"]][0] == "green"
+    assert next(p["label"] for p in r.json()["predictions"]) == "green"
     assert len(r.json()["predictions"]) == 3
 
 
