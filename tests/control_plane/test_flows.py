@@ -11,6 +11,7 @@ import httpx
 from sqlalchemy import func, select
 from tuf.api.metadata import Metadata, Targets
 
+from control_plane.app import ControlPlane
 from control_plane.director.assignment import needs_reissue
 from control_plane.storage.models import StatusReportRecord
 from protocol import (
@@ -28,6 +29,7 @@ from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
     LiveServer,
     enroll_body,
+    make_control_plane,
     small_gguf,
 )
 
@@ -187,3 +189,25 @@ def test_concurrent_publishes_lose_no_target(
         )
     assert targets_v == 7  # version 1 from init, then one per publish
     assert set(targets.signed.targets) == {a["target_path"] for a in artifacts}
+
+
+def test_replicas_refreshing_the_timestamp_at_once_agree(
+    tmp_path: Path, database_url: str | None
+) -> None:
+    """Two replicas (separate engines, same database) re-sign a stale timestamp at once:
+    exactly one new version is made and every caller is served it."""
+    cp = make_control_plane(tmp_path, database_url, timestamp_lifetime_seconds=600)
+    replicas = [ControlPlane.build(cp.settings, cp.clock) for _ in range(2)]
+    cp.clock.advance(seconds=400)
+    try:
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            served = list(
+                pool.map(lambda i: replicas[i % 2].metadata.current_timestamp(cp.clock()), range(6))
+            )
+    finally:
+        for replica in replicas:
+            replica.db.dispose()
+        cp.app.state.control_plane.db.dispose()
+    versions = {json.loads(body)["signed"]["version"] for body in served}
+    assert versions == {2}
+    assert len(set(served)) == 1

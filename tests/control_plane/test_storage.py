@@ -13,6 +13,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from control_plane import audit
+from control_plane.metadata_store import read_file, save_files
 from control_plane.storage import AuditEntry, Base, Database, EnrollmentToken, migrate
 from control_plane.storage.database import ConcurrentUpdateError, retrying, schema_is_current
 
@@ -85,3 +86,35 @@ def test_retrying_reruns_work_that_lost_a_race(db: Database) -> None:
 
     assert retrying(db, work) == "done"  # type: ignore[arg-type]
     assert len(calls) == 3
+
+
+def test_timestamp_swap_fails_when_another_writer_moved_it(db: Database) -> None:
+    """The compare-and-swap that keeps a stale writer from replacing a newer timestamp."""
+    now = datetime.now(UTC)
+    with db.transaction() as session:
+        save_files(
+            session,
+            {"1.snapshot.json": b"s1", "timestamp.json": b"t1"},
+            timestamp_version=1,
+            previous_timestamp_version=None,
+            now=now,
+        )
+    with db.transaction() as session:  # writer A: 1 -> 2
+        save_files(
+            session,
+            {"timestamp.json": b"t2"},
+            timestamp_version=2,
+            previous_timestamp_version=1,
+            now=now,
+        )
+    with pytest.raises(ConcurrentUpdateError), db.transaction() as session:  # writer B read 1 too
+        save_files(
+            session,
+            {"2.snapshot.json": b"s2", "timestamp.json": b"t2-b"},
+            timestamp_version=2,
+            previous_timestamp_version=1,
+            now=now,
+        )
+    with db.transaction() as session:
+        assert read_file(session, "timestamp.json") == b"t2"
+        assert read_file(session, "2.snapshot.json") is None  # B's insert rolled back too
