@@ -26,8 +26,12 @@ def convert_to_mlpackage(
     input_name: str = "input",
     output_name: str = "logits",
     int8_weights: bool = True,
+    weight_threshold: int = 2048,
 ) -> Path:
-    """Trace ``model``, convert it to an ML program, quantize weights, save ``target``."""
+    """Trace ``model``, convert it to an ML program, quantize weights, save ``target``.
+
+    Weights with fewer than ``weight_threshold`` elements stay float (coremltools default).
+    """
     model = model.eval()
     example = torch.zeros(*input_shape)
     with torch.no_grad():
@@ -42,7 +46,9 @@ def convert_to_mlpackage(
     )
     if int8_weights:
         config = cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+            global_config=cto.OpLinearQuantizerConfig(
+                mode="linear_symmetric", dtype="int8", weight_threshold=weight_threshold
+            )
         )
         mlmodel = cto.linear_quantize_weights(mlmodel, config=config)
     if target.exists():
