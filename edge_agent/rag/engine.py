@@ -31,7 +31,7 @@ from edge_agent.rag.grounding import (
 )
 from edge_agent.rag.index import EmbeddingIdentity, FilterValue, RagIndex, Vector
 from edge_agent.rag.loaders import load_document
-from edge_agent.rag.text import content_terms, normalize_text, token_spans
+from edge_agent.rag.text import normalize_text, question_terms, token_spans
 
 __all__ = [
     "Answer",
@@ -243,7 +243,7 @@ class RagEngine:
             raise BadRequestError("k must be between 1 and 50")
         s = self.settings
         query_vector = self._embed([_clip_tokens(normalize_text(question), s.max_query_tokens)])[0]
-        terms = content_terms(question)[: s.max_query_terms]
+        terms = question_terms(question)[: s.max_query_terms]
         lexical = self.index.lexical_search(terms, s.lexical_candidates, filters=filters)
         vector = self.index.vector_search(
             query_vector, s.vector_candidates, candidates=s.bit_candidates, filters=filters
@@ -272,7 +272,7 @@ class RagEngine:
 
     # --- answers ------------------------------------------------------------------------
 
-    def _relevance(
+    def relevance(
         self, sentences: Sequence[Sentence]
     ) -> Callable[[str, Sequence[Sentence]], list[float]]:
         """Cosine between a claim and candidate sentences (sentences embedded once)."""
@@ -315,7 +315,7 @@ class RagEngine:
         best-matching source sentences, quoted.
         """
         sources = self.retrieve(question, k=k, filters=filters)
-        terms = content_terms(question)[: self.settings.max_query_terms]
+        terms = question_terms(question)[: self.settings.max_query_terms]
         evidence = assess_evidence(
             question, sources, self.evidence, unknown_terms=self.index.unknown_terms(terms)
         )
@@ -324,7 +324,7 @@ class RagEngine:
                 question, f"I don't know: {evidence.reason}.", True, evidence.reason, [], sources
             )
         sentences = candidate_sentences(sources)
-        relevance = self._relevance(sentences)
+        relevance = self.relevance(sentences)
         if self.chat is not None and generate:
             prompt = build_messages(_clip_tokens(question, self.settings.max_query_tokens), sources)
             text = self.chat.complete(prompt, max_tokens=max_tokens)

@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from edge_agent.rag.text import content_terms, stem
+from edge_agent.rag.text import content_terms, question_terms, stem
 
 __all__ = [
     "Citation",
@@ -108,7 +108,7 @@ def assess_evidence(
     if not sources:
         return Evidence(False, "no passage in the index matches the question")
     best = max(sources, key=lambda s: s.similarity)
-    terms = content_terms(question)
+    terms = question_terms(question)
     unknown_share = len(unknown_terms) / len(terms) if terms else 0.0
     if unknown_share >= policy.max_unknown_share and best.similarity < policy.paraphrase_similarity:
         listed = ", ".join(repr(t) for t in unknown_terms[:5])

@@ -73,7 +73,9 @@ def _markdown_text(source: str) -> tuple[str, str | None]:
     text = _MD_FENCE.sub("", source)
     text = _MD_HEADING.sub("", text)
     text = _MD_LINK.sub(r"\1", text)
-    text = _MD_EMPHASIS.sub(r"\2", text)
+    previous = None
+    while previous != text:  # nested markup such as **`code`**
+        previous, text = text, _MD_EMPHASIS.sub(r"\2", text)
     text = _MD_LIST.sub(r"\1- ", text)
     return text, heading.group(1).strip() if heading else None
 

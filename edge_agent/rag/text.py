@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-__all__ = ["content_terms", "normalize_text", "stem", "token_spans"]
+__all__ = ["content_terms", "normalize_text", "question_terms", "stem", "token_spans"]
 
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -23,6 +23,7 @@ she should so some such than that the their theirs them then there these they th
 through to too under until up very was we were what when where which while who whom why
 will with would you your yours"""
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
+_INTERROGATIVE = re.compile(r"\bhow (?:long|many|much|often|far|old)\b", re.IGNORECASE)
 
 
 def normalize_text(text: str) -> str:
@@ -60,3 +61,8 @@ def stem(word: str) -> str:
         if word.endswith(suffix) and len(word) - len(suffix) >= 3:
             return word[: -len(suffix)]
     return word
+
+
+def question_terms(question: str) -> list[str]:
+    """The content terms of a question, without interrogatives such as "how long"."""
+    return content_terms(_INTERROGATIVE.sub(" ", question))

@@ -1,0 +1,5 @@
+import sys
+
+from edge_agent.rag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,104 @@
+"""RAG indexes as release artifacts: an index ships beside the embedding model it was built
+with, is checked against it at install, and is served from a per-release working copy so
+the signed blob stays untouched and a rollback brings the old index back with its model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from edge_agent.errors import BadUpdateError, NoModelError, StoreError
+from edge_agent.rag.engine import ChatModel, EmbeddingModel, RagEngine
+from edge_agent.rag.index import EmbeddingIdentity, RagIndex, read_identity
+from edge_agent.release import InstalledArtifact, InstalledRelease
+
+__all__ = ["check_release_index", "embedding_identity", "open_release_engine", "working_index"]
+
+EMBEDDING_KIND = "embedding"
+INDEX_KIND = "rag-index"
+
+
+def _one(release: InstalledRelease, kind: str) -> InstalledArtifact | None:
+    found = release.artifacts_of_kind(kind)
+    if len(found) > 1:
+        raise BadUpdateError(f"release {release.release_id} has {len(found)} {kind} artifacts")
+    return found[0] if found else None
+
+
+def embedding_identity(artifact: InstalledArtifact, dimension: int) -> EmbeddingIdentity:
+    """The identity an index must carry to be used with this embedding artifact."""
+    return EmbeddingIdentity(name=artifact.name, sha256=artifact.sha256, dimension=dimension)
+
+
+def check_release_index(release: InstalledRelease) -> None:
+    """Refuse a release whose RAG index was built with another embedding model than the
+    one it ships (call while staging, before activation).
+    """
+    index = _one(release, INDEX_KIND)
+    if index is None:
+        return
+    model = _one(release, EMBEDDING_KIND)
+    if model is None:
+        raise BadUpdateError(
+            f"release {release.release_id} ships a RAG index but no embedding model"
+        )
+    try:
+        built_with = read_identity(index.path)
+    except StoreError as e:
+        raise BadUpdateError(f"release {release.release_id}: RAG index is unusable: {e}") from e
+    if built_with.sha256 != model.sha256:
+        raise BadUpdateError(
+            f"release {release.release_id}: RAG index {index.name} was built with embedding "
+            f"model sha256 {built_with.sha256[:12]}, but the release ships {model.name} "
+            f"({model.sha256[:12]}); rebuild the index with that model"
+        )
+
+
+def working_index(release: InstalledRelease, state_dir: Path) -> Path:
+    """Path of the release's writable index copy (``<state_dir>/rag/<release_id>/``).
+
+    The first call copies the shipped index there (temp file, fsync, rename); local
+    ingests go into the copy, so the verified artifact is never modified.
+    """
+    target = state_dir / "rag" / release.release_id / "index.sqlite"
+    shipped = _one(release, INDEX_KIND)
+    if target.exists() or shipped is None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".index-", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, shipped.path.open("rb") as src:
+            shutil.copyfileobj(src, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def open_release_engine(
+    release: InstalledRelease | None,
+    embedder: EmbeddingModel,
+    chat: ChatModel | None,
+    *,
+    state_dir: Path,
+) -> RagEngine:
+    """The engine for the active release: its working index (an empty one when the release
+    ships none), opened only if it matches ``embedder``.
+    """
+    if release is None:
+        raise NoModelError("no verified release is installed; RAG has no embedding model yet")
+    if _one(release, EMBEDDING_KIND) is None:
+        raise NoModelError(f"release {release.release_id} has no embedding model for RAG")
+    path = working_index(release, state_dir)
+    if path.exists():
+        index = RagIndex.open(path, embedder.identity)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        index = RagIndex.create(path, embedder.identity)
+    return RagEngine(index, embedder, chat)
