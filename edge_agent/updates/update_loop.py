@@ -113,6 +113,7 @@ class UpdateLoop:
         self._lock = threading.Lock()
         self._status = UpdateStatus()
         self._failures = 0
+        self._refusals_reported = True  # there may be keys from before a restart
         self._sync_installed()
 
     # --- status -------------------------------------------------------------------------
@@ -140,7 +141,10 @@ class UpdateLoop:
         """Cycle until ``stop`` is set; never raises for a bad update or a lost link."""
         while not stop.is_set():
             outcome = self.run_once()
-            self.deliver_reports()
+            try:
+                self.deliver_reports()
+            except Exception:
+                log.exception("delivering status reports failed")
             self._failures = 0 if outcome.result in _HEALTHY else self._failures + 1
             self._set(consecutive_failures=self._failures)
             delay = self._schedule.delay(self._failures, self._rng())
@@ -175,6 +179,10 @@ class UpdateLoop:
             outcome = CycleOutcome(
                 CycleResult.FAILED, f"{type(e).__name__}: {e}", error_type=type(e).__name__
             )
+        if outcome.result in _HEALTHY and self._refusals_reported:
+            # a later refusal of the same kind is news again
+            self._store.db.delete_prefix(_REPORTED + "refused:")
+            self._refusals_reported = False
         self._set(
             phase="idle",
             online=outcome.result is not CycleResult.OFFLINE,
@@ -326,6 +334,7 @@ class UpdateLoop:
         if self._store.db.get(_REPORTED + key) is not None:
             return
         self._store.db.put(_REPORTED + key, "1")
+        self._refusals_reported = True
         self._outbox.record(
             state, assignment_version=assignment_version, release_id=release_id, detail=detail
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane.repository import tuf_signer
 from edge_agent.updates import MAX_ACTIVATION_ATTEMPTS, CycleResult
 from protocol import InstallState
 from tests.agent_updates.conftest import Device, restart
@@ -148,3 +149,18 @@ def test_a_renewed_assignment_keeps_the_rollback_target(device: Device) -> None:
     sim.assign(device.device_id, Release(b.id, b.name, b.version, b.targets))  # re-signed
     assert device.cycle().result is CycleResult.INSTALLED
     assert device.store.pointers() == ("assignment-3", "assignment-1")
+
+
+def test_a_refusal_is_reported_again_once_things_were_healthy_in_between(device: Device) -> None:
+    sim = device.sim
+    sim.assign(device.device_id, release_of(sim, "a"))
+    device.cycle()
+    sim.expire_timestamp()
+    device.cycle()
+    device.cycle()
+    assert states(device).count(InstallState.REFUSED) == 1
+    sim.files.update(sim.repo.refresh_timestamp(tuf_signer(sim.keys["timestamp"]), sim.now))
+    assert device.cycle().result is CycleResult.UP_TO_DATE
+    sim.expire_timestamp()
+    device.cycle()
+    assert states(device).count(InstallState.REFUSED) == 2
