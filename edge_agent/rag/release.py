@@ -8,14 +8,26 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from edge_agent.errors import BadUpdateError, NoModelError, StoreError
 from edge_agent.rag.engine import ChatModel, EmbeddingModel, RagEngine
 from edge_agent.rag.index import EmbeddingIdentity, RagIndex, read_identity
 from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.runtime import ChatTurn, ModelRegistry, Sampling
+from edge_agent.runtime.backends import ChatRole
 
-__all__ = ["check_release_index", "embedding_identity", "open_release_engine", "working_index"]
+__all__ = [
+    "RegistryChat",
+    "RegistryEmbedder",
+    "ReleaseRagEngines",
+    "check_release_index",
+    "embedding_identity",
+    "open_release_engine",
+    "working_index",
+]
 
 EMBEDDING_KIND = "embedding"
 INDEX_KIND = "rag-index"
@@ -102,3 +114,81 @@ def open_release_engine(
         path.parent.mkdir(parents=True, exist_ok=True)
         index = RagIndex.create(path, embedder.identity)
     return RagEngine(index, embedder, chat)
+
+
+class RegistryEmbedder:
+    """The release's embedding artifact, served by the runtime's model registry."""
+
+    def __init__(self, registry: ModelRegistry, artifact: InstalledArtifact) -> None:
+        self._registry = registry
+        self._name = artifact.name
+        probe = registry.embed(artifact.name, ["dimension probe"])
+        self._identity = embedding_identity(artifact, len(probe[0]))
+
+    @property
+    def identity(self) -> EmbeddingIdentity:
+        return self._identity
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self._registry.embed(self._name, texts)
+
+
+class RegistryChat:
+    """A chat model of the release, served by the registry, decoding greedily."""
+
+    def __init__(self, registry: ModelRegistry, name: str) -> None:
+        self._registry = registry
+        self._name = name
+
+    def complete(self, messages: Sequence[Mapping[str, str]], *, max_tokens: int) -> str:
+        turns = [
+            ChatTurn(role=_role(m.get("role", "user")), content=m["content"]) for m in messages
+        ]
+        sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
+        return self._registry.chat(self._name, turns, sampling).text
+
+
+def _role(role: str) -> ChatRole:
+    return "system" if role == "system" else "assistant" if role == "assistant" else "user"
+
+
+class ReleaseRagEngines:
+    """The engine provider for ``rag_router``: the RAG engine of the registry's active
+    release, reopened when the release changes (so RAG rolls back with its models).
+
+    The chat model is the release config's ``rag_chat_model`` or its first ``llm``.
+    """
+
+    def __init__(self, registry: ModelRegistry, state_dir: Path) -> None:
+        self._registry = registry
+        self._state_dir = state_dir
+        self._lock = threading.Lock()
+        self._current: tuple[str, RagEngine] | None = None
+
+    def __call__(self) -> RagEngine:
+        release = self._registry.release
+        if release is None:
+            raise NoModelError("no verified release is installed; RAG is not available yet")
+        with self._lock:
+            if self._current is not None and self._current[0] == release.release_id:
+                return self._current[1]
+            model = _one(release, EMBEDDING_KIND)
+            if model is None:
+                raise NoModelError(f"release {release.release_id} has no embedding model")
+            chat_name = release.config.get("rag_chat_model") or next(
+                (a.name for a in release.artifacts_of_kind("llm")), None
+            )
+            chat = RegistryChat(self._registry, str(chat_name)) if chat_name else None
+            engine = open_release_engine(
+                release, RegistryEmbedder(self._registry, model), chat, state_dir=self._state_dir
+            )
+            if self._current is not None:
+                self._current[1].index.close()
+            self._current = (release.release_id, engine)
+            return engine
+
+    def close(self) -> None:
+        with self._lock:
+            if self._current is not None:
+                self._current[1].index.close()
+                self._current = None

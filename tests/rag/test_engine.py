@@ -1,0 +1,143 @@
+"""The engine with the real MiniLM embeddings: ingest, dedupe, retrieval, answers, abstention."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_agent.errors import BadRequestError, StoreError
+from edge_agent.rag import EmbeddingIdentity, RagEngine, RagIndex
+
+from .test_text_chunking import MANY_SCRIPTS
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_answer_cites_the_exact_passage(handbook: RagEngine) -> None:
+    question = "What temperature range must pharmaceutical shipments stay in?"
+    answer = handbook.answer(question, generate=False)
+    assert not answer.abstained
+    [citation] = [c for c in answer.citations if c.document == "cold-chain-thresholds.md"]
+    assert "between 2 and 8 degrees Celsius" in citation.quote
+    assert f"[{citation.source}]" in answer.answer
+    text = handbook.index.document_text("cold-chain-thresholds.md")
+    assert text is not None and text[citation.start : citation.end] == citation.quote
+
+
+def test_an_off_topic_question_is_abstained_on_with_a_reason(handbook: RagEngine) -> None:
+    answer = handbook.answer("How do I bake sourdough bread?")
+    assert answer.abstained and answer.citations == []
+    assert "sourdough" in answer.reason
+    assert answer.answer.startswith("I don't know")
+
+
+def test_hybrid_retrieval_finds_exact_terms_and_paraphrases(handbook: RagEngine) -> None:
+    by_term = handbook.retrieve("CR2032", k=3)
+    assert by_term[0].document == "pika-sensor-tags.md" and by_term[0].lexical_match
+    by_meaning = handbook.retrieve("my parcel of vaccines got warm, is that a problem", k=3)
+    found = {s.document: s for s in by_meaning}
+    assert "cold-chain-thresholds.md" in found
+    assert not found["cold-chain-thresholds.md"].lexical_match  # found by vectors alone
+
+
+def test_metadata_filters_limit_retrieval(handbook: RagEngine) -> None:
+    handbook.ingest_text(
+        "porto-rules.txt",
+        "Porto depot rule: forklifts must sound their horn at every cold room door.",
+        metadata={"depot": "porto"},
+    )
+    sources = handbook.retrieve("forklift horn", k=5, filters={"depot": "porto"})
+    assert [s.document for s in sources] == ["porto-rules.txt"]
+    assert handbook.retrieve("forklift horn", k=5, filters={"depot": "aarhus"}) == []
+
+
+def test_reingest_unchanged_skips_and_changed_replaces_only_that_document(
+    handbook: RagEngine,
+) -> None:
+    index = handbook.index
+    other_before = index.chunk_embeddings("depots.md")
+    text = index.document_text("night-mode.txt")
+    assert text is not None
+    assert handbook.ingest_text("night-mode.txt", text).status == "unchanged"
+    changed = text.replace("22:00", "23:00")
+    outcome = handbook.ingest_text("night-mode.txt", changed, title="Night mode")
+    assert outcome.status == "replaced" and outcome.chunks >= 1
+    assert "23:00" in (index.document_text("night-mode.txt") or "")
+    assert index.chunk_embeddings("depots.md").keys() == other_before.keys()
+    assert index.counts()["documents"] == 23
+
+
+def test_exact_and_near_duplicates_are_not_stored_twice(handbook: RagEngine) -> None:
+    text = handbook.index.document_text("shock-alerts.md")
+    assert text is not None
+    exact = handbook.ingest_text("copy-of-shock.md", text)
+    near = handbook.ingest_text("shock-v2.md", text.replace("8 g", "8 g.") + " Thanks.")
+    assert (exact.status, exact.duplicate_of) == ("duplicate", "shock-alerts.md")
+    assert (near.status, near.duplicate_of) == ("near_duplicate", "shock-alerts.md")
+    assert handbook.index.document("copy-of-shock.md") is None
+
+
+def test_text_in_many_scripts_is_ingested_and_found(handbook: RagEngine) -> None:
+    outcome = handbook.ingest_text("scripts.txt", MANY_SCRIPTS)
+    assert outcome.status == "added"
+    sources = handbook.retrieve("Датчик измеряет температуру", k=10)
+    assert "scripts.txt" in {s.document for s in sources}
+    text = handbook.index.document_text("scripts.txt")
+    assert text is not None
+    for s in sources:
+        if s.document == "scripts.txt":
+            assert text[s.start : s.end] == s.text
+
+
+def test_a_ten_thousand_word_question_is_answered_without_error(handbook: RagEngine) -> None:
+    question = " ".join(["battery"] + ["lasts"] * 9_999)
+    answer = handbook.answer(question, generate=False)
+    assert answer.sources and answer.sources[0].document in {
+        "pika-sensor-tags.md",
+        "bluetooth-troubleshooting.md",
+    }
+
+
+def test_bad_questions_are_bad_requests(handbook: RagEngine) -> None:
+    with pytest.raises(BadRequestError):
+        handbook.retrieve("   ")
+    with pytest.raises(BadRequestError):
+        handbook.retrieve("battery", k=0)
+
+
+class BrokenEmbedder:
+    """An embedding model that returns NaN: the index must come out unchanged."""
+
+    def __init__(self, identity: EmbeddingIdentity) -> None:
+        self.identity = identity
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return [[float("nan")] * self.identity.dimension for _ in texts]
+
+
+def test_a_failing_embedding_model_never_damages_the_index(handbook: RagEngine) -> None:
+    broken = RagEngine(handbook.index, BrokenEmbedder(handbook.index.identity))
+    before = handbook.index.counts()
+    with pytest.raises(StoreError, match="NaN"):
+        broken.ingest_text("new.txt", "A perfectly fine document about tags.")
+    with pytest.raises(StoreError):
+        broken.ingest_text("night-mode.txt", "Night mode was removed.")
+    assert handbook.index.counts() == before
+    assert "22:00" in (handbook.index.document_text("night-mode.txt") or "")
+
+
+def test_an_engine_refuses_an_index_built_with_another_model(
+    handbook_index: Path, embedder: object
+) -> None:
+    other = BrokenEmbedder(EmbeddingIdentity("other", "0" * 64, 384))
+    with RagIndex.open(handbook_index, readonly=True) as index:
+        with pytest.raises(StoreError, match="only valid with its own embedding model"):
+            RagEngine(index, other)
+
+
+def test_query_vectors_are_unit_length(handbook: RagEngine) -> None:
+    vector = handbook._embed(["battery"])[0]
+    assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
