@@ -134,7 +134,10 @@ def _outputs(session: ort.InferenceSession, tensors: Sequence[Tensor]) -> list[T
 
 def classifier_details(reference: Sequence[Tensor], candidate: Sequence[Tensor]) -> dict[str, Any]:
     """Agreement where FP32 is confident (top-1 softmax >= 0.5) and FP32 top-1 in INT8 top-5."""
-    ref = np.stack([softmax(r.reshape(-1)) for r in reference])
+    ref = np.stack([r.reshape(-1).astype(np.float64) for r in reference])
+    is_probability = bool(np.all(ref >= 0) and np.allclose(ref.sum(axis=1), 1.0, atol=1e-3))
+    if not is_probability:
+        ref = softmax(ref)
     cand = np.stack([c.reshape(-1) for c in candidate])
     same = ref.argmax(1) == cand.argmax(1)
     confident = ref.max(1) >= 0.5

@@ -40,6 +40,9 @@ class OnnxRuntimeBackend:
         if n_threads:
             opts.intra_op_num_threads = n_threads
         opts.inter_op_num_threads = 1
+        # Idle worker threads would otherwise spin after each run and take the cores the
+        # HTTP event loop and image decoding need on a small device.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self._session = ort.InferenceSession(
                 str(path), sess_options=opts, providers=["CPUExecutionProvider"]
