@@ -5,6 +5,7 @@ retrieval, prompt, generation, citations, abstention). Models come in through Pr
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +91,9 @@ class Answer:
     sources: list[Source] = field(default_factory=list)
 
 
+_SENTENCE_CACHE_SIZE = 4096
+
+
 def _clip_tokens(text: str, max_tokens: int) -> str:
     spans = token_spans(text)
     return text if len(spans) <= max_tokens else text[: spans[max_tokens - 1][1]]
@@ -120,6 +124,8 @@ class RagEngine:
         self.settings = settings or RetrievalSettings()
         self.evidence = evidence or EvidencePolicy()
         self._write_lock = threading.Lock()
+        self._sentence_vectors: OrderedDict[str, Vector] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # --- embedding ----------------------------------------------------------------------
 
@@ -138,6 +144,21 @@ class RagEngine:
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         unit: Vector = (out / np.where(norms > 0, norms, 1.0)).astype(np.float32)
         return unit
+
+    def _embed_cached(self, texts: Sequence[str]) -> Vector:
+        """Embeddings of short texts (quoted sentences) through a bounded LRU cache."""
+        with self._cache_lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._sentence_vectors))
+        fresh = self._embed(missing) if missing else None
+        with self._cache_lock:
+            for i, text in enumerate(missing):
+                assert fresh is not None
+                self._sentence_vectors[text] = fresh[i]
+            for text in texts:
+                self._sentence_vectors.move_to_end(text)
+            while len(self._sentence_vectors) > _SENTENCE_CACHE_SIZE:
+                self._sentence_vectors.popitem(last=False)
+            return np.stack([self._sentence_vectors[t] for t in texts])
 
     # --- ingest -------------------------------------------------------------------------
 
@@ -276,7 +297,7 @@ class RagEngine:
         self, sentences: Sequence[Sentence]
     ) -> Callable[[str, Sequence[Sentence]], list[float]]:
         """Cosine between a claim and candidate sentences (sentences embedded once)."""
-        vectors = self._embed([s.text for s in sentences]) if sentences else None
+        vectors = self._embed_cached([s.text for s in sentences]) if sentences else None
         row = {id(s): i for i, s in enumerate(sentences)}
         clip = self.settings.max_query_tokens
 

@@ -4,6 +4,7 @@ served by uvicorn on loopback and called over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import socket
@@ -106,7 +107,10 @@ def test_rag_routes_need_the_api_token(api: tuple[str, Path]) -> None:
 def test_query_answers_with_verified_span_citations(client: httpx.Client) -> None:
     response = client.post(
         "/v1/rag/query",
-        json={"question": "How many loading docks does the Rotterdam depot have?", "generate": False},
+        json={
+            "question": "How many loading docks does the Rotterdam depot have?",
+            "generate": False,
+        },
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -119,8 +123,10 @@ def test_query_answers_with_verified_span_citations(client: httpx.Client) -> Non
 def test_query_with_the_chat_model_cites_or_abstains(client: httpx.Client) -> None:
     response = client.post(
         "/v1/rag/query",
-        json={"question": "What temperature range must pharmaceutical shipments stay in?",
-              "max_tokens": 80},
+        json={
+            "question": "What temperature range must pharmaceutical shipments stay in?",
+            "max_tokens": 80,
+        },
     )
     body = response.json()
     assert response.status_code == 200, body
@@ -153,8 +159,11 @@ def test_ingest_json_then_query_it_with_a_filter(client: httpx.Client) -> None:
     assert response.json()["status"] == "added"
     body = client.post(
         "/v1/rag/query",
-        json={"question": "Where do forklifts stop?", "filters": {"depot": "aarhus"},
-              "generate": False},
+        json={
+            "question": "Where do forklifts stop?",
+            "filters": {"depot": "aarhus"},
+            "generate": False,
+        },
     ).json()
     assert [s["document"] for s in body["sources"]] == ["aarhus-rules.md"]
     docs = client.get("/v1/rag/documents").json()["data"]
@@ -207,9 +216,7 @@ def test_bad_files_get_a_clear_4xx(
 def test_bad_queries_get_a_clear_4xx(client: httpx.Client) -> None:
     assert client.post("/v1/rag/query", json={"question": ""}).status_code in (400, 422)
     assert client.post("/v1/rag/query", json={"question": "x", "k": 500}).status_code in (400, 422)
-    bad_filter = client.post(
-        "/v1/rag/query", json={"question": "battery", "filters": {"a'b": 1}}
-    )
+    bad_filter = client.post("/v1/rag/query", json={"question": "battery", "filters": {"a'b": 1}})
     assert bad_filter.status_code == 400 and "filter key" in bad_filter.text
 
 
@@ -229,10 +236,8 @@ def _raw_exchange(port: int, head: bytes, body_parts: Iterator[bytes]) -> tuple[
         sock.settimeout(0.01)
         answer = b""
         for part in body_parts:
-            try:
+            with contextlib.suppress(TimeoutError):
                 answer += sock.recv(65536)
-            except TimeoutError:
-                pass
             if answer:
                 break
             try:

@@ -133,9 +133,11 @@ def test_an_engine_refuses_an_index_built_with_another_model(
     handbook_index: Path, embedder: object
 ) -> None:
     other = BrokenEmbedder(EmbeddingIdentity("other", "0" * 64, 384))
-    with RagIndex.open(handbook_index, readonly=True) as index:
-        with pytest.raises(StoreError, match="only valid with its own embedding model"):
-            RagEngine(index, other)
+    with (
+        RagIndex.open(handbook_index, readonly=True) as index,
+        pytest.raises(StoreError, match="only valid with its own embedding model"),
+    ):
+        RagEngine(index, other)
 
 
 def test_query_vectors_are_unit_length(handbook: RagEngine) -> None:

@@ -27,7 +27,9 @@ def unit_rows(rng: np.random.Generator, n: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def put(index: RagIndex, key: str, text: str, vectors: np.ndarray | None = None, **meta: str) -> None:
+def put(
+    index: RagIndex, key: str, text: str, vectors: np.ndarray | None = None, **meta: str
+) -> None:
     chunks = chunk_text(text, index.policy)
     if vectors is None:
         vectors = unit_rows(np.random.default_rng(len(text)), len(chunks))
@@ -53,7 +55,12 @@ def index_path(tmp_path: Path) -> Path:
     path = tmp_path / "index.sqlite"
     with RagIndex.create(path, MODEL) as index:
         put(index, "alpha.txt", "Alpha gateways buffer readings for fourteen days.", depot="porto")
-        put(index, "beta.txt", "Beta tags report every thirty seconds over Bluetooth.", depot="gdansk")
+        put(
+            index,
+            "beta.txt",
+            "Beta tags report every thirty seconds over Bluetooth.",
+            depot="gdansk",
+        )
     return path
 
 
@@ -166,7 +173,7 @@ def test_a_truncated_index_is_reported_as_corrupt(index_path: Path, tmp_path: Pa
     damaged = tmp_path / "truncated.sqlite"
     data = index_path.read_bytes()
     damaged.write_bytes(data[: len(data) // 2])
-    with pytest.raises(StoreError, match="corrupt|not a readable|rebuild"):
+    with pytest.raises(StoreError, match=r"corrupt|not a readable|rebuild"):  # noqa: SIM117
         with RagIndex.open(damaged) as index:
             index.counts()
 
@@ -179,7 +186,6 @@ def test_overwritten_pages_are_reported_as_corrupt(index_path: Path, tmp_path: P
     for p in range(1, len(data) // page):
         data[p * page : p * page + 64] = b"\xa5" * 64
     damaged.write_bytes(bytes(data))
-    with pytest.raises(StoreError):
-        with RagIndex.open(damaged) as index:
-            index.counts()
+    with pytest.raises(StoreError), RagIndex.open(damaged) as index:
+        index.counts()
     assert read_identity(index_path) == MODEL  # the original is untouched

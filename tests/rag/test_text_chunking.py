@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 
 import pytest
@@ -47,7 +48,7 @@ def test_chunks_respect_the_token_budget_and_overlap() -> None:
     policy = ChunkingPolicy(max_tokens=100, overlap_tokens=20)
     chunks = chunk_text(text, policy)
     assert all(len(token_spans(c.text)) <= 100 for c in chunks)
-    for a, b in zip(chunks, chunks[1:], strict=False):
+    for a, b in itertools.pairwise(chunks):
         overlap = text[b.start : a.end]
         assert len(token_spans(overlap)) == 20
     assert chunks[0].start == 0 and chunks[-1].end == len(text)
