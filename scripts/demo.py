@@ -48,15 +48,16 @@ def free_port() -> int:
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> None:
     started = time.monotonic()
     last_note = started
+    problem = ""
     while True:
         try:
             if check():
                 return
-        except (httpx.HTTPError, OSError):
-            pass
+        except (httpx.HTTPError, OSError) as e:
+            problem = f" (last error: {e})"
         now = time.monotonic()
         if now - started > timeout:
-            raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}")
+            raise SystemExit(f"demo: timed out after {timeout:.0f} s waiting for {what}{problem}")
         if now - last_note > 5:
             info(f"... still waiting for {what} ({now - started:.0f} s)")
             last_note = now
@@ -127,10 +128,15 @@ class ControlPlane:
                 while block := f.read(1 << 20):
                     sent += len(block)
                     if sent / size >= next_mark:
-                        print(f"\r   uploading {path.name}: {100 * sent / size:5.1f}%", end="")
-                        next_mark += 0.1
+                        progress = f"   uploading {path.name}: {100 * sent / size:5.1f}%"
+                        if sys.stdout.isatty():
+                            print(f"\r{progress}", end="", flush=True)
+                        else:
+                            print(progress, flush=True)
+                        next_mark += 0.25
                     yield block
-            print()
+            if sys.stdout.isatty():
+                print()
 
         return self.post(
             "/api/v1/artifacts",
@@ -138,6 +144,15 @@ class ControlPlane:
             content=chunks(),
             headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )
+
+
+def installed_release_id(cp: ControlPlane, device_id: str) -> str | None:
+    device = cp.get(f"/api/v1/devices/{device_id}")
+    if os.environ.get("DEMO_DEBUG"):
+        print(device)
+    installed = device.get("installed_release") or {}
+    value = installed.get("id")
+    return None if value is None else str(value)
 
 
 def chat(client: OpenAI, model: str, question: str, *, stream: bool) -> str:
@@ -219,7 +234,7 @@ def main() -> int:
 
         banner("2. Enroll a device with a one-time token")
         enrollment = cp.post("/api/v1/enrollment-tokens", json={"expires_in_seconds": 600})
-        subprocess.run(
+        enrolled = subprocess.run(
             [
                 PY,
                 "-m",
@@ -238,8 +253,10 @@ def main() -> int:
             ],
             cwd=ROOT,
             check=True,
+            capture_output=True,
+            text=True,
         )
-        device_id = json.loads((agent_dir / "device.json").read_text())["device_id"]
+        device_id = json.loads(enrolled.stdout)["device_id"]
         info(f"device enrolled as {device_id}")
         agent_proc.start()
         api_token = (agent_dir / "api-token").read_text().strip()
@@ -265,9 +282,7 @@ def main() -> int:
         info("release 1.0.0 signed (targets, snapshot, timestamp) and assigned by the director")
         wait_for(
             "the agent to verify and install release 1.0.0",
-            lambda: (
-                cp.get(f"/api/v1/devices/{device_id}").get("installed_release_id") == release["id"]
-            ),
+            lambda: installed_release_id(cp, device_id) == release["id"],
             timeout=300,
         )
         info("control plane reports the device runs kiosk-assistant 1.0.0")
@@ -313,14 +328,16 @@ def main() -> int:
         def refused() -> bool:
             device = cp.get(f"/api/v1/devices/{device_id}")
             last = device.get("last_status") or {}
-            return last.get("state") in ("refused", "failed") and last.get(
-                "assignment_version"
-            ) == device.get("latest_assignment_version", last.get("assignment_version"))
+            newest = (device.get("assignment") or {}).get("version")
+            return (
+                last.get("state") in ("refused", "failed")
+                and last.get("assignment_version") == newest
+            )
 
         wait_for("the agent to refuse release 1.0.1", refused, timeout=300)
         device = cp.get(f"/api/v1/devices/{device_id}")
         info(f"device says: {device['last_status']['state']}: {device['last_status']['detail']}")
-        assert device["installed_release_id"] == release["id"], device
+        assert installed_release_id(cp, device_id) == release["id"], device
         answer = chat(client, model, "Say hello.", stream=False)
         info(f"still serving 1.0.0: agent> {answer.strip()}")
         summary.append("tampered release refused; device kept serving 1.0.0")
