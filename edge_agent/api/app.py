@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
+import json
 import logging
 import re
 import time
@@ -144,10 +145,10 @@ def _error_body(error: AgentError) -> ErrorBody:
 # --- request plumbing -------------------------------------------------------------------
 
 
-def _bearer_check(api_token: str) -> Callable[[Request], None]:
+def _bearer_check(api_token: str) -> Callable[[Request], Awaitable[None]]:
     expected = api_token.encode("utf-8")
 
-    def require_token(request: Request) -> None:
+    async def require_token(request: Request) -> None:
         header = request.headers.get("authorization")
         if header is None:
             raise UnauthorizedError(
@@ -210,6 +211,30 @@ def _sse(message: BaseModel) -> bytes:
 
 
 _SSE_DONE = b"data: [DONE]\n\n"
+_MARK = "\x00piece\x00"
+
+
+class _TextEvents:
+    """Encodes the many mid-stream events of one response cheaply: the wire model is
+    serialized once with a marker as its text, and each piece fills that template."""
+
+    def __init__(self, template: BaseModel) -> None:
+        data = template.model_dump(mode="json", exclude_none=True)  # leaner for clients
+        for choice in data.get("choices", ()):
+            choice.setdefault("finish_reason", None)  # OpenAI sends it in every chunk
+        encoded = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        marker = json.dumps(_MARK)[1:-1]
+        head, found, tail = encoded.partition(marker)
+        if not found:
+            raise AssertionError("the event template has no text marker")
+        self._head = b"data: " + head.encode("utf-8")
+        self._tail = tail.encode("utf-8") + b"\n\n"
+
+    def encode(self, text: str) -> bytes:
+        escaped = json.dumps(text, ensure_ascii=False)[1:-1]
+        return self._head + escaped.encode("utf-8") + self._tail
+
+
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -382,12 +407,23 @@ def create_local_api(
                 )
             )
 
+        middle = _TextEvents(
+            ChatCompletionChunk(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[ChatChunkChoice(delta=ChatDelta(content=_MARK))],
+            )
+        )
+
         async def events() -> AsyncIterator[bytes]:
             piece = first
             role: Literal["assistant"] | None = "assistant"
             try:
                 while piece is not None:
-                    if piece.text or piece.finish_reason is None:
+                    if role is None and piece.finish_reason is None:
+                        yield middle.encode(piece.text)
+                    elif piece.text or piece.finish_reason is None:
                         yield chunk(ChatDelta(role=role, content=piece.text))
                         role = None
                     if piece.finish_reason is not None:
@@ -433,11 +469,23 @@ def create_local_api(
                 )
             )
 
+        middle = _TextEvents(
+            Completion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[CompletionChoice(text=_MARK)],
+            )
+        )
+
         async def events() -> AsyncIterator[bytes]:
             piece = first
             try:
                 while piece is not None:
-                    yield chunk(piece)
+                    if piece.finish_reason is None:
+                        yield middle.encode(piece.text)
+                    else:
+                        yield chunk(piece)
                     if piece.finish_reason is not None:
                         if body.include_usage:
                             usage = _usage(piece.prompt_tokens, piece.completion_tokens)
