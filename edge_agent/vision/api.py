@@ -1,8 +1,11 @@
-"""HTTP routes: ``POST /v1/vision/classify`` and ``POST /v1/vision/detect`` (multipart upload).
+"""HTTP routes: ``POST /v1/vision/classify`` and ``POST /v1/vision/detect``.
 
-The request body is parsed as it streams in and refused with 413 as soon as it passes
-the upload cap, so a huge upload never sits in memory. Errors are agent errors; the local
-API's one exception handler turns them into status codes.
+The image comes either as the raw request body (``Content-Type: image/png`` or
+``image/jpeg``, options as query parameters: the fast path, no form parsing) or as a
+multipart upload in a field named ``file``. Either way the body is read as it streams in
+and refused with 413 as soon as it passes the upload cap, so a huge upload never sits in
+memory. Decoding and inference then run in one worker-thread hop. Errors are agent
+errors; the local API's one exception handler turns them into status codes.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 _FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the small fields
 _MAX_FIELD_BYTES = 1024
 _MAX_PARTS = 16
+RAW_IMAGE_TYPES = (b"image/png", b"image/jpeg")
+_HOW_TO_SEND = (
+    "send the image as the request body with Content-Type image/png or image/jpeg, "
+    "or as multipart/form-data with the image in a field named 'file'"
+)
 
 
 class ImageSize(BaseModel):
@@ -79,7 +87,7 @@ class DetectResponse(BaseModel):
 class ImageUpload:
     """The parts of a vision request: the image bytes and optional small fields."""
 
-    data: bytes
+    data: bytes | bytearray
     fields: dict[str, str] = field(default_factory=dict)
 
 
@@ -91,22 +99,48 @@ class _PartState:
     body: bytearray = field(default_factory=bytearray)
 
 
-async def read_upload(request: Request, max_upload_bytes: int) -> ImageUpload:
-    """Stream a multipart body into an :class:`ImageUpload`, refusing oversize input early."""
-    ctype, params = parse_options_header(request.headers.get("content-type"))
-    boundary = params.get(b"boundary")
-    if ctype != b"multipart/form-data" or not boundary:
-        raise UnsupportedMediaError(
-            "send the image as multipart/form-data with the image in a field named 'file'"
-        )
-    body_limit = max_upload_bytes + _FORM_OVERHEAD
+def _declared_length(request: Request, limit: int, max_upload_bytes: int) -> None:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > body_limit:
+    if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLargeError(
             f"the upload is {int(declared)} bytes; the limit is {max_upload_bytes} bytes"
         )
 
-    parts: dict[str, bytes] = {}
+
+async def read_upload(request: Request, max_upload_bytes: int) -> ImageUpload:
+    """Read a vision request body (raw image or multipart), refusing oversize input early."""
+    ctype, params = parse_options_header(request.headers.get("content-type"))
+    if ctype in RAW_IMAGE_TYPES:
+        return await read_raw_image(request, max_upload_bytes)
+    if ctype == b"multipart/form-data":
+        return await read_multipart(request, max_upload_bytes, params.get(b"boundary"))
+    received = ctype.decode("latin-1") or "no Content-Type"
+    raise UnsupportedMediaError(f"the request body is {received}; {_HOW_TO_SEND}")
+
+
+async def read_raw_image(request: Request, max_upload_bytes: int) -> ImageUpload:
+    """The whole body is the image; the decoder checks what it really is."""
+    _declared_length(request, max_upload_bytes, max_upload_bytes)
+    chunks: list[bytes] = []
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > max_upload_bytes:
+            raise PayloadTooLargeError(f"the upload exceeds the limit of {max_upload_bytes} bytes")
+        chunks.append(chunk)
+    return ImageUpload(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+
+async def read_multipart(
+    request: Request, max_upload_bytes: int, boundary: bytes | None
+) -> ImageUpload:
+    """Stream a multipart body into an :class:`ImageUpload`, refusing oversize input early."""
+    if not boundary:
+        raise BadRequestError("the multipart/form-data Content-Type has no boundary")
+    body_limit = max_upload_bytes + _FORM_OVERHEAD
+    _declared_length(request, body_limit, max_upload_bytes)
+
+    parts: dict[str, bytearray] = {}
     state = _PartState()
     count = 0
 
@@ -138,11 +172,11 @@ async def read_upload(request: Request, max_upload_bytes: int) -> ImageUpload:
                     f"the uploaded file exceeds the limit of {max_upload_bytes} bytes"
                 )
             raise BadRequestError(f"form field {state.name!r} is longer than {limit} bytes")
-        state.body += data[start:end]
+        state.body += memoryview(data)[start:end]
 
     def on_part_end() -> None:
         if state.name:
-            parts[state.name] = bytes(state.body)
+            parts[state.name] = state.body
 
     parser = MultipartParser(
         boundary,
@@ -189,7 +223,7 @@ def _parse_top_k(raw: str | None) -> int:
     return check_top_k(value)
 
 
-def _decode(data: bytes, max_pixels: int) -> tuple[DecodedImage, float]:
+def _decode(data: bytes | bytearray, max_pixels: int) -> tuple[DecodedImage, float]:
     t0 = time.perf_counter()
     image = decode_image(data, max_pixels=max_pixels)
     return image, (time.perf_counter() - t0) * 1e3
@@ -204,10 +238,15 @@ def _timings(times: StageTimes, decode_ms: float) -> Timings:
     )
 
 
-_MULTIPART_DOC: dict[str, Any] = {
+_RAW_IMAGE_SCHEMA: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
+_REQUEST_BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
+        "description": "The image as the raw body (model and top_k as query parameters), "
+        "or a multipart form with the image in 'file'.",
         "content": {
+            "image/png": _RAW_IMAGE_SCHEMA,
+            "image/jpeg": _RAW_IMAGE_SCHEMA,
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
@@ -218,7 +257,7 @@ _MULTIPART_DOC: dict[str, Any] = {
                         "top_k": {"type": "integer", "minimum": 1},
                     },
                 }
-            }
+            },
         },
     }
 }
@@ -237,7 +276,7 @@ def vision_router(
     """
     router = APIRouter(prefix="/v1/vision", tags=["vision"])
 
-    @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_MULTIPART_DOC)
+    @router.post("/classify", response_model=ClassifyResponse, openapi_extra=_REQUEST_BODY_DOC)
     async def classify(
         request: Request,
         model: str | None = Query(default=None, max_length=128),
@@ -263,7 +302,7 @@ def vision_router(
 
         return await run_in_threadpool(work)
 
-    @router.post("/detect", response_model=DetectResponse, openapi_extra=_MULTIPART_DOC)
+    @router.post("/detect", response_model=DetectResponse, openapi_extra=_REQUEST_BODY_DOC)
     async def detect(
         request: Request,
         model: str | None = Query(default=None, max_length=128),

@@ -22,6 +22,7 @@ from edge_agent.errors import BadRequestError, PayloadTooLargeError, Unsupported
 
 ImageFormat = Literal["png", "jpeg"]
 BGRImage = npt.NDArray[np.uint8]
+ImageBytes = bytes | bytearray
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8"
@@ -71,7 +72,7 @@ class DecodedImage:
         return int(self.pixels.shape[0])
 
 
-def read_header(data: bytes) -> ImageHeader:
+def read_header(data: ImageBytes) -> ImageHeader:
     """Identify a PNG or JPEG and read its dimensions; check that the file is complete."""
     if data.startswith(PNG_SIGNATURE):
         return _png_header(data)
@@ -85,26 +86,26 @@ def read_header(data: bytes) -> ImageHeader:
     raise UnsupportedMediaError(f"the upload is not a PNG or JPEG image; {_ACCEPTED}")
 
 
-def _png_header(data: bytes) -> ImageHeader:
+def _png_header(data: ImageBytes) -> ImageHeader:
     pos = len(PNG_SIGNATURE)
     width = height = 0
     first = True
+    view = memoryview(data)  # chunk bodies are checksummed in place, not copied
     while True:
         if pos + 8 > len(data):
             raise BadRequestError("the PNG is truncated (it ends before its IEND chunk)")
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        ctype = data[pos + 4 : pos + 8]
+        length, ctype = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
         if length > 0x7FFFFFFF or end > len(data):
             raise BadRequestError("the PNG is truncated (a chunk runs past the end of the file)")
-        body = data[pos + 8 : pos + 8 + length]
-        (crc,) = struct.unpack(">I", data[end - 4 : end])
-        if zlib.crc32(ctype + body) & 0xFFFFFFFF != crc:
+        body = view[pos + 8 : pos + 8 + length]
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(body, zlib.crc32(ctype)) & 0xFFFFFFFF != crc:
             raise BadRequestError(f"the PNG is corrupt (bad checksum in its {ctype!r} chunk)")
         if first:
             if ctype != b"IHDR" or length != 13:
                 raise BadRequestError("the PNG is corrupt (it does not start with IHDR)")
-            width, height = struct.unpack(">II", body[:8])
+            width, height = struct.unpack_from(">II", body)
             first = False
         if ctype == b"IEND":
             break
@@ -114,7 +115,7 @@ def _png_header(data: bytes) -> ImageHeader:
     return ImageHeader("png", width, height)
 
 
-def _jpeg_header(data: bytes) -> ImageHeader:
+def _jpeg_header(data: ImageBytes) -> ImageHeader:
     pos = 2
     size: tuple[int, int] | None = None
     while True:
@@ -195,7 +196,7 @@ def composite_over_white(bgra: npt.NDArray[np.uint8]) -> BGRImage:
     return np.ascontiguousarray((mixed // 255).astype(np.uint8))
 
 
-def decode_image(data: bytes, *, max_pixels: int) -> DecodedImage:
+def decode_image(data: ImageBytes, *, max_pixels: int) -> DecodedImage:
     """Check, then decode ``data`` into 8-bit BGR; raise a 4xx agent error if it is unusable."""
     header = read_header(data)
     check_pixel_limit(header, max_pixels)

@@ -140,9 +140,92 @@ def test_missing_file_field_gets_400(client: TestClient) -> None:
     assert r.status_code == 400 and "'file'" in r.json()["error"]["message"]
 
 
-def test_json_body_gets_415(client: TestClient) -> None:
+def test_json_body_gets_415_naming_both_ways_to_send_an_image(client: TestClient) -> None:
     r = client.post("/v1/vision/classify", json={"file": "aGVsbG8="})
-    assert r.status_code == 415 and "multipart" in r.json()["error"]["message"]
+    message = r.json()["error"]["message"]
+    assert r.status_code == 415
+    assert "application/json" in message and "image/png" in message and "multipart" in message
+
+
+# --- the raw-body path: Content-Type image/png or image/jpeg, options in the query ------
+
+
+def classify_raw(
+    client: TestClient, data: bytes, content_type: str = "image/png", query: str = ""
+) -> tuple[int, dict]:  # type: ignore[type-arg]
+    r = client.post(
+        "/v1/vision/classify" + query, content=data, headers={"content-type": content_type}
+    )
+    return r.status_code, r.json()
+
+
+def test_raw_png_body_is_classified_with_options_from_the_query(client: TestClient) -> None:
+    status, body = classify_raw(client, png_bytes(solid((255, 0, 0))), query="?top_k=2")
+    assert status == 200
+    assert [p["label"] for p in body["predictions"]][:1] == ["blue"]
+    assert len(body["predictions"]) == 2
+
+
+def test_raw_jpeg_body_gives_the_same_answer_as_multipart(client: TestClient) -> None:
+    data = jpeg_bytes(solid((0, 255, 0)))
+    raw_status, raw = classify_raw(client, data, "image/jpeg")
+    form_status, form = classify(client, data)
+    assert raw_status == form_status == 200
+    assert raw["predictions"] == form["predictions"]
+
+
+def test_raw_body_that_is_not_an_image_gets_415(client: TestClient) -> None:
+    status, body = classify_raw(client, b"%PDF-1.7 not a picture", "image/png")
+    assert status == 415 and "PDF" in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_raw_gif_content_type_gets_415(client: TestClient) -> None:
+    status, body = classify_raw(client, b"GIF89a....", "image/gif")
+    assert status == 415 and "image/gif" in body["error"]["message"]
+
+
+def test_empty_raw_body_gets_400(client: TestClient) -> None:
+    status, body = classify_raw(client, b"")
+    assert status == 400 and "empty" in body["error"]["message"]
+
+
+def test_truncated_raw_png_gets_400(client: TestClient) -> None:
+    data = png_bytes(np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    status, body = classify_raw(client, data[:-20])
+    assert status == 400 and "truncated" in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_raw_decompression_bomb_gets_413_before_decoding(client: TestClient) -> None:
+    status, body = classify_raw(client, png_bomb(60_000, 60_000))
+    assert status == 413 and "pixels" in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_raw_upload_over_the_cap_gets_413_from_content_length(client: TestClient) -> None:
+    status, body = classify_raw(client, b"\x89PNG" + b"\x00" * (MAX_UPLOAD + 1))
+    assert status == 413 and str(MAX_UPLOAD) in body["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_chunked_raw_upload_without_length_over_the_cap_gets_413(client: TestClient) -> None:
+    def body() -> Iterator[bytes]:
+        for _ in range(4 * MAX_UPLOAD // 16_384):
+            yield b"\x00" * 16_384
+
+    r = client.post("/v1/vision/classify", content=body(), headers={"content-type": "image/png"})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+    assert_still_serving(client)
+
+
+def test_raw_detect_without_a_detector_gets_404(client: TestClient) -> None:
+    r = client.post(
+        "/v1/vision/detect",
+        content=png_bytes(solid((1, 2, 3))),
+        headers={"content-type": "image/png"},
+    )
+    assert r.status_code == 404
 
 
 def test_malformed_multipart_gets_400(client: TestClient) -> None:
