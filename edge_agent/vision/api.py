@@ -43,6 +43,11 @@ class ImageSize(BaseModel):
 
 
 class Timings(BaseModel):
+    """Where the handler's time went: reading the upload, waiting for a worker thread,
+    then the pipeline stages (HTTP parsing before the handler is not included)."""
+
+    read_ms: float
+    thread_wait_ms: float
     decode_ms: float
     preprocess_ms: float
     inference_ms: float
@@ -223,14 +228,26 @@ def _parse_top_k(raw: str | None) -> int:
     return check_top_k(value)
 
 
-def _decode(data: bytes | bytearray, max_pixels: int) -> tuple[DecodedImage, float]:
+@dataclass(frozen=True)
+class _Clock:
+    """perf_counter readings taken by a handler before the pipeline runs."""
+
+    started: float
+    read: float
+    submitted: float
+
+
+def _decode(data: bytes | bytearray, max_pixels: int) -> tuple[DecodedImage, float, float]:
+    """The decoded image, decode milliseconds, and the moment the worker picked it up."""
     t0 = time.perf_counter()
     image = decode_image(data, max_pixels=max_pixels)
-    return image, (time.perf_counter() - t0) * 1e3
+    return image, (time.perf_counter() - t0) * 1e3, t0
 
 
-def _timings(times: StageTimes, decode_ms: float) -> Timings:
+def _timings(times: StageTimes, clock: _Clock, picked_up: float, decode_ms: float) -> Timings:
     return Timings(
+        read_ms=(clock.read - clock.started) * 1e3,
+        thread_wait_ms=(picked_up - clock.submitted) * 1e3,
         decode_ms=decode_ms,
         preprocess_ms=times.preprocess_ms,
         inference_ms=times.inference_ms,
@@ -282,13 +299,15 @@ def vision_router(
         model: str | None = Query(default=None, max_length=128),
         top_k: str | None = Query(default=None, max_length=8),
     ) -> ClassifyResponse:
+        started = time.perf_counter()
         upload = await read_upload(request, max_upload_bytes)
+        read = time.perf_counter()
         name = _field(upload, "model", model)
         k = _parse_top_k(_field(upload, "top_k", top_k))
         vision_model = provider.vision_model(name, "classify")
 
-        def work() -> ClassifyResponse:
-            image, decode_ms = _decode(upload.data, max_image_pixels)
+        def work(clock: _Clock) -> ClassifyResponse:
+            image, decode_ms, picked_up = _decode(upload.data, max_image_pixels)
             result = vision_model.classify(image.pixels, k)
             return ClassifyResponse(
                 model=vision_model.name,
@@ -297,21 +316,23 @@ def vision_router(
                     for p in result.predictions
                 ],
                 image=ImageSize(width=image.width, height=image.height),
-                timings_ms=_timings(result.times, decode_ms),
+                timings_ms=_timings(result.times, clock, picked_up, decode_ms),
             )
 
-        return await run_in_threadpool(work)
+        return await run_in_threadpool(work, _Clock(started, read, time.perf_counter()))
 
     @router.post("/detect", response_model=DetectResponse, openapi_extra=_REQUEST_BODY_DOC)
     async def detect(
         request: Request,
         model: str | None = Query(default=None, max_length=128),
     ) -> DetectResponse:
+        started = time.perf_counter()
         upload = await read_upload(request, max_upload_bytes)
+        read = time.perf_counter()
         vision_model = provider.vision_model(_field(upload, "model", model), "detect")
 
-        def work() -> DetectResponse:
-            image, decode_ms = _decode(upload.data, max_image_pixels)
+        def work(clock: _Clock) -> DetectResponse:
+            image, decode_ms, picked_up = _decode(upload.data, max_image_pixels)
             result = vision_model.detect(image.pixels)
             return DetectResponse(
                 model=vision_model.name,
@@ -325,9 +346,9 @@ def vision_router(
                     for d in result.detections
                 ],
                 image=ImageSize(width=image.width, height=image.height),
-                timings_ms=_timings(result.times, decode_ms),
+                timings_ms=_timings(result.times, clock, picked_up, decode_ms),
             )
 
-        return await run_in_threadpool(work)
+        return await run_in_threadpool(work, _Clock(started, read, time.perf_counter()))
 
     return router

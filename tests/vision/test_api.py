@@ -41,6 +41,8 @@ def test_classify_returns_top_k_labels_with_scores(client: TestClient) -> None:
     assert body["predictions"][0]["score"] > 0.99
     assert body["image"] == {"width": 16, "height": 16}
     assert set(body["timings_ms"]) == {
+        "read_ms",
+        "thread_wait_ms",
         "decode_ms",
         "preprocess_ms",
         "inference_ms",
