@@ -132,7 +132,7 @@ def _run(args: argparse.Namespace) -> int:
         partial.unlink(missing_ok=True)
         policy = ChunkingPolicy(args.max_tokens, args.overlap_tokens)
         try:
-            with RagIndex.create(partial, embedder.identity, policy) as index:
+            with RagIndex.create(partial, embedder.identity, policy) as index, index.batch():
                 status = _ingest(RagEngine(index, embedder), _files([args.docs]))
             if status:
                 print(f"not writing {args.out}: some documents failed", file=sys.stderr)

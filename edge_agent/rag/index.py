@@ -385,6 +385,14 @@ class RagIndex:
                 )
         self._cache = None
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group many writes into one transaction (each still its own savepoint): for
+        bulk builds into a file that is renamed into place only when complete.
+        """
+        with self._lock, self._sql_errors("writing a batch"), self._db:
+            yield
+
     def delete_document(self, key: str) -> bool:
         with self._lock, self._sql_errors(f"deleting {key}"), self._db:
             found = self._delete(key)
@@ -510,23 +518,44 @@ class RagIndex:
         return [(ids[i], float(scores[i])) for i in order]
 
     def lexical_search(
-        self, terms: Sequence[str], k: int, *, filters: Mapping[str, FilterValue] | None = None
+        self,
+        terms: Sequence[str],
+        k: int,
+        *,
+        filters: Mapping[str, FilterValue] | None = None,
+        max_postings: int = 10_000,
     ) -> list[int]:
-        """Top-``k`` chunk ids by BM25 over any of ``terms`` (already split into words)."""
+        """Top-``k`` chunk ids by BM25 over any of ``terms`` (already split into words).
+
+        Terms found in more than ``max_postings`` chunks (and more than a tenth of the
+        index) are left out: their BM25 weight is small, and scanning their postings is
+        what makes full-text search slow on a large index.
+        """
         words = [t for t in terms if t and '"' not in t]
-        if not words:
-            return []
-        match = " OR ".join(f'"{t}"' for t in words)
-        where, params = self._filter_sql(filters)
-        sql = (
-            "SELECT f.rowid FROM chunks_fts f"
-            + (" JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.document_id")
-            * bool(where)
-            + " WHERE chunks_fts MATCH ?"
-            + where
-            + " ORDER BY bm25(chunks_fts) LIMIT ?"
-        )
         with self._lock, self._sql_errors("searching text"):
+            total = len(self._bit_cache().ids)
+            cap = min(max_postings, max(1000, total // 10))
+            kept = []
+            for t in words:
+                (df,) = self._db.execute(
+                    "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? "
+                    "LIMIT ?)",
+                    (f'"{t}"', cap + 1),
+                ).fetchone()
+                if 0 < df <= cap:
+                    kept.append(t)
+            if not kept:
+                return []
+            match = " OR ".join(f'"{t}"' for t in kept)
+            where, params = self._filter_sql(filters)
+            sql = (
+                "SELECT f.rowid FROM chunks_fts f"
+                + (" JOIN chunks c ON c.id = f.rowid JOIN documents d ON d.id = c.document_id")
+                * bool(where)
+                + " WHERE chunks_fts MATCH ?"
+                + where
+                + " ORDER BY bm25(chunks_fts) LIMIT ?"
+            )
             return [int(r[0]) for r in self._db.execute(sql, [match, *params, k])]
 
     def unknown_terms(self, terms: Sequence[str]) -> list[str]:
