@@ -226,3 +226,20 @@ def test_a_chat_model_can_also_serve_as_an_embedding_artifact(smollm2: Path) -> 
             registry.chat("smol-embed", [ChatTurn("user", "Hi")], GREEDY)
     finally:
         registry.close()
+
+
+@pytest.mark.slow
+def test_idle_models_are_unloaded_in_the_background(smollm2: Path) -> None:
+    registry = ModelRegistry(settings_for_tests(idle_unload_seconds=0.2))
+    try:
+        registry.activate(release("r1", {LLM: ("llm", smollm2)}))
+        registry.warm()
+        assert registry.models()[0].loaded
+        for _ in range(100):
+            if not registry.models()[0].loaded:
+                break
+            threading.Event().wait(0.05)
+        assert not registry.models()[0].loaded
+        assert registry.complete(LLM, "Hello", GREEDY).completion_tokens > 0  # reloads
+    finally:
+        registry.close()
