@@ -1,29 +1,43 @@
-"""Vision benchmark: FP32 vs INT8, raw onnxruntime vs the agent's HTTP endpoint, OpenCV DNN.
+"""Vision benchmark: where a classification request's time goes, and what INT8 costs in accuracy.
 
-One run measures, for EfficientNet-Lite0 and the text-orientation classifier:
-- onnxruntime FP32 and static INT8 (QDQ) latency p50/p95 on the evaluation crops, and
-  top-1 agreement of INT8 with FP32;
-- OpenCV DNN as a peer on the same tensors (it cannot load QDQ INT8 models: the error
-  is recorded);
-- the agent's ``/v1/vision/classify`` served by uvicorn in a separate process, over
-  loopback, against the same pipeline (decode + preprocess + inference + postprocess)
-  called in-process on the same image bytes, in interleaved blocks; the endpoint's
-  own stage timings say where the time goes.
+One run measures, for EfficientNet-Lite0 and the text-orientation classifier (PP-LCNet):
 
-Usage: ``python benchmarks/vision.py [--requests 200] [--out benchmarks/results/vision.json]``
+- **Agreement**: INT8 vs FP32 top-1 agreement on the hard evaluation crops and on a
+  natural set (photos, their mirror images and large crops; for the text model: text
+  crops turned by 0/90/180/270 degrees).
+- **Model latency**: onnxruntime FP32, onnxruntime INT8 and OpenCV DNN FP32 (the peer) on
+  the same evaluation tensors, interleaved image by image; OpenCV DNN on the QDQ INT8 model
+  is attempted and its error recorded.
+- **Endpoint vs in-process** on one sample image, every mode once per round in a random
+  order (so machine load hits all of them alike):
+  ``onnxruntime_run`` (session.run on the preprocessed tensor), ``raw_pipeline`` (what a
+  user writes by hand: cv2.imdecode + the same preprocessing + session.run + numpy
+  top-5), ``agent_pipeline`` (the agent's checked decoder + ``VisionModel.classify``, in
+  process), ``http_raw_body`` and ``http_multipart`` (the agent's local API with the vision
+  router, served by uvicorn in a subprocess, called over loopback with ``http.client``),
+  ``http_raw_body_httpx`` (the same with httpx, for the client's share) and
+  ``http_healthz`` (the floor: one authenticated-free GET). The endpoint reports its own
+  stage timings, so the breakdown says where each request's time went.
+
+All onnxruntime sessions use the agent's settings (2 intra-op threads, no spinning), so the
+comparison isolates what the agent adds.
+
+Usage: ``python benchmarks/vision.py [--requests 150] [--out benchmarks/results/vision.json]``
 (prepares the model cache first with ``python -m converters prepare``).
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import time
-from functools import partial
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,46 +49,80 @@ sys.path.insert(0, str(REPO))
 from converters.__main__ import main as converters_main  # noqa: E402
 from converters.catalog import preset  # noqa: E402
 from converters.demo import demo_release  # noqa: E402
-from converters.images import list_images  # noqa: E402
-from converters.measure import latency_of, time_calls, top1_agreement  # noqa: E402
-from converters.quantize import image_tensors  # noqa: E402
+from converters.images import (  # noqa: E402
+    list_images,
+    load_images,
+    natural_variants,
+    rotated_text_variants,
+)
+from converters.measure import latency_of, top1_agreement  # noqa: E402
+from converters.quantize import classifier_details, image_tensors  # noqa: E402
 from converters.sources import cache_root  # noqa: E402
 
+TOKEN = "benchmark-token-0123456789"
 MODELS = {
-    "efficientnet-lite0": {
-        "fp32": "efficientnet-lite0-fp32",
-        "int8": "efficientnet-lite0-int8",
-        "image": "chelsea.png",
-    },
-    "text-orientation": {
-        "fp32": "text-orientation-fp32",
-        "int8": "text-orientation-int8",
-        "image": "page.png",
-    },
+    "efficientnet-lite0": {"fp32": "efficientnet-lite0-fp32", "int8": "efficientnet-lite0-int8"},
+    "text-orientation": {"fp32": "text-orientation-fp32", "int8": "text-orientation-int8"},
 }
+# (model, precision, sample image, upload encoding)
+ENDPOINT_CASES = (
+    ("efficientnet-lite0", "fp32", "chelsea.png", "png"),
+    ("efficientnet-lite0", "int8", "chelsea.png", "png"),
+    ("efficientnet-lite0", "int8", "chelsea.png", "jpeg"),
+    ("text-orientation", "fp32", "page.png", "png"),
+    ("text-orientation", "int8", "page.png", "png"),
+)
+NATURAL_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "grace_hopper.jpg",
+    "camera.png",
+)
+TEXT_PHOTOS = ("page.png", "text.png")
+SERVER_STAGES = (
+    "read_ms",
+    "thread_wait_ms",
+    "decode_ms",
+    "preprocess_ms",
+    "inference_ms",
+    "postprocess_ms",
+)
+
+
+# --- the server --------------------------------------------------------------------------
 
 
 def serve(port: int) -> None:
-    """The agent's vision routes behind the same error handling as the local API."""
-    import uvicorn
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    """The agent's local API (auth, error handler) with the vision router, as the daemon runs it."""
+    import tempfile
 
-    from edge_agent.errors import AgentError
+    import uvicorn
+
+    from edge_agent.api import create_local_api
+    from edge_agent.runtime import ModelRegistry
+    from edge_agent.settings import AgentSettings
     from edge_agent.vision.api import vision_router
     from edge_agent.vision.provider import ReleaseVisionModels
 
+    settings = AgentSettings(state_dir=Path(tempfile.mkdtemp(prefix="outpost-bench-")))
     provider = ReleaseVisionModels(demo_release())
     for name, task in provider.tasks().items():
         provider.vision_model(name, task)  # load before the first request
-    app = FastAPI()
-
-    @app.exception_handler(AgentError)
-    async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
-        return JSONResponse(status_code=exc.http_status, content={"error": str(exc)})
-
-    app.include_router(vision_router(provider))
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    router = vision_router(
+        provider,
+        max_upload_bytes=settings.max_upload_bytes,
+        max_image_pixels=settings.max_image_pixels,
+    )
+    app = create_local_api(
+        ModelRegistry(settings, loaders={}), settings, api_token=TOKEN, extra_routers=[router]
+    )
+    # As the daemon's uvicorn.Config: default ("auto") event loop and HTTP implementation.
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+    )
 
 
 def _free_port() -> int:
@@ -86,89 +134,259 @@ def _free_port() -> int:
         return port
 
 
-def opencv_dnn(path: Path, tensors: list[Any], reference: list[Any]) -> dict[str, Any]:
-    import cv2
+def _server_facts() -> dict[str, Any]:
+    import importlib.util
 
-    try:
-        net = cv2.dnn.readNetFromONNX(str(path))
+    import uvicorn
 
-        def run(t: Any) -> Any:
-            net.setInput(t)
-            return net.forward()
-
-        outs = [run(t) for t in tensors]
-    except cv2.error as e:
-        first = str(e).strip().splitlines()
-        return {"ok": False, "error": " ".join(first[-2:])[:300]}
     return {
-        "ok": True,
-        "latency": time_calls([partial(run, t) for t in tensors]).as_dict(),
-        "top1_agreement_vs_onnxruntime_fp32": round(top1_agreement(reference, outs), 4),
+        "uvicorn": uvicorn.__version__,
+        "http_parser": "httptools" if importlib.util.find_spec("httptools") else "h11",
+        "event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio",
+        "client": "http.client keep-alive (httpx for http_raw_body_httpx)",
     }
 
 
-def raw_and_endpoint(
-    url: str, model: Any, name: str, image: bytes, requests: int, block: int = 20
+# --- measurements ------------------------------------------------------------------------
+
+
+def _session(path: Path) -> Any:
+    """An onnxruntime session with the agent backend's options."""
+    from edge_agent.vision.backends import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(path)
+
+
+def _p(samples: Sequence[float]) -> dict[str, Any]:
+    return latency_of(samples).as_dict()
+
+
+def agreement(fp32: Any, int8: Any, tensors: Sequence[Any]) -> dict[str, Any]:
+    ref = [fp32.run(t)[0] for t in tensors]
+    cand = [int8.run(t)[0] for t in tensors]
+    return {
+        "images": len(tensors),
+        "top1_agreement": round(top1_agreement(ref, cand), 4),
+        **classifier_details(ref, cand),
+    }
+
+
+def model_latency(paths: dict[str, Path], tensors: Sequence[Any]) -> dict[str, Any]:
+    """onnxruntime FP32/INT8 and OpenCV DNN FP32, interleaved per image; OpenCV on INT8 tried."""
+    import cv2
+
+    fp32, int8 = _session(paths["fp32"]), _session(paths["int8"])
+    net = cv2.dnn.readNetFromONNX(str(paths["fp32"]))
+
+    def opencv(t: Any) -> Any:
+        net.setInput(t)
+        return net.forward()
+
+    runs: dict[str, Callable[[Any], Any]] = {
+        "onnxruntime_fp32": lambda t: fp32.run(t),
+        "onnxruntime_int8": lambda t: int8.run(t),
+        "opencv_dnn_fp32": opencv,
+    }
+    samples: dict[str, list[float]] = {k: [] for k in runs}
+    order = list(runs)
+    rng = random.Random(0)
+    for t in tensors[:3]:
+        for run in runs.values():
+            run(t)
+    for _ in range(2):
+        for t in tensors:
+            rng.shuffle(order)
+            for k in order:
+                t0 = time.perf_counter()
+                runs[k](t)
+                samples[k].append((time.perf_counter() - t0) * 1e3)
+    out: dict[str, Any] = {k: _p(v) for k, v in samples.items()}
+    ref = [fp32.run(t)[0] for t in tensors]
+    out["opencv_dnn_fp32"]["top1_agreement_vs_onnxruntime_fp32"] = round(
+        top1_agreement(ref, [opencv(t) for t in tensors]), 4
+    )
+    try:
+        net8 = cv2.dnn.readNetFromONNX(str(paths["int8"]))
+        net8.setInput(tensors[0])
+        net8.forward()
+        out["opencv_dnn_int8"] = {"ok": True}
+    except cv2.error as e:
+        lines = str(e).strip().splitlines()
+        out["opencv_dnn_int8"] = {"ok": False, "error": " ".join(lines[-2:])[:300]}
+    p50 = {k: out[k]["p50_ms"] for k in runs}
+    out["int8_speedup_p50"] = round(p50["onnxruntime_fp32"] / p50["onnxruntime_int8"], 3)
+    out["opencv_dnn_fp32_vs_onnxruntime_fp32_p50"] = round(
+        p50["opencv_dnn_fp32"] / p50["onnxruntime_fp32"], 3
+    )
+    return out
+
+
+def _multipart(image: bytes, filename: str, content_type: str, model: str) -> tuple[bytes, str]:
+    boundary = "outpost-benchmark-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n{model}\r\n'
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+        f'filename="{filename}"\r\nContent-Type: {content_type}\r\n\r\n'
+    ).encode()
+    return head + image + f"\r\n--{boundary}--\r\n".encode(), (
+        f"multipart/form-data; boundary={boundary}"
+    )
+
+
+def endpoint_case(
+    port: int,
+    provider: Any,
+    paths: dict[str, Path],
+    name: str,
+    image: bytes,
+    ctype: str,
+    requests: int,
 ) -> dict[str, Any]:
-    """Interleave blocks of in-process pipeline calls and HTTP requests on the same bytes."""
+    """Every mode once per round, in a fresh random order each round."""
+    import cv2
     import httpx
 
     from edge_agent.vision.decode import decode_image
     from edge_agent.vision.preprocess import prepare
 
-    def pipeline() -> None:
-        img = decode_image(image, max_pixels=40_000_000)
-        model.classify(img.pixels, 5)
+    model = provider.vision_model(name, "classify")
+    spec = model.spec.preprocess
+    raw_session = _session(paths[name])
+    tensor = prepare(decode_image(image, max_pixels=40_000_000).pixels, spec)[0]
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    path = f"/v1/vision/classify?model={name}&top_k=5"
+    form, form_type = _multipart(image, "image." + ctype.split("/")[1], ctype, name)
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth)
+    stages: dict[str, dict[str, list[float]]] = {}
 
-    tensor = prepare(decode_image(image, max_pixels=40_000_000).pixels, model.spec.preprocess)[0]
-    raw_infer: list[float] = []
-    raw_pipe: list[float] = []
-    http: list[float] = []
-    stages: dict[str, list[float]] = {}
-    files = {"file": ("image.png", image, "image/png")}
-    with httpx.Client(base_url=url, timeout=60) as client:
-        for _ in range(5):  # warm both paths
-            pipeline()
-            client.post("/v1/vision/classify", files=files, data={"model": name})
-        for _ in range(max(1, requests // block)):
-            for _ in range(block):
-                t0 = time.perf_counter()
-                model.infer(tensor)
-                raw_infer.append((time.perf_counter() - t0) * 1e3)
-                t0 = time.perf_counter()
-                pipeline()
-                raw_pipe.append((time.perf_counter() - t0) * 1e3)
-            for _ in range(block):
-                t0 = time.perf_counter()
-                r = client.post("/v1/vision/classify", files=files, data={"model": name})
-                http.append((time.perf_counter() - t0) * 1e3)
-                r.raise_for_status()
-                for k, v in r.json()["timings_ms"].items():
-                    stages.setdefault(k, []).append(v)
-    e2e = latency_of(http)
-    pipe = latency_of(raw_pipe)
-    stage_p50 = {k: round(float(np.median(v)), 4) for k, v in stages.items()}
-    in_handler = sum(stage_p50.values())
+    def post(body: bytes, content_type: str, mode: str) -> None:
+        conn.request("POST", path, body=body, headers={**auth, "Content-Type": content_type})
+        response = conn.getresponse()
+        payload = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{mode}: HTTP {response.status}: {payload[:300]!r}")
+        timings = json.loads(payload)["timings_ms"]
+        for k, v in timings.items():
+            stages.setdefault(mode, {}).setdefault(k, []).append(v)
+
+    in_process: dict[str, list[float]] = {}
+
+    def agent_pipeline() -> None:
+        t0 = time.perf_counter()
+        decoded = decode_image(image, max_pixels=40_000_000)
+        decode_ms = (time.perf_counter() - t0) * 1e3
+        times = model.classify(decoded.pixels, 5).times
+        for k, v in (
+            ("decode_ms", decode_ms),
+            ("preprocess_ms", times.preprocess_ms),
+            ("inference_ms", times.inference_ms),
+            ("postprocess_ms", times.postprocess_ms),
+        ):
+            in_process.setdefault(k, []).append(v)
+
+    def raw_pipeline() -> None:
+        bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        logits = raw_session.run(prepare(bgr, spec)[0])[0].reshape(-1).astype(np.float64)
+        e = np.exp(logits - logits.max())
+        probs = e / e.sum()
+        np.argsort(-probs)[:5]
+
+    def healthz() -> None:
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+
+    modes: dict[str, Callable[[], None]] = {
+        "onnxruntime_run": lambda: raw_session.run(tensor),
+        "raw_pipeline": raw_pipeline,
+        "agent_pipeline": agent_pipeline,
+        "http_raw_body": lambda: post(image, ctype, "http_raw_body"),
+        "http_multipart": lambda: post(form, form_type, "http_multipart"),
+        "http_raw_body_httpx": lambda: client.post(
+            path, content=image, headers={"Content-Type": ctype}
+        ).raise_for_status(),
+        "http_healthz": healthz,
+    }
+    for _ in range(5):  # warm every path
+        for run in modes.values():
+            run()
+    stages.clear()
+    in_process.clear()
+    samples: dict[str, list[float]] = {k: [] for k in modes}
+    order = list(modes)
+    rng = random.Random(1)
+    for _ in range(requests):
+        rng.shuffle(order)
+        for k in order:
+            t0 = time.perf_counter()
+            modes[k]()
+            samples[k].append((time.perf_counter() - t0) * 1e3)
+    conn.close()
+    client.close()
+    return summarize(len(image), ctype, samples, stages, in_process)
+
+
+def summarize(
+    size: int,
+    ctype: str,
+    samples: dict[str, list[float]],
+    stages: dict[str, dict[str, list[float]]],
+    in_process: dict[str, list[float]],
+) -> dict[str, Any]:
+    lat = {k: latency_of(v) for k, v in samples.items()}
+    out: dict[str, Any] = {
+        "image_bytes": size,
+        "upload_type": ctype,
+        "latency": {k: v.as_dict() for k, v in lat.items()},
+        "agent_pipeline_stage_p50_ms": {
+            k: round(float(np.median(v)), 3) for k, v in in_process.items()
+        },
+    }
+    overhead: dict[str, Any] = {}
+    for http_mode in ("http_raw_body", "http_multipart"):
+        for base in ("agent_pipeline", "raw_pipeline"):
+            a, b = lat[http_mode], lat[base]
+            paired = np.asarray(samples[http_mode]) - np.asarray(samples[base])
+            overhead[f"{http_mode}_vs_{base}"] = {
+                "p50": round(a.p50_ms / b.p50_ms - 1, 4),
+                "p95": round(a.p95_ms / b.p95_ms - 1, 4),
+                "paired_median_ms": round(float(np.median(paired)), 3),
+            }
+    out["overhead"] = overhead
+    breakdown: dict[str, Any] = {}
+    for mode, per_stage in stages.items():
+        n = len(samples[mode])
+        inside = np.sum([np.asarray(per_stage[s][:n]) for s in SERVER_STAGES], axis=0)
+        outside = np.asarray(samples[mode]) - inside
+        breakdown[mode] = {
+            **{s: round(float(np.median(per_stage[s])), 3) for s in SERVER_STAGES},
+            "http_client_and_framework_ms": round(float(np.median(outside)), 3),
+        }
+    out["endpoint_stage_p50_ms"] = breakdown
+    return out
+
+
+def natural_sets(root: Path) -> dict[str, list[Any]]:
+    photos = load_images([root / "images" / n for n in NATURAL_PHOTOS])
+    texts = load_images([root / "images" / n for n in TEXT_PHOTOS])
     return {
-        "image_bytes": len(image),
-        "raw_onnxruntime_inference": latency_of(raw_infer).as_dict(),
-        "raw_pipeline_in_process": pipe.as_dict(),
-        "http_endpoint": e2e.as_dict(),
-        "endpoint_overhead_vs_pipeline_p50": round(e2e.p50_ms / pipe.p50_ms - 1, 4),
-        "endpoint_overhead_vs_pipeline_p95": round(e2e.p95_ms / pipe.p95_ms - 1, 4),
-        "endpoint_stage_p50_ms": stage_p50,
-        "endpoint_http_and_multipart_p50_ms": round(e2e.p50_ms - in_handler, 4),
+        "efficientnet-lite0": natural_variants(photos, crops=84, seed=7),
+        "text-orientation": rotated_text_variants(texts, crops=12, seed=7),
     }
 
 
 def run(requests: int, out: Path) -> dict[str, Any]:
+    import cv2
     import onnxruntime as ort
 
+    from edge_agent.vision.preprocess import prepare
     from edge_agent.vision.provider import ReleaseVisionModels
 
     assert converters_main(["prepare"]) == 0
     root = cache_root()
-    evaluation = list_images(root / "sets" / "evaluation")
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    hard_paths = list_images(root / "sets" / "evaluation")
+    natural = natural_sets(root)
     release = demo_release(root)
     paths = {a.name: a.path for a in release.artifacts}
     provider = ReleaseVisionModels(release)
@@ -177,77 +395,55 @@ def run(requests: int, out: Path) -> dict[str, Any]:
         [sys.executable, __file__, "--serve", "--port", str(port)],
         env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
-    url = f"http://127.0.0.1:{port}"
+    results: dict[str, Any] = {}
     try:
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                httpx.get(url + "/docs", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or server.poll() is not None:
-                    raise RuntimeError("the benchmark server did not start") from None
-                time.sleep(0.2)
-        results: dict[str, Any] = {}
+        _wait_for_server(port, server)
         for model_name, names in MODELS.items():
             spec = preset(model_name).spec
-            tensors = image_tensors(evaluation, spec)
-            entry: dict[str, Any] = {"evaluation_images": len(tensors)}
-            outputs: dict[str, list[Any]] = {}
-            for precision in ("fp32", "int8"):
-                session = ort.InferenceSession(
-                    str(paths[names[precision]]), providers=["CPUExecutionProvider"]
-                )
-                input_name = session.get_inputs()[0].name
-                outputs[precision] = [session.run(None, {input_name: t})[0] for t in tensors]
-                calls = [partial(session.run, None, {input_name: t}) for t in tensors]
-                entry[f"onnxruntime_{precision}"] = time_calls(calls, rounds=2).as_dict()
-            entry["int8_top1_agreement_vs_fp32"] = round(
-                top1_agreement(outputs["fp32"], outputs["int8"]), 4
-            )
-            entry["int8_speedup_p50"] = round(
-                entry["onnxruntime_fp32"]["p50_ms"] / entry["onnxruntime_int8"]["p50_ms"], 3
-            )
-            entry["opencv_dnn_fp32"] = opencv_dnn(paths[names["fp32"]], tensors, outputs["fp32"])
-            entry["opencv_dnn_int8"] = opencv_dnn(paths[names["int8"]], tensors, outputs["fp32"])
-            if entry["opencv_dnn_fp32"]["ok"]:
-                entry["opencv_dnn_fp32_vs_onnxruntime_fp32_p50"] = round(
-                    entry["opencv_dnn_fp32"]["latency"]["p50_ms"]
-                    / entry["onnxruntime_fp32"]["p50_ms"],
-                    3,
-                )
-            image = (root / "images" / names["image"]).read_bytes()
-            entry["endpoint"] = {
-                precision: raw_and_endpoint(
-                    url,
-                    provider.vision_model(names[precision], "classify"),
-                    names[precision],
-                    image,
-                    requests,
-                )
-                for precision in ("fp32", "int8")
+            model_paths = {p: paths[n] for p, n in names.items()}
+            hard = image_tensors(hard_paths, spec)
+            nat = [prepare(img, spec.preprocess)[0] for img in natural[model_name]]
+            fp32, int8 = _session(model_paths["fp32"]), _session(model_paths["int8"])
+            entry: dict[str, Any] = {
+                "agreement_int8_vs_fp32": {
+                    "hard_set": agreement(fp32, int8, hard),
+                    "natural_set": agreement(fp32, int8, nat),
+                },
+                "model_latency_on_hard_set": model_latency(model_paths, hard),
+                "endpoint": {},
             }
             results[model_name] = entry
-            print(json.dumps({model_name: entry}, indent=2), flush=True)
+            print(json.dumps({model_name: entry}, indent=1), flush=True)
+        for model_name, precision, image_name, encoding in ENDPOINT_CASES:
+            image = (root / "images" / image_name).read_bytes()
+            ctype = "image/png"
+            if encoding == "jpeg":
+                bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+                image = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+                ctype = "image/jpeg"
+            name = MODELS[model_name][precision]
+            key = f"{precision}_{Path(image_name).stem}_{encoding}"
+            case = endpoint_case(port, provider, {name: paths[name]}, name, image, ctype, requests)
+            results[model_name]["endpoint"][key] = case
+            print(json.dumps({model_name: {key: case}}, indent=1), flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    import cv2
-
     report = {
         "benchmark": "vision",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": f"python benchmarks/vision.py --requests {requests}",
         "machine": {
             "arch": platform.machine(),
             "cpus": os.cpu_count(),
+            "loadavg_at_start": load_start,
             "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
             "onnxruntime": ort.__version__,
             "opencv": cv2.__version__,
+            **_server_facts(),
         },
-        "requests_per_endpoint_measurement": requests,
+        "rounds_per_endpoint_case": requests,
         "models": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -256,9 +452,25 @@ def run(requests: int, out: Path) -> dict[str, Any]:
     return report
 
 
+def _wait_for_server(port: int, server: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline or server.poll() is not None:
+            raise RuntimeError("the benchmark server did not start")
+        time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--requests", type=int, default=150, help="rounds per endpoint case")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vision.json")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)

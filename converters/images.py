@@ -18,6 +18,17 @@ from edge_agent.vision.decode import BGRImage, decode_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _MAX_SOURCE_PIXELS = 100_000_000
+# Everyday photos among the sample images (the natural set), and the text images.
+NATURAL_PHOTOS = (
+    "astronaut.png",
+    "chelsea.png",
+    "coffee.png",
+    "rocket.jpg",
+    "motorcycle_left.png",
+    "grace_hopper.jpg",
+    "camera.png",
+)
+TEXT_PHOTOS = ("page.png", "text.png")
 
 
 def list_images(folder: Path) -> list[Path]:
@@ -71,3 +82,54 @@ def write_image_set(
             raise OSError(f"could not write {path}")
         written.append(path)
     return written
+
+
+def _large_crops(
+    sources: Sequence[BGRImage], count: int, seed: int, *, mirror: bool
+) -> list[BGRImage]:
+    rng = random.Random(seed)
+    out: list[BGRImage] = []
+    for i in range(count):
+        img = sources[i % len(sources)]
+        h, w = img.shape[:2]
+        fraction = rng.uniform(0.6, 0.95)
+        cw, ch = max(16, int(w * fraction)), max(16, int(h * fraction))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = img[y : y + ch, x : x + cw]
+        if mirror and rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out.append(np.ascontiguousarray(crop))
+    return out
+
+
+def natural_variants(sources: Sequence[BGRImage], *, crops: int, seed: int) -> list[BGRImage]:
+    """Photos as a user would send them: each source, its mirror image, and ``crops`` large
+    crops (60-95% of each side, half of them mirrored) that keep the subject in view."""
+    out = [np.ascontiguousarray(s) for s in sources]
+    out += [np.ascontiguousarray(s[:, ::-1]) for s in sources]
+    return out + _large_crops(sources, crops, seed, mirror=True)
+
+
+def rotated_text_variants(sources: Sequence[BGRImage], *, crops: int, seed: int) -> list[BGRImage]:
+    """Text for an orientation classifier: each source and ``crops`` large crops (never
+    mirrored), every one turned by 0, 90, 180 and 270 degrees."""
+    base = [np.ascontiguousarray(s) for s in sources]
+    base += _large_crops(sources, crops, seed, mirror=False)
+    turns = (cv2.ROTATE_90_CLOCKWISE, cv2.ROTATE_180, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    out: list[BGRImage] = []
+    for img in base:
+        out.append(img)
+        out += [np.ascontiguousarray(cv2.rotate(img, turn)) for turn in turns]
+    return out
+
+
+def natural_set(images: Path, kind: str) -> list[BGRImage]:
+    """The natural evaluation set from the sample images folder: ``photos`` (98 images:
+    7 photos, their mirror images, 84 large crops) or ``rotated_text`` (56 images)."""
+    if kind == "photos":
+        sources = load_images([images / n for n in NATURAL_PHOTOS])
+        return natural_variants(sources, crops=84, seed=7)
+    if kind == "rotated_text":
+        sources = load_images([images / n for n in TEXT_PHOTOS])
+        return rotated_text_variants(sources, crops=12, seed=7)
+    raise ValueError(f"unknown natural set {kind!r} (photos, rotated_text)")

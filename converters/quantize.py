@@ -1,9 +1,10 @@
 """ONNX FP32 -> static QDQ INT8 with a calibration image set and an acceptance gate.
 
-U8 activations, S8 per-channel weights, MinMax calibration. Models below opset 13 are
-upgraded first: per-channel QuantizeLinear/DequantizeLinear need opset 13, and an older
-graph quantized per channel is not a valid model. The INT8 model is written only when
-its agreement with FP32 on the evaluation images reaches the threshold.
+U8 activations, S8 per-channel weights; the calibration method, 7-bit weights
+(``reduce_range``) and float first/last layers come from an :class:`Int8Recipe`. Models
+below opset 13 are upgraded first: per-channel QuantizeLinear/DequantizeLinear need opset
+13, and an older graph quantized per channel is not a valid model. The INT8 model is
+written only when its agreement with FP32 on the evaluation images reaches the threshold.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from converters.catalog import Int8Recipe
 from converters.images import load_images
 from converters.measure import mean_cosine, time_calls, top1_agreement
 from converters.sources import sha256_file
 from edge_agent.vision.classification import softmax
+from edge_agent.vision.decode import BGRImage
 from edge_agent.vision.preprocess import prepare
 from edge_agent.vision.spec import VisionModelSpec
 
@@ -118,6 +121,19 @@ class ImageTensors(CalibrationDataReader):  # type: ignore[misc]
         self._iter = iter(self._tensors)
 
 
+# Plain QDQ: what quantize_onnx does without a recipe.
+PLAIN_RECIPE = Int8Recipe(
+    calibration_method="percentile", reduce_range=False, keep_first_and_last_fp32=False
+)
+
+
+def sensitive_nodes(model: onnx.ModelProto) -> list[str]:
+    """The first convolution and the last Gemm/MatMul (the classifier) of a graph."""
+    first = next((n.name for n in model.graph.node if n.op_type == "Conv"), None)
+    last = [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+    return ([first] if first else []) + last
+
+
 def image_tensors(paths: Sequence[Path], spec: VisionModelSpec) -> list[Tensor]:
     """Decode and preprocess images exactly as the agent will."""
     return [prepare(img, spec.preprocess)[0] for img in load_images(paths)]
@@ -152,6 +168,19 @@ def classifier_details(reference: Sequence[Tensor], candidate: Sequence[Tensor])
     }
 
 
+def natural_details(
+    fp32: Path, int8: Path, images: Sequence[BGRImage], spec: VisionModelSpec
+) -> dict[str, Any]:
+    """Top-1 agreement on a natural image set (reported, not gated)."""
+    tensors = [prepare(img, spec.preprocess)[0] for img in images]
+    ref, cand = _outputs(_session(fp32), tensors), _outputs(_session(int8), tensors)
+    return {
+        "images": len(tensors),
+        "top1_agreement": round(top1_agreement(ref, cand), 4),
+        **classifier_details(ref, cand),
+    }
+
+
 def compare(
     fp32: Path, int8: Path, tensors: Sequence[Tensor], metric: str, *, rounds: int = 2
 ) -> tuple[float, dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -178,12 +207,14 @@ def quantize_onnx(
     *,
     threshold: float,
     metric: str | None = None,
-    calibration_method: str = "percentile",
+    recipe: Int8Recipe = PLAIN_RECIPE,
+    natural: Sequence[BGRImage] = (),
 ) -> QuantizationReport:
     """Quantize ``source`` into ``target``; raise :class:`QuantizationRefused` below threshold.
 
     The JSON report is written to ``<target>.report.json`` either way; the model and its
-    ``<target>.vision.json`` spec only on acceptance.
+    ``<target>.vision.json`` spec only on acceptance. ``natural`` images, if given, add a
+    second agreement figure (``details.natural_set``) that is reported but not gated.
     """
     metric = metric or ("top1_agreement" if spec.task == "classify" else "mean_cosine")
     model = onnx.load(str(source))
@@ -204,18 +235,25 @@ def quantize_onnx(
             prepared = base
         int8 = work / "int8.onnx"
         input_name = _session(prepared).get_inputs()[0].name
+        excluded = (
+            sensitive_nodes(onnx.load(str(prepared))) if recipe.keep_first_and_last_fp32 else []
+        )
         quantize_static(
             str(prepared),
             str(int8),
             ImageTensors(input_name, calib),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
+            reduce_range=recipe.reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CALIBRATION_METHODS[calibration_method],
-            extra_options={"CalibPercentile": 99.99},
+            calibrate_method=CALIBRATION_METHODS[recipe.calibration_method],
+            nodes_to_exclude=excluded,
+            extra_options={"CalibPercentile": recipe.percentile},
         )
         agreement, lat32, lat8, details = compare(base, int8, evals, metric)
+        if natural and metric == "top1_agreement":
+            details = {**details, "natural_set": natural_details(base, int8, natural, spec)}
         accepted = agreement >= threshold
         if accepted:
             os.replace(int8, target)
@@ -239,8 +277,10 @@ def quantize_onnx(
         settings={
             "format": "QDQ",
             "activations": "uint8",
-            "weights": "int8 per-channel",
-            "calibration": calibration_method,
+            "weights": "int8 per-channel" + (", 7-bit range" if recipe.reduce_range else ""),
+            "calibration": recipe.calibration_method,
+            "kept_fp32": excluded,
+            "recipe": recipe.as_dict(),
             "onnxruntime": ort.__version__,
         },
     )
