@@ -15,8 +15,10 @@ One run measures, for EfficientNet-Lite0 and the text-orientation classifier (PP
   top-5), ``agent_pipeline`` (the agent's checked decoder + ``VisionModel.classify``, in
   process), ``http_raw_body`` and ``http_multipart`` (the agent's local API with the vision
   router, served by uvicorn in a subprocess, called over loopback with ``http.client``),
-  ``http_raw_body_httpx`` (the same with httpx, for the client's share) and
-  ``http_healthz`` (the floor: one authenticated-free GET). The endpoint reports its own
+  ``http_raw_body_httpx`` (the same with httpx, for the client's share),
+  ``http_raw_body_h11_server`` (the same server forced onto uvicorn's pure-Python h11
+  parser, to show what httptools buys) and ``http_healthz`` (the floor: one GET without
+  a body or a model). The endpoint reports its own
   stage timings, so the breakdown says where each request's time went.
 
 All onnxruntime sessions use the agent's settings (2 intra-op threads, no spinning), so the
@@ -84,7 +86,7 @@ NATURAL_PHOTOS = (
 TEXT_PHOTOS = ("page.png", "text.png")
 SERVER_STAGES = (
     "read_ms",
-    "thread_wait_ms",
+    "thread_hop_ms",
     "decode_ms",
     "preprocess_ms",
     "inference_ms",
@@ -95,7 +97,7 @@ SERVER_STAGES = (
 # --- the server --------------------------------------------------------------------------
 
 
-def serve(port: int) -> None:
+def serve(port: int, http_impl: str = "auto") -> None:
     """The agent's local API (auth, error handler) with the vision router, as the daemon runs it."""
     import tempfile
 
@@ -119,9 +121,16 @@ def serve(port: int) -> None:
     app = create_local_api(
         ModelRegistry(settings, loaders={}), settings, api_token=TOKEN, extra_routers=[router]
     )
-    # As the daemon's uvicorn.Config: default ("auto") event loop and HTTP implementation.
+    # As the daemon's uvicorn.Config: default ("auto") event loop and HTTP implementation
+    # (httptools when installed); "h11" only for the comparison server.
     uvicorn.run(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off"
+        app,
+        host="127.0.0.1",
+        port=port,
+        http=http_impl,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
     )
 
 
@@ -171,22 +180,39 @@ def agreement(fp32: Any, int8: Any, tensors: Sequence[Any]) -> dict[str, Any]:
     }
 
 
-def model_latency(paths: dict[str, Path], tensors: Sequence[Any]) -> dict[str, Any]:
-    """onnxruntime FP32/INT8 and OpenCV DNN FP32, interleaved per image; OpenCV on INT8 tried."""
+def _opencv_net(path: Path, probe: Any) -> tuple[Any, str | None]:
+    """An OpenCV DNN net that ran once on ``probe``, or the error OpenCV gave."""
     import cv2
 
+    try:
+        net = cv2.dnn.readNetFromONNX(str(path))
+        net.setInput(probe)
+        net.forward()
+    except cv2.error as e:
+        lines = str(e).strip().splitlines()
+        return None, " ".join(lines[-2:])[:300]
+    return net, None
+
+
+def model_latency(paths: dict[str, Path], tensors: Sequence[Any]) -> dict[str, Any]:
+    """onnxruntime FP32/INT8 and OpenCV DNN FP32/INT8 (when it loads), interleaved per image."""
     fp32, int8 = _session(paths["fp32"]), _session(paths["int8"])
-    net = cv2.dnn.readNetFromONNX(str(paths["fp32"]))
-
-    def opencv(t: Any) -> Any:
-        net.setInput(t)
-        return net.forward()
-
     runs: dict[str, Callable[[Any], Any]] = {
-        "onnxruntime_fp32": lambda t: fp32.run(t),
-        "onnxruntime_int8": lambda t: int8.run(t),
-        "opencv_dnn_fp32": opencv,
+        "onnxruntime_fp32": lambda t: fp32.run(t)[0],
+        "onnxruntime_int8": lambda t: int8.run(t)[0],
     }
+    errors: dict[str, str] = {}
+    for precision in ("fp32", "int8"):
+        net, error = _opencv_net(paths[precision], tensors[0])
+        if net is None:
+            errors[f"opencv_dnn_{precision}"] = error or "unknown error"
+            continue
+
+        def opencv(t: Any, net: Any = net) -> Any:
+            net.setInput(t)
+            return net.forward()
+
+        runs[f"opencv_dnn_{precision}"] = opencv
     samples: dict[str, list[float]] = {k: [] for k in runs}
     order = list(runs)
     rng = random.Random(0)
@@ -202,22 +228,18 @@ def model_latency(paths: dict[str, Path], tensors: Sequence[Any]) -> dict[str, A
                 samples[k].append((time.perf_counter() - t0) * 1e3)
     out: dict[str, Any] = {k: _p(v) for k, v in samples.items()}
     ref = [fp32.run(t)[0] for t in tensors]
-    out["opencv_dnn_fp32"]["top1_agreement_vs_onnxruntime_fp32"] = round(
-        top1_agreement(ref, [opencv(t) for t in tensors]), 4
-    )
-    try:
-        net8 = cv2.dnn.readNetFromONNX(str(paths["int8"]))
-        net8.setInput(tensors[0])
-        net8.forward()
-        out["opencv_dnn_int8"] = {"ok": True}
-    except cv2.error as e:
-        lines = str(e).strip().splitlines()
-        out["opencv_dnn_int8"] = {"ok": False, "error": " ".join(lines[-2:])[:300]}
+    for k in runs:
+        out[k]["top1_agreement_vs_onnxruntime_fp32"] = round(
+            top1_agreement(ref, [runs[k](t) for t in tensors]), 4
+        )
+    for k, error in errors.items():
+        out[k] = {"ok": False, "error": error}
     p50 = {k: out[k]["p50_ms"] for k in runs}
     out["int8_speedup_p50"] = round(p50["onnxruntime_fp32"] / p50["onnxruntime_int8"], 3)
-    out["opencv_dnn_fp32_vs_onnxruntime_fp32_p50"] = round(
-        p50["opencv_dnn_fp32"] / p50["onnxruntime_fp32"], 3
-    )
+    if "opencv_dnn_fp32" in p50:
+        out["opencv_dnn_fp32_vs_onnxruntime_fp32_p50"] = round(
+            p50["opencv_dnn_fp32"] / p50["onnxruntime_fp32"], 3
+        )
     return out
 
 
@@ -234,7 +256,7 @@ def _multipart(image: bytes, filename: str, content_type: str, model: str) -> tu
 
 
 def endpoint_case(
-    port: int,
+    ports: tuple[int, int],
     provider: Any,
     paths: dict[str, Path],
     name: str,
@@ -256,13 +278,15 @@ def endpoint_case(
     auth = {"Authorization": f"Bearer {TOKEN}"}
     path = f"/v1/vision/classify?model={name}&top_k=5"
     form, form_type = _multipart(image, "image." + ctype.split("/")[1], ctype, name)
+    port, h11_port = ports
     conn = http.client.HTTPConnection("127.0.0.1", port)
+    h11_conn = http.client.HTTPConnection("127.0.0.1", h11_port)
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=auth)
     stages: dict[str, dict[str, list[float]]] = {}
 
-    def post(body: bytes, content_type: str, mode: str) -> None:
-        conn.request("POST", path, body=body, headers={**auth, "Content-Type": content_type})
-        response = conn.getresponse()
+    def post(body: bytes, content_type: str, mode: str, via: Any = conn) -> None:
+        via.request("POST", path, body=body, headers={**auth, "Content-Type": content_type})
+        response = via.getresponse()
         payload = response.read()
         if response.status != 200:
             raise RuntimeError(f"{mode}: HTTP {response.status}: {payload[:300]!r}")
@@ -302,6 +326,9 @@ def endpoint_case(
         "agent_pipeline": agent_pipeline,
         "http_raw_body": lambda: post(image, ctype, "http_raw_body"),
         "http_multipart": lambda: post(form, form_type, "http_multipart"),
+        "http_raw_body_h11_server": lambda: post(
+            image, ctype, "http_raw_body_h11_server", h11_conn
+        ),
         "http_raw_body_httpx": lambda: client.post(
             path, content=image, headers={"Content-Type": ctype}
         ).raise_for_status(),
@@ -322,6 +349,7 @@ def endpoint_case(
             modes[k]()
             samples[k].append((time.perf_counter() - t0) * 1e3)
     conn.close()
+    h11_conn.close()
     client.close()
     return summarize(len(image), ctype, samples, stages, in_process)
 
@@ -343,7 +371,7 @@ def summarize(
         },
     }
     overhead: dict[str, Any] = {}
-    for http_mode in ("http_raw_body", "http_multipart"):
+    for http_mode in ("http_raw_body", "http_multipart", "http_raw_body_h11_server"):
         for base in ("agent_pipeline", "raw_pipeline"):
             a, b = lat[http_mode], lat[base]
             paired = np.asarray(samples[http_mode]) - np.asarray(samples[base])
@@ -390,14 +418,18 @@ def run(requests: int, out: Path) -> dict[str, Any]:
     release = demo_release(root)
     paths = {a.name: a.path for a in release.artifacts}
     provider = ReleaseVisionModels(release)
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", "--port", str(port)],
-        env=dict(os.environ, PYTHONPATH=str(REPO)),
-    )
+    port, h11_port = _free_port(), _free_port()
+    servers = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--serve", "--port", str(p), "--http", impl],
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+        for p, impl in ((port, "auto"), (h11_port, "h11"))
+    ]
     results: dict[str, Any] = {}
     try:
-        _wait_for_server(port, server)
+        for p, server in zip((port, h11_port), servers, strict=True):
+            _wait_for_server(p, server)
         for model_name, names in MODELS.items():
             spec = preset(model_name).spec
             model_paths = {p: paths[n] for p, n in names.items()}
@@ -423,12 +455,15 @@ def run(requests: int, out: Path) -> dict[str, Any]:
                 ctype = "image/jpeg"
             name = MODELS[model_name][precision]
             key = f"{precision}_{Path(image_name).stem}_{encoding}"
-            case = endpoint_case(port, provider, {name: paths[name]}, name, image, ctype, requests)
+            case = endpoint_case(
+                (port, h11_port), provider, {name: paths[name]}, name, image, ctype, requests
+            )
             results[model_name]["endpoint"][key] = case
             print(json.dumps({model_name: {key: case}}, indent=1), flush=True)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=30)
     report = {
         "benchmark": "vision",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -474,9 +509,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vision.json")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.port)
+        serve(args.port, args.http)
     else:
         run(args.requests, args.out)
 

@@ -11,8 +11,9 @@ errors; the local API's one exception handler turns them into status codes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel
@@ -22,10 +23,11 @@ from starlette.concurrency import run_in_threadpool
 
 from edge_agent.errors import BadRequestError, PayloadTooLargeError, UnsupportedMediaError
 from edge_agent.vision.classification import check_top_k
-from edge_agent.vision.decode import DecodedImage, decode_image
-from edge_agent.vision.model import StageTimes
+from edge_agent.vision.decode import BGRImage, DecodedImage, decode_image
+from edge_agent.vision.model import Classification, Detections
 from edge_agent.vision.provider import VisionModelProvider
 
+R = TypeVar("R", Classification, Detections)
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 _FORM_OVERHEAD = 64 * 1024  # boundaries, part headers and the small fields
 _MAX_FIELD_BYTES = 1024
@@ -43,11 +45,11 @@ class ImageSize(BaseModel):
 
 
 class Timings(BaseModel):
-    """Where the handler's time went: reading the upload, waiting for a worker thread,
-    then the pipeline stages (HTTP parsing before the handler is not included)."""
+    """Where the handler's time went: reading the upload, handing the work to a worker
+    thread and back, then the pipeline stages (HTTP before the handler is not included)."""
 
     read_ms: float
-    thread_wait_ms: float
+    thread_hop_ms: float
     decode_ms: float
     preprocess_ms: float
     inference_ms: float
@@ -229,26 +231,38 @@ def _parse_top_k(raw: str | None) -> int:
 
 
 @dataclass(frozen=True)
-class _Clock:
-    """perf_counter readings taken by a handler before the pipeline runs."""
+class _Pipeline(Generic[R]):
+    """A decoded image, the model's result, and how long decoding and the thread hops took."""
 
-    started: float
-    read: float
-    submitted: float
-
-
-def _decode(data: bytes | bytearray, max_pixels: int) -> tuple[DecodedImage, float, float]:
-    """The decoded image, decode milliseconds, and the moment the worker picked it up."""
-    t0 = time.perf_counter()
-    image = decode_image(data, max_pixels=max_pixels)
-    return image, (time.perf_counter() - t0) * 1e3, t0
+    image: DecodedImage
+    result: R
+    decode_ms: float
+    hop_ms: float
 
 
-def _timings(times: StageTimes, clock: _Clock, picked_up: float, decode_ms: float) -> Timings:
+async def _run_in_worker(
+    data: bytes | bytearray, max_pixels: int, infer: Callable[[BGRImage], R]
+) -> _Pipeline[R]:
+    """Decode and infer in one worker-thread hop (the event loop keeps serving meanwhile)."""
+
+    def work() -> tuple[DecodedImage, R, float, float, float]:
+        picked_up = time.perf_counter()
+        image = decode_image(data, max_pixels=max_pixels)
+        decoded = time.perf_counter()
+        return image, infer(image.pixels), picked_up, decoded, time.perf_counter()
+
+    submitted = time.perf_counter()
+    image, result, picked_up, decoded, done = await run_in_threadpool(work)
+    hop = (picked_up - submitted) + (time.perf_counter() - done)
+    return _Pipeline(image, result, (decoded - picked_up) * 1e3, hop * 1e3)
+
+
+def _timings(read_ms: float, run: _Pipeline[Classification] | _Pipeline[Detections]) -> Timings:
+    times = run.result.times
     return Timings(
-        read_ms=(clock.read - clock.started) * 1e3,
-        thread_wait_ms=(picked_up - clock.submitted) * 1e3,
-        decode_ms=decode_ms,
+        read_ms=read_ms,
+        thread_hop_ms=run.hop_ms,
+        decode_ms=run.decode_ms,
         preprocess_ms=times.preprocess_ms,
         inference_ms=times.inference_ms,
         postprocess_ms=times.postprocess_ms,
@@ -301,25 +315,22 @@ def vision_router(
     ) -> ClassifyResponse:
         started = time.perf_counter()
         upload = await read_upload(request, max_upload_bytes)
-        read = time.perf_counter()
+        read_ms = (time.perf_counter() - started) * 1e3
         name = _field(upload, "model", model)
         k = _parse_top_k(_field(upload, "top_k", top_k))
         vision_model = provider.vision_model(name, "classify")
-
-        def work(clock: _Clock) -> ClassifyResponse:
-            image, decode_ms, picked_up = _decode(upload.data, max_image_pixels)
-            result = vision_model.classify(image.pixels, k)
-            return ClassifyResponse(
-                model=vision_model.name,
-                predictions=[
-                    ClassPrediction(label=p.label, index=p.index, score=p.score)
-                    for p in result.predictions
-                ],
-                image=ImageSize(width=image.width, height=image.height),
-                timings_ms=_timings(result.times, clock, picked_up, decode_ms),
-            )
-
-        return await run_in_threadpool(work, _Clock(started, read, time.perf_counter()))
+        run = await _run_in_worker(
+            upload.data, max_image_pixels, lambda pixels: vision_model.classify(pixels, k)
+        )
+        return ClassifyResponse(
+            model=vision_model.name,
+            predictions=[
+                ClassPrediction(label=p.label, index=p.index, score=p.score)
+                for p in run.result.predictions
+            ],
+            image=ImageSize(width=run.image.width, height=run.image.height),
+            timings_ms=_timings(read_ms, run),
+        )
 
     @router.post("/detect", response_model=DetectResponse, openapi_extra=_REQUEST_BODY_DOC)
     async def detect(
@@ -328,27 +339,22 @@ def vision_router(
     ) -> DetectResponse:
         started = time.perf_counter()
         upload = await read_upload(request, max_upload_bytes)
-        read = time.perf_counter()
+        read_ms = (time.perf_counter() - started) * 1e3
         vision_model = provider.vision_model(_field(upload, "model", model), "detect")
-
-        def work(clock: _Clock) -> DetectResponse:
-            image, decode_ms, picked_up = _decode(upload.data, max_image_pixels)
-            result = vision_model.detect(image.pixels)
-            return DetectResponse(
-                model=vision_model.name,
-                detections=[
-                    DetectedObject(
-                        label=d.label,
-                        score=d.score,
-                        box=Box(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
-                        keypoints=list(d.keypoints),
-                    )
-                    for d in result.detections
-                ],
-                image=ImageSize(width=image.width, height=image.height),
-                timings_ms=_timings(result.times, clock, picked_up, decode_ms),
-            )
-
-        return await run_in_threadpool(work, _Clock(started, read, time.perf_counter()))
+        run = await _run_in_worker(upload.data, max_image_pixels, vision_model.detect)
+        return DetectResponse(
+            model=vision_model.name,
+            detections=[
+                DetectedObject(
+                    label=d.label,
+                    score=d.score,
+                    box=Box(x_min=d.box[0], y_min=d.box[1], x_max=d.box[2], y_max=d.box[3]),
+                    keypoints=list(d.keypoints),
+                )
+                for d in run.result.detections
+            ],
+            image=ImageSize(width=run.image.width, height=run.image.height),
+            timings_ms=_timings(read_ms, run),
+        )
 
     return router

@@ -42,7 +42,7 @@ def test_classify_returns_top_k_labels_with_scores(client: TestClient) -> None:
     assert body["image"] == {"width": 16, "height": 16}
     assert set(body["timings_ms"]) == {
         "read_ms",
-        "thread_wait_ms",
+        "thread_hop_ms",
         "decode_ms",
         "preprocess_ms",
         "inference_ms",
