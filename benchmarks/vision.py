@@ -127,7 +127,7 @@ def serve(port: int, http_impl: str = "auto") -> None:
         app,
         host="127.0.0.1",
         port=port,
-        http=http_impl,  # type: ignore[arg-type]
+        http=http_impl,
         log_level="warning",
         access_log=False,
         lifespan="off",
@@ -310,11 +310,14 @@ def endpoint_case(
             in_process.setdefault(k, []).append(v)
 
     def raw_pipeline() -> None:
-        bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+        bgr = np.asarray(cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR), np.uint8)
         logits = raw_session.run(prepare(bgr, spec)[0])[0].reshape(-1).astype(np.float64)
         e = np.exp(logits - logits.max())
         probs = e / e.sum()
         np.argsort(-probs)[:5]
+
+    def httpx_post() -> None:
+        client.post(path, content=image, headers={"Content-Type": ctype}).raise_for_status()
 
     def healthz() -> None:
         conn.request("GET", "/healthz")
@@ -329,9 +332,7 @@ def endpoint_case(
         "http_raw_body_h11_server": lambda: post(
             image, ctype, "http_raw_body_h11_server", h11_conn
         ),
-        "http_raw_body_httpx": lambda: client.post(
-            path, content=image, headers={"Content-Type": ctype}
-        ).raise_for_status(),
+        "http_raw_body_httpx": httpx_post,
         "http_healthz": healthz,
     }
     for _ in range(5):  # warm every path
@@ -407,6 +408,7 @@ def run(requests: int, out: Path) -> dict[str, Any]:
     import cv2
     import onnxruntime as ort
 
+    from edge_agent.vision.decode import decode_image
     from edge_agent.vision.preprocess import prepare
     from edge_agent.vision.provider import ReleaseVisionModels
 
@@ -450,7 +452,7 @@ def run(requests: int, out: Path) -> dict[str, Any]:
             image = (root / "images" / image_name).read_bytes()
             ctype = "image/png"
             if encoding == "jpeg":
-                bgr = cv2.imdecode(np.frombuffer(image, np.uint8), cv2.IMREAD_COLOR)
+                bgr = decode_image(image, max_pixels=40_000_000).pixels
                 image = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
                 ctype = "image/jpeg"
             name = MODELS[model_name][precision]
