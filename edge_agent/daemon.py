@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from edge_agent.release import InstalledRelease
 from edge_agent.settings import AgentSettings
 from edge_agent.store import (
     DeviceIdentity,
@@ -111,23 +110,13 @@ def report_recovery(recovery: Recovery, outbox: StatusOutbox) -> None:
         )
 
 
-class RegistryActivator:
-    """Activates a release in the runtime and loads its models before it counts as done."""
-
-    def __init__(self, registry: ModelRegistry) -> None:
-        self._registry = registry
-
-    def activate(self, release: InstalledRelease) -> None:
-        self._registry.activate(release)
-        self._registry.warm()
-
-
 def run_agent(settings: AgentSettings) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
     import uvicorn
 
     from edge_agent.api import create_local_api
     from edge_agent.runtime import ModelRegistry
+    from edge_agent.serving import ReleaseServing
 
     stop = threading.Event()
     servers: list[uvicorn.Server] = []
@@ -151,6 +140,7 @@ def run_agent(settings: AgentSettings) -> int:
     store = ReleaseStore.open(state_dir)
     recovery = store.recover()
     registry = ModelRegistry(settings)
+    serving = ReleaseServing(registry, settings)
     release = recovery.release
     if release is not None:
         registry.activate(release)  # at once: models load lazily, serving needs no network
@@ -163,7 +153,7 @@ def run_agent(settings: AgentSettings) -> int:
     else:
         log.info("no verified release installed yet; waiting for an assignment")
     http = new_http_client(identity.server_url)
-    activator = RegistryActivator(registry)
+    activator = serving
     loop = compose_update_loop(
         settings=settings,
         identity=identity,
@@ -178,7 +168,9 @@ def run_agent(settings: AgentSettings) -> int:
     def status() -> dict[str, object]:
         return {"device_id": identity.device_id, "updates": loop.status().as_dict()}
 
-    app = create_local_api(registry, settings, api_token=token, status=status)
+    app = create_local_api(
+        registry, settings, api_token=token, status=status, extra_routers=serving.routers()
+    )
 
     def update_thread() -> None:
         if release is not None:
@@ -205,7 +197,7 @@ def run_agent(settings: AgentSettings) -> int:
         log.info("shutting down: stopping the update loop")
         stop.set()
         worker.join(timeout=30)
-        registry.close()
+        serving.close()
         http.close()
         store.close()
     log.info("stopped")

@@ -194,6 +194,33 @@ def main() -> int:
     cp_port, api_port = free_port(), free_port()
     model_file = smollm2_path()
 
+    banner("0. Prepare the artifacts (cached after the first run)")
+    from converters.demo import demo_sample_images, demo_vision_artifacts
+    from converters.minilm_gguf import cached_gguf
+
+    vision_artifacts = demo_vision_artifacts(report=info)
+    images = demo_sample_images()
+    embedder = cached_gguf()
+    info(f"embedding model: {embedder.name} (all-MiniLM-L6-v2 converted to GGUF by our converter)")
+    index_path = WORK / "outpost-docs.index.sqlite"
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "edge_agent.rag",
+            "--embedding-model",
+            str(embedder),
+            "build-index",
+            str(ROOT / "evals" / "rag" / "docs"),
+            "--out",
+            str(index_path),
+        ],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    info(f"RAG index built centrally from evals/rag/docs: {index_path.name}")
+
     banner("1. Initialize the control plane (TUF keys, database, first admin token)")
     init = subprocess.run(
         [PY, "-m", "control_plane", "init", "--data-dir", str(cp_dir)],
@@ -266,16 +293,23 @@ def main() -> int:
             lambda: httpx.get(f"http://127.0.0.1:{api_port}/healthz").status_code == 200,
         )
 
-        banner("3. Publish SmolLM2-135M-Instruct as a signed release and assign it")
+        banner("3. Publish one signed release: chat model, embeddings, RAG index, vision models")
         artifact = cp.upload(model_file, name="smollm2-135m-instruct", kind="llm", fmt="gguf")
         info(f"artifact sha256 {artifact['sha256'][:16]}..., {artifact['length']:,} bytes")
+        shared = [
+            cp.upload(embedder, name="all-minilm-l6-v2", kind="embedding", fmt="gguf"),
+            cp.upload(index_path, name="outpost-docs", kind="rag-index", fmt="sqlite"),
+        ]
+        for v in vision_artifacts:
+            shared.append(cp.upload(v.path, name=v.name, kind=v.kind, fmt=v.format))
+        config = {"vision": {v.name: v.config for v in vision_artifacts}}
         release = cp.post(
             "/api/v1/releases",
             json={
                 "name": "kiosk-assistant",
                 "version": "1.0.0",
-                "artifacts": [artifact["id"]],
-                "config": {},
+                "artifacts": [artifact["id"], *(a["id"] for a in shared)],
+                "config": config,
             },
         )
         cp.post(f"/api/v1/devices/{device_id}/assignment", json={"release_id": release["id"]})
@@ -294,14 +328,62 @@ def main() -> int:
         model = models[0]
         answer = chat(client, model, QUESTION, stream=True)
         summary.append(f"chat answered, streamed ({len(answer)} characters)")
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{api_port}",
+            headers={"Authorization": f"Bearer {api_token}"},
+            timeout=120,
+        )
 
-        banner("5. Stop the control plane: the device keeps serving, offline")
+        banner("5. Ask the shipped documents (RAG with citations, and abstention)")
+        for question in (
+            "How long does a Kestrel K2 buffer readings when the uplink is down?",
+            "What is the capital of Australia?",
+        ):
+            reply = api.post(
+                "/v1/rag/query", json={"question": question, "k": 5, "generate": False}
+            )
+            reply.raise_for_status()
+            body = reply.json()
+            info(f"Q: {question}")
+            info(f"A: {body['answer'].strip()}")
+            expect_answer = "Kestrel" in question
+            if body["abstained"] == expect_answer or (expect_answer and not body["citations"]):
+                raise SystemExit(f"demo: unexpected RAG result for {question!r}: {body}")
+            if body["abstained"]:
+                info(f"   (abstained: {body['reason']})")
+            for c in body["citations"][:2]:
+                info(f'   [{c["document"]} chars {c["start"]}-{c["end"]}] "{c["quote"][:90]}"')
+        summary.append("RAG answered with span citations and abstained when it should")
+
+        banner("6. Classify a photo and detect a face on the device")
+        with images["chelsea.png"].open("rb") as f:
+            reply = api.post("/v1/vision/classify", files={"file": f}, params={"top_k": 3})
+        reply.raise_for_status()
+        top = reply.json()["predictions"]
+        if not 281 <= top[0]["index"] <= 285:
+            raise SystemExit(f"demo: chelsea.png should be a cat class (281-285), got {top[0]}")
+        info("chelsea.png -> " + ", ".join(f"{t['label']} ({t['score']:.2f})" for t in top))
+        with images["astronaut.png"].open("rb") as f:
+            reply = api.post("/v1/vision/detect", files={"file": f})
+        reply.raise_for_status()
+        found = reply.json()["detections"]
+        if not found:
+            raise SystemExit("demo: no face found in astronaut.png")
+        info(
+            f"astronaut.png -> {len(found)} face(s): "
+            + ", ".join(
+                f"box {[round(v) for v in d['box'].values()]} score {d['score']:.2f}" for d in found
+            )
+        )
+        summary.append("vision: cat classified, face detected")
+
+        banner("7. Stop the control plane: the device keeps serving, offline")
         cp_proc.stop()
         answer = chat(client, model, "Name one colour of the sky.", stream=False)
         info(f"agent> {answer.strip()}")
         summary.append("answered with the control plane down")
 
-        banner("6. Bring the control plane back; publish a release whose bytes get tampered with")
+        banner("8. Bring the control plane back; publish a release whose bytes get tampered with")
         cp_proc.start()
         wait_for("the control plane", lambda: cp.http.get("/healthz").status_code == 200)
         tampered_src = WORK / "smollm2-1.0.1.gguf"
@@ -314,8 +396,8 @@ def main() -> int:
             json={
                 "name": "kiosk-assistant",
                 "version": "1.0.1",
-                "artifacts": [artifact2["id"]],
-                "config": {},
+                "artifacts": [artifact2["id"], *(a["id"] for a in shared)],
+                "config": config,
             },
         )
         blob = cp_dir / "blobs" / "sha256" / artifact2["sha256"]
