@@ -31,8 +31,14 @@ unit: $(STAMP)
 test: lint typecheck
 	$(VENV)/bin/pytest
 
+eval: $(STAMP)
+	$(PY) -m evals.rag --check-baseline
+
 bench: $(STAMP)
 	$(PY) benchmarks/serving_llm.py
+	$(PY) benchmarks/agent_install.py
+	$(PY) benchmarks/vision.py
+	$(PY) benchmarks/rag_retrieval.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
