@@ -19,6 +19,7 @@ from edge_agent.rag.dedupe import content_sha256, minhash_signature
 from edge_agent.rag.fusion import reciprocal_rank_fusion
 from edge_agent.rag.grounding import (
     Citation,
+    Evidence,
     EvidencePolicy,
     Sentence,
     Source,
@@ -321,6 +322,13 @@ class RagEngine:
                 good.append(c)
         return good
 
+    def assess(self, question: str, sources: Sequence[Source]) -> Evidence:
+        """The abstention rule: whether ``sources`` are strong enough to answer ``question``."""
+        terms = question_terms(question)[: self.settings.max_query_terms]
+        return assess_evidence(
+            question, sources, self.evidence, unknown_terms=self.index.unknown_terms(terms)
+        )
+
     def answer(
         self,
         question: str,
@@ -336,10 +344,7 @@ class RagEngine:
         best-matching source sentences, quoted.
         """
         sources = self.retrieve(question, k=k, filters=filters)
-        terms = question_terms(question)[: self.settings.max_query_terms]
-        evidence = assess_evidence(
-            question, sources, self.evidence, unknown_terms=self.index.unknown_terms(terms)
-        )
+        evidence = self.assess(question, sources)
         if not evidence.sufficient:
             return Answer(
                 question, f"I don't know: {evidence.reason}.", True, evidence.reason, [], sources
