@@ -169,7 +169,12 @@ def run_agent(settings: AgentSettings) -> int:
         return {"device_id": identity.device_id, "updates": loop.status().as_dict()}
 
     app = create_local_api(
-        registry, settings, api_token=token, status=status, extra_routers=serving.routers()
+        registry,
+        settings,
+        api_token=token,
+        status=status,
+        extra_routers=serving.routers(),
+        chat_grounding=serving.rag,
     )
 
     def update_thread() -> None:

@@ -19,8 +19,10 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from edge_agent.api.grounded_chat import ChatGrounding, GroundedChat
 from edge_agent.api.streaming import PieceStream
 from edge_agent.api.wire import (
     ChatChoice,
@@ -39,6 +41,8 @@ from edge_agent.api.wire import (
     EmbeddingUsage,
     ErrorBody,
     ErrorDetail,
+    GroundedChatCompletion,
+    GroundedChatCompletionChunk,
     Health,
     ModelCard,
     ModelList,
@@ -54,6 +58,7 @@ from edge_agent.errors import (
     UnauthorizedError,
     UnsupportedMediaError,
 )
+from edge_agent.rag.api import RagChatOptions
 from edge_agent.runtime import (
     ChatTurn,
     GeneratedText,
@@ -191,7 +196,7 @@ def _json_body(model: type[W]) -> Callable[[Request], Awaitable[W]]:
                 raise InvalidParameterError(
                     f"request body is not valid JSON: {errors[0]['msg']}"
                 ) from e
-            if errors and errors[0]["type"] == "model_type":
+            if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
                 raise InvalidParameterError("request body must be a JSON object") from e
             message, param = _describe_validation(errors, skip_body=False)
             raise InvalidParameterError(message, param) from e
@@ -301,6 +306,7 @@ def create_local_api(
     api_token: str,
     status: StatusSource | None = None,
     extra_routers: Sequence[APIRouter] = (),
+    chat_grounding: ChatGrounding | None = None,
 ) -> FastAPI:
     """Build the agent's local API.
 
@@ -308,6 +314,8 @@ def create_local_api(
     ``extra_routers`` (RAG, vision, ...) are mounted behind the same check and share the
     error handler, so raising an ``edge_agent.errors`` exception gives the right status.
     ``status`` supplies the body of ``GET /v1/status`` (the registry adds ``models``).
+    ``chat_grounding`` returns the RAG engine of the active release; chat requests that
+    carry ``"rag"`` are grounded in its index (without it they get 400).
     """
     if len(api_token) < 16:
         raise ConfigError("the local API token must be at least 16 characters long")
@@ -373,17 +381,46 @@ def create_local_api(
             raise
         return pieces, None, first
 
+    async def grounded_generate(
+        body: ChatCompletionRequest, options: RagChatOptions, sampling: Sampling
+    ) -> tuple[GroundedChat, PieceStream | None, GeneratedText | None, TextPiece | None]:
+        if chat_grounding is None:
+            raise InvalidParameterError(
+                "retrieval is not available on this device (it serves no RAG index); "
+                "send the request without 'rag'",
+                "rag",
+            )
+        registry.lease_generator(body.model).release()  # an unknown model fails before retrieval
+        grounded = await run_in_threadpool(
+            GroundedChat.prepare, chat_grounding, body.messages, options
+        )
+        if not grounded.abstains:
+            pieces, whole, first = await generate(
+                body.model,
+                body.stream,
+                lambda m: grounded.recording(m.chat(grounded.turns, sampling)),
+            )
+            return grounded, pieces, whole, first
+        said = grounded.abstention()  # the model is not called
+        if body.stream:  # a stream of just this piece, already finished
+            return grounded, PieceStream(asyncio.get_running_loop()), None, said
+        return grounded, None, GeneratedText(said.text, "stop", 0, 0), None
+
     @v1.post("/chat/completions", response_model=None)
     async def chat_completions(body: ChatBody) -> ChatCompletion | StreamingResponse:
         turns = _chat_turns(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         sampling = _sampling(body, max_tokens)
-        pieces, whole, first = await generate(
-            body.model, body.stream, lambda m: m.chat(turns, sampling)
-        )
+        grounded: GroundedChat | None = None
+        if body.rag is None:
+            pieces, whole, first = await generate(
+                body.model, body.stream, lambda m: m.chat(turns, sampling)
+            )
+        else:
+            grounded, pieces, whole, first = await grounded_generate(body, body.rag, sampling)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if whole is not None:
-            return ChatCompletion(
+            completion = ChatCompletion(
                 id=ident,
                 created=created,
                 model=body.model,
@@ -395,7 +432,19 @@ def create_local_api(
                 ],
                 usage=_usage(whole.prompt_tokens, whole.completion_tokens),
             )
+            if grounded is None:
+                return completion
+            grounding = await run_in_threadpool(grounded.attribution, whole.text)
+            return GroundedChatCompletion(**dict(completion), **dict(grounding))
         assert pieces is not None
+
+        async def grounding_chunk(grounded: GroundedChat) -> bytes:
+            grounding = await run_in_threadpool(grounded.attribution)
+            return _sse(
+                GroundedChatCompletionChunk(
+                    id=ident, created=created, model=body.model, choices=[], **dict(grounding)
+                )
+            )
 
         def chunk(delta: ChatDelta, reason: Any = None, usage: Usage | None = None) -> bytes:
             choices = (
@@ -433,6 +482,8 @@ def create_local_api(
                             yield chunk(ChatDelta(), usage=usage)
                         break
                     piece = await pieces.next()
+                if grounded is not None:
+                    yield await grounding_chunk(grounded)
                 yield _SSE_DONE
             except Exception as e:  # after the 200 header: report in-band, as OpenAI does
                 yield _sse(_error_body(_as_agent_error(e)))

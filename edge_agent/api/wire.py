@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from edge_agent.rag.api import CitationOut, RagChatOptions, SourceOut
+
 # --- requests --------------------------------------------------------------------------
 
 
@@ -71,6 +73,9 @@ class ChatCompletionRequest(_Generation):
     functions: list[Any] | None = None
     logprobs: bool | None = None
     response_format: dict[str, Any] | None = None
+    rag: RagChatOptions | None = Field(
+        default=None, description="opt into retrieval: ground the answer in the RAG index"
+    )
 
 
 class CompletionRequest(_Generation):
@@ -144,6 +149,24 @@ class ChatCompletionChunk(_Response):
     choices: list[ChatChunkChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+
+
+class Grounding(_Response):
+    """What a chat completion that opted into retrieval adds: the passages it was shown,
+    the citations of its answer, and whether it abstained (and why)."""
+
+    citations: list[CitationOut]
+    sources: list[SourceOut]
+    abstained: bool
+    reason: str
+
+
+class GroundedChatCompletion(Grounding, ChatCompletion):
+    pass
+
+
+class GroundedChatCompletionChunk(Grounding, ChatCompletionChunk):
+    """The extra last chunk of a streamed grounded answer (no choices, sent before [DONE])."""
 
 
 class CompletionChoice(_Response):
