@@ -32,7 +32,9 @@ def _llama(path: Path, **kwargs: Any) -> Any:
     if not path.is_file():
         raise ConfigError(f"model file {path} does not exist")
     try:
-        return Llama(str(path), verbose=False, **kwargs)
+        from edge_agent.runtime.llama import construct_llama
+
+        return construct_llama(Llama, model_path=str(path), **kwargs)
     except ValueError as e:
         raise ConfigError(f"llama.cpp cannot load {path}: {e}") from e
 

@@ -6,6 +6,7 @@ at a time calls it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -24,6 +25,19 @@ from edge_agent.runtime.backends import (
     Sampling,
     TextPiece,
 )
+
+# llama-cpp-python silences a model load by pointing file descriptors 1 and 2 at
+# /dev/null and restoring them afterwards. That is process-wide state: two loads in
+# different threads can interleave and leave stdout/stderr on /dev/null for good (the
+# agent's logs then vanish). Every Llama construction in this process takes this lock.
+NATIVE_LOAD_LOCK = threading.Lock()
+
+
+def construct_llama(cls: type[Any], **kwargs: Any) -> Any:
+    """``cls(**kwargs, verbose=False)`` under :data:`NATIVE_LOAD_LOCK`."""
+    with NATIVE_LOAD_LOCK:
+        return cls(verbose=False, **kwargs)
+
 
 _POOLING = {
     "model": llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED,
@@ -93,14 +107,14 @@ class LlamaTextGenerator:
                     f"(use a llama.cpp chat format name such as 'chatml', or chat_template)"
                 ) from e
         try:
-            llama = _GuardedLlama(
+            llama = construct_llama(
+                _GuardedLlama,
                 model_path=str(artifact.path),
                 n_ctx=options.n_ctx,
                 n_batch=options.n_batch,
                 n_threads=options.n_threads,
                 n_threads_batch=options.n_threads,
                 chat_format=options.chat_format,
-                verbose=False,
             )
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
@@ -211,7 +225,8 @@ class LlamaEmbedder:
     @classmethod
     def load(cls, artifact: InstalledArtifact, options: ModelOptions) -> LlamaEmbedder:
         try:
-            llama = llama_cpp.Llama(
+            llama = construct_llama(
+                llama_cpp.Llama,
                 model_path=str(artifact.path),
                 embedding=True,
                 n_ctx=options.n_ctx,
@@ -220,7 +235,6 @@ class LlamaEmbedder:
                 n_threads=options.n_threads,
                 n_threads_batch=options.n_threads,
                 pooling_type=_POOLING[options.pooling],
-                verbose=False,
             )
         except (ValueError, RuntimeError) as e:
             raise ConfigError(

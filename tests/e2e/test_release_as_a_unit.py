@@ -100,6 +100,12 @@ def test_one_release_serves_chat_embeddings_rag_and_vision(
     status = device.wait_installed(version, timeout=120)
     assert status["updates"]["release_id"] == release_id
     assert {m["name"] for m in status["models"]} >= {MODEL_NAME, EMBEDDER}
+    # loading two llama.cpp models at once must not swallow the agent's own log lines
+    wait_until(
+        lambda: "installed release unit 1.0.0" in device.log_path.read_text(errors="replace"),
+        timeout=30,
+        what="the agent to log the install after its models loaded",
+    )
 
     client = openai.OpenAI(base_url=f"{device.url}/v1", api_key=device.token)
     vectors = client.embeddings.create(model=EMBEDDER, input=["offline kiosk", "cold chain"])
