@@ -23,6 +23,7 @@ from edge_agent.rag.grounding import (
     EvidencePolicy,
     Sentence,
     Source,
+    answer_gap,
     assess_evidence,
     build_messages,
     candidate_sentences,
@@ -364,6 +365,10 @@ class RagEngine:
         if not citations:
             reason = "the answer could not be tied to any retrieved passage"
             return Answer(question, f"I don't know: {reason}.", True, reason, [], sources)
+        titles = {s.number: s.title for s in sources}
+        gap = answer_gap(question, [(c.quote, titles.get(c.source, "")) for c in citations])
+        if gap is not None:
+            return Answer(question, f"I don't know: {gap}.", True, gap, [], sources)
         return Answer(question, text.strip(), False, evidence.reason, citations, sources)
 
     def augment_chat_messages(

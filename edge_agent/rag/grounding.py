@@ -5,22 +5,27 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from edge_agent.rag.text import content_terms, question_terms, stem
 
 __all__ = [
+    "AnswerShape",
     "Citation",
     "Evidence",
     "EvidencePolicy",
     "Relevance",
     "Sentence",
     "Source",
+    "answer_gap",
+    "answer_shape",
     "assess_evidence",
     "build_messages",
     "candidate_sentences",
     "cite",
     "extractive_answer",
     "model_declined",
+    "shape_gap",
     "verify_citation",
 ]
 
@@ -178,6 +183,7 @@ class Sentence:
 
 
 LEXICAL_WEIGHT = 0.1
+ANSWER_FIT_MARGIN = 0.40
 Relevance = Callable[[str, Sequence[Sentence]], Sequence[float]]
 
 
@@ -225,16 +231,27 @@ def extractive_answer(
     relevance: Relevance,
     max_sentences: int = 2,
     min_score: float = 0.35,
+    fit_margin: float = ANSWER_FIT_MARGIN,
 ) -> tuple[str, list[Citation]]:
     """An answer made of the source sentences that best match the question, each cited.
 
     Used when no chat model is available, and as a deterministic baseline in evaluations.
-    A second sentence is added only when it scores close to the first.
+    The first sentence is the best-scoring one that fits the question's
+    :class:`AnswerShape` (a number for "how many", ...) among those within ``fit_margin``
+    of the top score, or the top one when none fits. A second sentence (fitting too, if
+    the first did) is added only when it scores close to the first.
     """
     ranked = _ranked(question, sentences, relevance)
     if not ranked or ranked[0][0] < min_score:
         return "", []
-    picked = [s for score, s in ranked[:max_sentences] if score >= ranked[0][0] - 0.05]
+    shape = answer_shape(question)
+    fitting = [
+        (score, s)
+        for score, s in ranked
+        if score >= ranked[0][0] - fit_margin and shape_gap(shape, s.text, s.source.title) is None
+    ]
+    pool = fitting or ranked
+    picked = [s for score, s in pool[:max_sentences] if score >= pool[0][0] - 0.05]
     text = " ".join(f"{s.text} [{s.source.number}]" for s in picked)
     return text, [s.citation() for s in picked]
 
@@ -280,3 +297,130 @@ def verify_citation(citation: Citation, document_text: str) -> bool:
         0 <= citation.start < citation.end <= len(document_text)
         and document_text[citation.start : citation.end] == citation.quote
     )
+
+
+# --- does the quoted sentence answer the kind of question asked? ----------------------
+
+AnswerKind = Literal["quantity", "price", "phone", "email", "web address"]
+
+_NUMBER = re.compile(
+    r"\b\d|\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+    r"thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|thousand|"
+    r"million|billion|dozen|half|once|twice)\b",
+    re.IGNORECASE,
+)
+_VALUE_PATTERNS: dict[AnswerKind, re.Pattern[str]] = {
+    "quantity": _NUMBER,
+    "price": re.compile(
+        r"[$€£¥]\s?\d|\d\s?(?:[$€£¥]|(?:eur|euros?|usd|dollars?|pounds?|cents?)\b)"
+        r"|\b(?:eur|usd|gbp)\s?\d",
+        re.IGNORECASE,
+    ),
+    "phone": re.compile(r"\+?\d(?:[\s\-/.()]*\d){6,}"),
+    "email": re.compile(r"[\w.+-]+@[\w-]+\.\w"),
+    "web address": re.compile(r"https?://|\bwww\.|\b[\w-]+\.(?:com|org|net|io|eu)\b"),
+}
+_KIND_CUES: tuple[tuple[AnswerKind, re.Pattern[str]], ...] = (
+    ("phone", re.compile(r"\b(?:tele)?phone\b|\bhotline\b", re.IGNORECASE)),
+    ("email", re.compile(r"\be-?mail\b", re.IGNORECASE)),
+    ("web address", re.compile(r"\b(?:url|website|web (?:site|address|page))\b", re.IGNORECASE)),
+    ("price", re.compile(r"\b(?:price[sd]?|pricing|costs?|fees?)\b", re.IGNORECASE)),
+    (
+        "quantity",
+        re.compile(
+            r"\bhow (?:many|much|long|often|far|fast|old|big|large|heavy|high|quickly|soon)\b",
+            re.IGNORECASE,
+        ),
+    ),
+)
+_KIND_NAMES: dict[AnswerKind, str] = {
+    "quantity": "a number",
+    "price": "a price",
+    "phone": "a phone number",
+    "email": "an email address",
+    "web address": "a web address",
+}
+# Words that only name the kind of value: the value itself stands for them.
+_KIND_WORDS: dict[AnswerKind, frozenset[str]] = {
+    "quantity": frozenset({"number", "amount"}),
+    "price": frozenset({"price", "prices", "pricing", "cost", "costs", "fee", "fees"}),
+    "phone": frozenset({"phone", "telephone", "hotline", "number"}),
+    "email": frozenset({"email", "mail", "address"}),
+    "web address": frozenset({"url", "website", "web", "site", "address", "page"}),
+}
+_WORDS = re.compile(r"\w+")
+_FOCUS_LEAD = frozenset({"is", "are", "was", "were", "the", "a", "an", "does", "do", "did"})
+_FOCUS_END = frozenset({"must", "may", "might", "shall"})
+_FOCUS_VOID = frozenset({"kind", "type", "sort", "happen", "happens", "happened"})
+_FOCUS_WORDS = 3
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """What a question asks for: the kind of value it wants, if it names one (a number for
+    "how many", a phone number for "phone"), and the focus: up to three words after
+    "what", "which" or "how <word>" (past "is", "the", "does", ...) that name the thing
+    asked about ("price" in "What is the price of a K2?", "warranty" in "How long is the
+    warranty?").
+    """
+
+    kind: AnswerKind | None
+    focus: tuple[str, ...]
+
+
+def answer_shape(question: str) -> AnswerShape:
+    """The :class:`AnswerShape` of a question (English cue words; other questions have none)."""
+    kind = next((k for k, cue in _KIND_CUES if cue.search(question)), None)
+    words = _WORDS.findall(question.casefold())
+    focus: list[str] = []
+    for i, word in enumerate(words):
+        if word not in ("what", "which", "how"):
+            continue
+        j = i + (2 if word == "how" else 1)  # "how many", "how long", ...
+        while j < len(words) and words[j] in _FOCUS_LEAD:
+            j += 1
+        while j < len(words) and len(focus) < _FOCUS_WORDS:
+            w = words[j]
+            if w in _FOCUS_END or not content_terms(w) or w in _FOCUS_VOID:
+                break
+            focus.append(w)
+            j += 1
+        break
+    return AnswerShape(kind, tuple(focus))
+
+
+def _mentions(word: str, vocabulary: set[str]) -> bool:
+    """Same stem, or one stem of at least four letters begins the other word."""
+    root = stem(word)
+    return any(
+        root == v or (len(root) >= 4 and v.startswith(root)) or (len(v) >= 4 and word.startswith(v))
+        for v in vocabulary
+    )
+
+
+def shape_gap(shape: AnswerShape, sentence: str, title: str = "") -> str | None:
+    """Why ``sentence`` (from a document titled ``title``) cannot answer a question of this
+    shape, or None when it can: it must hold the kind of value asked for, and mention at
+    least half of the focus words (in the sentence or the title), not counting the words
+    that only name the kind of value ("phone number" is satisfied by the number itself).
+    """
+    if shape.kind is not None and not _VALUE_PATTERNS[shape.kind].search(sentence):
+        return f"no retrieved sentence states {_KIND_NAMES[shape.kind]}"
+    focus = [w for w in shape.focus if shape.kind is None or w not in _KIND_WORDS[shape.kind]]
+    if focus:
+        vocabulary = {stem(w) for w in content_terms(f"{sentence} {title}")}
+        if 2 * sum(_mentions(w, vocabulary) for w in focus) < len(focus):
+            named = " ".join(focus)
+            return f"the best-matching sentences do not mention {named!r}"
+    return None
+
+
+def answer_gap(question: str, quotes: Sequence[tuple[str, str]]) -> str | None:
+    """Why none of the cited ``(sentence, document title)`` pairs can answer ``question``
+    (see :func:`shape_gap`), or None when at least one can.
+    """
+    shape = answer_shape(question)
+    gaps = [shape_gap(shape, quote, title) for quote, title in quotes]
+    if not gaps or None in gaps:
+        return None
+    return gaps[0]

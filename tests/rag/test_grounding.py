@@ -5,16 +5,20 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from edge_agent.rag.grounding import (
+    AnswerShape,
     Citation,
     EvidencePolicy,
     Sentence,
     Source,
+    answer_gap,
+    answer_shape,
     assess_evidence,
     build_messages,
     candidate_sentences,
     cite,
     extractive_answer,
     model_declined,
+    shape_gap,
     verify_citation,
 )
 
@@ -137,3 +141,81 @@ def test_declining_answers_are_recognised() -> None:
     assert model_declined("That is not in the sources.")
     assert model_declined("   ")
     assert not model_declined("The battery lasts 18 months [1].")
+
+
+def test_a_question_names_the_kind_of_value_it_wants() -> None:
+    assert answer_shape("How many tags can a gateway serve?") == AnswerShape("quantity", ("tags",))
+    assert answer_shape("What is the price of a Kestrel K2?") == AnswerShape("price", ("price",))
+    assert answer_shape("How much does a coin cell cost?").kind == "price"
+    assert answer_shape("What is the phone number of support?").kind == "phone"
+    assert answer_shape("What is the email address of the depot?").kind == "email"
+    assert answer_shape("How long is the warranty?") == AnswerShape("quantity", ("warranty",))
+    assert answer_shape("What happens if a tag is lost?") == AnswerShape(None, ())
+    assert answer_shape("Where should the gateway be mounted?") == AnswerShape(None, ())
+
+
+def test_a_sentence_without_a_number_cannot_answer_how_many() -> None:
+    shape = answer_shape("How many tags does a gateway serve?")
+    assert shape_gap(shape, "A gateway serves up to 64 tags.") is None
+    assert shape_gap(shape, "A gateway serves sixty-four tags.") is None
+    assert shape_gap(shape, "The gateway serves the tags in its truck.") == (
+        "no retrieved sentence states a number"
+    )
+
+
+def test_a_price_needs_a_currency_amount_not_just_a_number() -> None:
+    shape = answer_shape("What is the price of a Kestrel K2 gateway?")
+    assert shape_gap(shape, "The K2 price is 450 EUR.") is None
+    assert shape_gap(shape, "The K2 price is €450.") is None
+    gap = shape_gap(shape, "The Kestrel K2 draws 6 watts and has 4 GB of RAM.")
+    assert gap == "no retrieved sentence states a price"
+
+
+def test_a_phone_number_needs_digits_that_look_like_one() -> None:
+    shape = answer_shape("What is the phone number of the 24-hour fleet support line?")
+    assert shape_gap(shape, "Call the fleet support line on +31 10 555 0199.") is None
+    assert shape_gap(shape, "Call the 24-hour fleet support line.") == (
+        "no retrieved sentence states a phone number"
+    )
+
+
+def test_the_sentence_or_its_title_must_mention_most_of_the_focus() -> None:
+    shape = answer_shape("Which mobile network operator provides the uplink?")
+    assert shape.focus == ("mobile", "network", "operator")
+    gap = shape_gap(shape, "It works without a network connection.")
+    assert gap is not None and "'mobile network operator'" in gap
+    assert shape_gap(shape, "The mobile network operator is Example Telecom.") is None
+    led = answer_shape("What does a blinking red LED mean?")
+    assert shape_gap(led, "Blinking red: the storage is almost full.", "Status LED codes") is None
+
+
+def test_focus_words_match_across_inflections() -> None:
+    shape = answer_shape("What input voltage does the K2 accept?")
+    assert shape_gap(shape, "The K2 accepts 9 to 36 volts DC.") is None  # volts ~ voltage
+    weekly = answer_shape("What is the weekly privacy budget?")
+    assert shape_gap(weekly, "The privacy budget is epsilon 1.0 per week.") is None
+
+
+def test_an_answer_is_withheld_when_no_cited_sentence_fits_the_question() -> None:
+    question = "What is the price of a Pika tag?"
+    assert answer_gap(question, [("A Pika tag runs on a CR2032 coin cell.", "Pika")]) == (
+        "no retrieved sentence states a price"
+    )
+    fits = [("A Pika tag runs on a coin cell.", "Pika"), ("The tag price is 12 EUR.", "")]
+    assert answer_gap(question, fits) is None
+    assert answer_gap("How do I pair a tag?", [("Tap it on the NFC pad.", "")]) is None
+
+
+def test_extractive_answer_prefers_a_close_sentence_that_fits_the_question() -> None:
+    def favour_coin_cell(claim: str, sentences: Sequence[Sentence]) -> list[float]:
+        return [0.9 if "coin cell" in s.text else 0.6 for s in sentences]
+
+    sentences = candidate_sentences([source()])
+    _, citations = extractive_answer("How long does the battery last?", sentences, favour_coin_cell)
+    assert [c.quote for c in citations] == [
+        "With the default reporting interval the battery lasts about 18 months."
+    ]
+    _, far = extractive_answer(
+        "How long does the battery last?", sentences, favour_coin_cell, fit_margin=0.1
+    )
+    assert [c.quote for c in far] == ["A Pika tag runs on a CR2032 coin cell."]
