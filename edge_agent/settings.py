@@ -32,7 +32,7 @@ class AgentSettings(BaseSettings):
     test_pause_at: Literal["download", "verified", "activate"] | None = None
 
     # runtime
-    n_threads: int | None = None  # default: all cores
+    n_threads: int | None = None  # default: all cores but one
     n_ctx: int = Field(default=2048, ge=128)
     max_queue: int = Field(default=8, ge=1)
     idle_unload_seconds: float = Field(default=0.0, ge=0)  # 0 = never unload

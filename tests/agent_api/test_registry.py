@@ -47,7 +47,12 @@ def test_release_config_overrides_settings_per_model() -> None:
     config = {"models": {"a": {"n_ctx": 256, "chat_format": "chatml", "other_team_key": 1}}}
     a = resolve_options(settings, config, "a", cpu_count=6)
     b = resolve_options(settings, config, "b", cpu_count=6)
-    assert (a.n_ctx, a.n_threads, a.chat_format, a.n_batch) == (256, 6, "chatml", 256)
+    assert (a.n_ctx, a.n_threads, a.chat_format, a.n_batch) == (
+        256,
+        5,
+        "chatml",
+        256,
+    )  # all cores but one
     assert (b.n_ctx, b.chat_format) == (1024, None)
 
 
@@ -243,3 +248,10 @@ def test_idle_models_are_unloaded_in_the_background(smollm2: Path) -> None:
         assert registry.complete(LLM, "Hello", GREEDY).completion_tokens > 0  # reloads
     finally:
         registry.close()
+
+
+def test_default_threads_leave_one_core_for_the_api_and_never_drop_to_zero() -> None:
+    settings = settings_for_tests(n_threads=None)
+    assert resolve_options(settings, {}, "a", cpu_count=4).n_threads == 3
+    assert resolve_options(settings, {}, "a", cpu_count=1).n_threads == 1
+    assert resolve_options(settings_for_tests(n_threads=4), {}, "a", cpu_count=2).n_threads == 4
