@@ -1,4 +1,4 @@
-"""``outpost-cp``: ``init`` a control plane, ``serve`` it."""
+"""``outpost-cp``: ``init`` a control plane, ``serve`` it, ``sign-targets`` offline."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from pydantic import ValidationError
 
 from control_plane.app import create_app, utc_now
 from control_plane.errors import ControlPlaneError, NotInitializedError
 from control_plane.initialization import initialize
 from control_plane.metadata_store import is_initialized
+from control_plane.release_signing import sign_targets
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database, migrate
 
@@ -39,7 +41,35 @@ def _parser() -> argparse.ArgumentParser:
         if name == "serve":
             cmd.add_argument("--host", help="interface to bind (default 127.0.0.1)")
             cmd.add_argument("--port", type=int, help="port (default 8700)")
+    text = "sign pending releases' targets with the offline targets key, on this machine"
+    cmd = sub.add_parser("sign-targets", help=text, description=text)
+    cmd.add_argument("--server", required=True, help="control plane URL, e.g. https://cp:8700")
+    cmd.add_argument(
+        "--token-file", type=Path, required=True, help="file with a release-manager API token"
+    )
+    cmd.add_argument("--key", type=Path, required=True, help="the targets.key from 'init'")
+    cmd.add_argument("--yes", action="store_true", help="sign without asking")
     return parser
+
+
+def _ask(question: str) -> bool:
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def _sign_targets(args: argparse.Namespace) -> None:
+    try:
+        token = args.token_file.read_text().strip()
+    except OSError as e:
+        raise NotInitializedError(f"cannot read the token file {args.token_file}: {e}") from e
+    if not args.key.exists():
+        raise NotInitializedError(f"no targets key at {args.key}")
+    sign_targets(
+        server=args.server,
+        token=token,
+        key_path=args.key,
+        confirm=None if args.yes else _ask,
+        out=sys.stdout,
+    )
 
 
 def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
@@ -73,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "sign-targets":
+            _sign_targets(args)
+            return 0
         settings = _settings(args)
         if args.command == "init":
             result = initialize(settings, utc_now())
@@ -84,5 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except ControlPlaneError as e:
         print(f"outpost-cp: {e}", file=sys.stderr)
+        return 1
+    except httpx.HTTPError as e:
+        print(f"outpost-cp: cannot reach the control plane: {e}", file=sys.stderr)
         return 1
     return 0

@@ -30,6 +30,12 @@ class InvalidArtifactError(InvalidRequestError):
     error_type = "invalid_artifact"
 
 
+class TargetsSignatureRejectedError(InvalidRequestError):
+    """Uploaded targets metadata is unsigned, signed by the wrong key, expired or altered."""
+
+    error_type = "targets_signature_rejected"
+
+
 class ArtifactTooLargeError(ControlPlaneError):
     http_status = 413
     error_type = "artifact_too_large"
@@ -51,6 +57,24 @@ class TargetsKeyOfflineError(ConflictError):
     """Publishing needs the targets key, which has been moved off this server."""
 
     error_type = "targets_key_offline"
+
+
+class ReleaseAwaitingSignatureError(ConflictError):
+    """The release is stored but its targets are not signed yet; it cannot be assigned."""
+
+    error_type = "release_awaiting_signature"
+
+
+class TargetsVersionConflictError(ConflictError):
+    """Signed targets metadata is not the next version, or the pending set changed."""
+
+    error_type = "targets_version_conflict"
+
+
+class NothingToSignError(ConflictError):
+    """No release awaits the release manager's signature."""
+
+    error_type = "nothing_to_sign"
 
 
 # --- who is asking -------------------------------------------------------------------

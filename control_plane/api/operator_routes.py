@@ -12,7 +12,15 @@ from starlette.concurrency import run_in_threadpool
 
 from control_plane import audit
 from control_plane.access.tokens import create_api_token
-from control_plane.api.dependencies import CP, Admin, Assigner, Enroller, Publisher, Reader
+from control_plane.api.dependencies import (
+    CP,
+    Admin,
+    Assigner,
+    Enroller,
+    Publisher,
+    Reader,
+    read_bounded_body,
+)
 from control_plane.api.wire import (
     ApiTokenCreate,
     ApiTokenCreated,
@@ -23,18 +31,23 @@ from control_plane.api.wire import (
     DevicePublic,
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
+    PendingTargetsPublic,
     ReleaseCreate,
     ReleasePublic,
+    ReleaseRef,
+    SignedTargetsAcceptedPublic,
 )
 from control_plane.artifacts.service import ArtifactSpec, check_upload, register_artifact
 from control_plane.errors import ArtifactTooLargeError, InvalidRequestError, NotFoundError
 from control_plane.fleet.devices import device_views
 from control_plane.fleet.enrollment import create_enrollment_token
+from control_plane.releases.offline_signing import accept_signed_targets, pending_targets
 from control_plane.releases.service import create_release, get_release
 from control_plane.storage.models import Artifact, AuditEntry, Release
 
 router = APIRouter(prefix="/api/v1")
 _UPLOAD_BUFFER = 1 << 20
+MAX_SIGNED_TARGETS_BYTES = 16 << 20
 
 
 @router.post("/tokens", status_code=status.HTTP_201_CREATED)
@@ -188,7 +201,8 @@ def show_artifact(artifact_id: str, _viewer: Reader, cp: CP) -> ArtifactPublic:
 def publish_release(body: ReleaseCreate, publisher: Publisher, cp: CP) -> ReleasePublic:
     """Create a release and sign its artifacts into the image repository (release manager).
 
-    Needs the targets key in the offline keys folder; without it: 409 targets_key_offline.
+    Without the targets key in the offline keys folder the release is stored in state
+    ``pending-signature`` until the release manager runs ``outpost-cp sign-targets``.
     """
     release = create_release(
         cp.metadata,
@@ -214,6 +228,34 @@ def list_releases(_viewer: Reader, cp: CP) -> list[ReleasePublic]:
 def show_release(release_id: str, _viewer: Reader, cp: CP) -> ReleasePublic:
     with cp.db.transaction() as session:
         return ReleasePublic.of(get_release(session, release_id))
+
+
+@router.get("/repository/pending-targets")
+def show_pending_targets(publisher: Publisher, cp: CP) -> PendingTargetsPublic:
+    """The unsigned next targets metadata that publishes the pending releases (release
+    manager). Sign it offline with the targets key (``outpost-cp sign-targets``)."""
+    pending = pending_targets(cp.metadata, actor=publisher.actor, now=cp.clock())
+    return PendingTargetsPublic(
+        version=pending.version,
+        metadata=pending.metadata,
+        releases=[ReleaseRef(id=r.id, name=r.name, version=r.version) for r in pending.releases],
+    )
+
+
+@router.put("/repository/targets")
+async def upload_signed_targets(
+    request: Request, publisher: Publisher, cp: CP
+) -> SignedTargetsAcceptedPublic:
+    """Signed targets metadata from the release manager: checked, then published with
+    fresh snapshot and timestamp, and every pending release becomes published."""
+    body = await read_bounded_body(request, MAX_SIGNED_TARGETS_BYTES)
+    accepted = await run_in_threadpool(
+        partial(accept_signed_targets, cp.metadata, body, actor=publisher.actor, now=cp.clock())
+    )
+    return SignedTargetsAcceptedPublic(
+        targets_version=accepted.version,
+        published=[ReleaseRef(id=r.id, name=r.name, version=r.version) for r in accepted.releases],
+    )
 
 
 @router.get("/audit")

@@ -13,7 +13,8 @@ from control_plane.api.dependencies import CP
 from control_plane.api.wire import Health
 from control_plane.errors import NotFoundError
 from control_plane.metadata_store import TIMESTAMP_FILE, read_file
-from control_plane.storage.models import Artifact, ReleaseArtifact
+from control_plane.releases.state import ReleaseState
+from control_plane.storage.models import Artifact, Release, ReleaseArtifact
 from protocol import paths
 from protocol.version import PROTOCOL_VERSION
 
@@ -64,7 +65,13 @@ def target_file(sha256: str, file_name: str, cp: CP) -> BlobResponse:
         artifact = session.scalars(
             select(Artifact)
             .where(Artifact.target_path.in_([f"{sha256}/{n}" for n in names]))
-            .where(Artifact.id.in_(select(ReleaseArtifact.artifact_id)))
+            .where(
+                Artifact.id.in_(
+                    select(ReleaseArtifact.artifact_id)
+                    .join(Release, Release.id == ReleaseArtifact.release_id)
+                    .where(Release.state == ReleaseState.PUBLISHED)
+                )
+            )
         ).first()
     if artifact is None:
         raise NotFoundError(f"no published target {sha256}/{file_name}")

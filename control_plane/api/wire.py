@@ -105,6 +105,10 @@ class ReleasePublic(_Out):
     config: dict[str, Any]
     targets_version: int = Field(
         description="TUF targets version that first lists all its artifacts"
+        " (the expected one while pending-signature)"
+    )
+    state: str = Field(
+        description="published, or pending-signature until the offline targets key signs it"
     )
     created_at: datetime
     artifacts: list[ArtifactPublic]
@@ -117,6 +121,7 @@ class ReleasePublic(_Out):
             version=r.version,
             config=r.config,
             targets_version=r.targets_version,
+            state=r.state,
             created_at=r.created_at,
             artifacts=[ArtifactPublic.of(m.artifact) for m in r.members],
         )
@@ -239,3 +244,14 @@ class AuditEntryPublic(_Out):
 class Health(_Out):
     status: str
     protocol_version: int
+
+
+class PendingTargetsPublic(_Out):
+    version: int = Field(description="the targets version this metadata becomes once signed")
+    metadata: dict[str, Any] = Field(description="unsigned TUF targets metadata to sign as is")
+    releases: list[ReleaseRef] = Field(description="releases published by signing it")
+
+
+class SignedTargetsAcceptedPublic(_Out):
+    targets_version: int
+    published: list[ReleaseRef]

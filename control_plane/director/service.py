@@ -15,7 +15,8 @@ from control_plane.director.assignment import (
     next_version,
     sign_assignment,
 )
-from control_plane.errors import NotFoundError
+from control_plane.errors import NotFoundError, ReleaseAwaitingSignatureError
+from control_plane.releases.state import ReleaseState
 from control_plane.storage.database import Database, retrying
 from control_plane.storage.models import AssignmentRecord, Device, Release
 from protocol.keys import Ed25519KeyPair
@@ -99,6 +100,12 @@ class Director:
             release = session.get(Release, release_id)
             if release is None:
                 raise NotFoundError(f"no release with id {release_id!r}")
+            if release.state != ReleaseState.PUBLISHED:
+                raise ReleaseAwaitingSignatureError(
+                    f"release {release.name}@{release.version} awaits the release manager's"
+                    " signature of its targets ('outpost-cp sign-targets'); it can be"
+                    " assigned once signed"
+                )
             record = self._issue(session, device_id, release, actor, now)
             audit.record(
                 session,

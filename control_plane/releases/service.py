@@ -1,5 +1,7 @@
 """Creating a release: its artifacts are signed into the image repository in the same
-transaction that stores the release, so a release exists only once it is published."""
+transaction that stores the release. Without the targets key on the server the release
+is stored ``pending-signature`` instead, until the release manager signs the targets
+offline (see :mod:`control_plane.releases.offline_signing`)."""
 
 from __future__ import annotations
 
@@ -14,9 +16,20 @@ from sqlalchemy.orm import Session
 from control_plane import audit
 from control_plane.access.tokens import new_id
 from control_plane.artifacts.service import target_file
-from control_plane.errors import ConflictError, InvalidRequestError, NotFoundError
+from control_plane.errors import (
+    ConflictError,
+    InvalidRequestError,
+    NotFoundError,
+    TargetsKeyOfflineError,
+)
 from control_plane.keyring import Keyring
-from control_plane.metadata_store import MetadataStore
+from control_plane.metadata_store import MetadataStore, load_repository, lock_repository
+from control_plane.releases.offline_signing import (
+    pending_releases,
+    publish_pending,
+    unlisted_targets,
+)
+from control_plane.releases.state import ReleaseState
 from control_plane.storage.models import Artifact, Release, ReleaseArtifact
 
 RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -34,10 +47,18 @@ def create_release(
     actor: str,
     now: datetime,
 ) -> Release:
-    """Publish the artifacts (targets key needed) and store the release (audited)."""
+    """Store the release and publish its artifacts (audited).
+
+    With the targets key on the server, the artifacts (and those of any release still
+    pending) are signed now. Without it, a release whose artifacts are not all listed
+    already is stored ``pending-signature``: it waits for ``outpost-cp sign-targets``.
+    """
     if len(set(artifact_ids)) != len(artifact_ids):
         raise InvalidRequestError("a release lists each artifact once")
-    targets_key = keyring.load_targets()
+    try:
+        targets_key = keyring.load_targets()
+    except TargetsKeyOfflineError:
+        targets_key = None
 
     def work(session: Session) -> Release:
         duplicate = session.scalars(
@@ -57,9 +78,27 @@ def create_release(
         names = [a.name for a in artifacts]
         if len(set(names)) != len(names):
             raise InvalidRequestError("two artifacts of a release share a name; names must differ")
-        targets_version = store.add_targets(
-            session, [target_file(a) for a in artifacts], targets_key, now
-        )
+        targets = [target_file(a) for a in artifacts]
+        state = ReleaseState.PUBLISHED
+        if targets_key is not None:
+            waiting = pending_releases(session)
+            targets += unlisted_targets(load_repository(session, store.lifetimes), waiting).values()
+            targets_version = store.add_targets(session, targets, targets_key, now)
+            publish_pending(
+                session,
+                waiting,
+                targets_version=targets_version,
+                signer="online targets key",
+                actor=actor,
+                now=now,
+            )
+        else:
+            lock_repository(session)
+            repo = load_repository(session, store.lifetimes)
+            targets_version = repo.targets.signed.version
+            if any(repo.target(t.path) != t for t in targets):
+                state = ReleaseState.PENDING_SIGNATURE
+                targets_version += 1
         release = Release(
             id=new_id("rel"),
             name=name,
@@ -68,6 +107,7 @@ def create_release(
             targets_version=targets_version,
             created_at=now,
             created_by=actor,
+            state=state,
         )
         session.add(release)
         session.flush()
@@ -78,7 +118,9 @@ def create_release(
         audit.record(
             session,
             actor=actor,
-            action="release.publish",
+            action=(
+                "release.publish" if state == ReleaseState.PUBLISHED else "release.await_signature"
+            ),
             target=release.id,
             now=now,
             details={
@@ -86,6 +128,7 @@ def create_release(
                 "version": version,
                 "artifacts": list(artifact_ids),
                 "targets_version": targets_version,
+                "state": state,
             },
         )
         session.flush()

@@ -208,6 +208,21 @@ class ImageRepository:
             **self._new_snapshot(snapshot_signer, timestamp_signer, now),
         }
 
+    def install_targets(
+        self,
+        targets: Metadata[Targets],
+        *,
+        snapshot_signer: CryptoSigner,
+        timestamp_signer: CryptoSigner,
+        now: datetime,
+    ) -> MetadataFiles:
+        """Adopt targets metadata signed elsewhere (checked by the caller); return new files."""
+        self.targets = targets
+        return {
+            f"{targets.signed.version}.targets.json": targets.to_bytes(_SERIALIZER),
+            **self._new_snapshot(snapshot_signer, timestamp_signer, now),
+        }
+
     def _new_snapshot(
         self, snapshot_signer: CryptoSigner, timestamp_signer: CryptoSigner, now: datetime
     ) -> MetadataFiles:

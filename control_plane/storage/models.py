@@ -122,6 +122,8 @@ class Release(Base):
     targets_version: Mapped[int]
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(200))
+    # "published", or "pending-signature" until the offline targets key signs it.
+    state: Mapped[str] = mapped_column(String(32), default="published", server_default="published")
 
     members: Mapped[list[ReleaseArtifact]] = relationship(
         order_by="ReleaseArtifact.position", lazy="selectin"

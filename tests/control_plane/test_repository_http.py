@@ -101,9 +101,10 @@ def test_client_refuses_an_expired_timestamp(tmp_path: Path) -> None:
         updater(cp, base, tmp_path).refresh()
 
 
-def test_publishing_without_the_targets_key_is_409(
+def test_publishing_without_the_targets_key_waits_for_its_signature(
     cp: ControlPlaneUnderTest, tmp_path: Path
 ) -> None:
+    """The offline flow itself is tested in test_offline_signing.py."""
     artifact = cp.upload(small_gguf(tmp_path))
     offline = cp.settings.resolved_offline_keys_dir / "targets.key"
     moved = tmp_path / "usb-stick-targets.key"
@@ -113,13 +114,13 @@ def test_publishing_without_the_targets_key_is_409(
         json={"name": "assistant", "version": "1", "artifacts": [artifact["id"]]},
         headers=cp.auth("release-manager"),
     )
-    assert r.status_code == 409
-    assert r.json()["error"]["type"] == "targets_key_offline"
-    assert "targets key is offline" in r.json()["error"]["message"]
-    assert cp.client.get("/api/v1/releases", headers=cp.auth()).json() == []
+    assert r.status_code == 201
+    assert r.json()["state"] == "pending-signature"
     assert cp.client.get("/repo/metadata/2.targets.json").status_code == 404
     shutil.move(moved, offline)  # the release manager brings the key back for a publish
-    assert cp.publish([artifact["id"]], version="1")["targets_version"] == 2
+    assert cp.publish([artifact["id"]], version="2")["targets_version"] == 2
+    release = cp.client.get(f"/api/v1/releases/{r.json()['id']}", headers=cp.auth()).json()
+    assert (release["state"], release["targets_version"]) == ("published", 2)
 
 
 def test_release_names_and_artifacts_are_checked(cp: ControlPlaneUnderTest, tmp_path: Path) -> None:
