@@ -420,21 +420,26 @@ def create_local_api(
             grounded, pieces, whole, first = await grounded_generate(body, body.rag, sampling)
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if whole is not None:
+            grounding = None
+            text, finish_reason = whole.text, whole.finish_reason
+            if grounded is not None:
+                grounding = await run_in_threadpool(grounded.attribution, whole.text)
+                if not grounding.supported:  # withheld; usage still counts what was generated
+                    text, finish_reason = grounded.delivered(whole.text, grounding), "stop"
             completion = ChatCompletion(
                 id=ident,
                 created=created,
                 model=body.model,
                 choices=[
                     ChatChoice(
-                        message=ChatMessageOut(content=whole.text),
-                        finish_reason=whole.finish_reason,
+                        message=ChatMessageOut(content=text),
+                        finish_reason=finish_reason,
                     )
                 ],
                 usage=_usage(whole.prompt_tokens, whole.completion_tokens),
             )
-            if grounded is None:
+            if grounding is None:
                 return completion
-            grounding = await run_in_threadpool(grounded.attribution, whole.text)
             return GroundedChatCompletion(**dict(completion), **dict(grounding))
         assert pieces is not None
 

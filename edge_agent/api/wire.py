@@ -153,11 +153,16 @@ class ChatCompletionChunk(_Response):
 
 class Grounding(_Response):
     """What a chat completion that opted into retrieval adds: the passages it was shown,
-    the citations of its answer, and whether it abstained (and why)."""
+    the citations of its answer, whether it abstained (and why), and whether the model's
+    answer is supported: false when none of it could be cited or its citations do not fit
+    what was asked (a whole answer is then withheld; a streamed one was already sent, so a
+    client hides or flags it).
+    """
 
     citations: list[CitationOut]
     sources: list[SourceOut]
     abstained: bool
+    supported: bool
     reason: str
 
 

@@ -29,6 +29,10 @@ pytestmark = pytest.mark.slow
 DOCS = Path(__file__).resolve().parents[2] / "evals" / "rag" / "docs"
 ANSWERABLE = "What temperature range must pharmaceutical shipments stay in?"
 OFF_TOPIC = "How do I bake sourdough bread?"
+# On the handbook's topic (retrieval finds the right documents) but the documents hold no
+# price and no phone number: whatever the model writes, its citations cannot support it.
+PRICE = "What is the price of a Kestrel K2 gateway?"
+PHONE = "What is the phone number of the 24-hour fleet support line?"
 WASH_ROTA = "The night crew at depot Vega washes the delivery trucks every Friday after midnight."
 
 
@@ -93,7 +97,7 @@ def test_a_grounded_answer_carries_sources_and_exact_citations(api: GroundedApi)
         extra_body={"rag": {"k": 3}},
     )
     extra = reply.model_extra or {}
-    assert extra["abstained"] is False and extra["reason"]
+    assert extra["abstained"] is False and extra["supported"] is True and extra["reason"]
     assert [s["number"] for s in extra["sources"]] == [1, 2, 3]
     assert "cold-chain-thresholds.md" in {s["document"] for s in extra["sources"]}
     assert reply.choices[0].message.content
@@ -121,7 +125,7 @@ def test_a_streamed_grounded_answer_ends_with_a_citations_chunk(api: GroundedApi
     assert usage.usage is not None and usage.usage.prompt_tokens > 150
     assert last.choices == [] and last.usage is None
     extra = last.model_extra or {}
-    assert extra["abstained"] is False
+    assert extra["abstained"] is False and extra["supported"] is True
     assert "cold-chain-thresholds.md" in {s["document"] for s in extra["sources"]}
     assert extra["citations"], text
     assert_quotes_are_exact(api.engine, extra["citations"])
@@ -154,8 +158,73 @@ def test_an_unanswerable_question_is_abstained_on_without_generating(
         assert (usage.prompt_tokens, usage.completion_tokens) == (0, 0)
         extra = chunks[-1].model_extra or {}
     assert extra["abstained"] is True and extra["citations"] == []
+    assert extra["supported"] is True  # nothing was generated, so nothing to hide
     assert "sourdough" in extra["reason"]
     assert text.startswith("I don't know") and "sourdough" in text
+
+
+UNSUPPORTED = [
+    pytest.param(
+        PRICE, "kestrel-k2-overview.md", {"no retrieved sentence states a price"}, id="price"
+    ),
+    pytest.param(
+        PHONE,
+        "support-contacts.md",
+        {
+            "no retrieved sentence states a phone number",
+            "the answer could not be tied to any retrieved passage",
+        },
+        id="phone",
+    ),
+]
+
+
+@pytest.mark.parametrize(("question", "document", "reasons"), UNSUPPORTED)
+def test_a_whole_answer_its_citations_do_not_support_is_withheld(
+    api: GroundedApi, question: str, document: str, reasons: set[str]
+) -> None:
+    reply = client(api.url).chat.completions.create(
+        model=LLM,
+        messages=ask(question),
+        max_tokens=48,
+        temperature=0,
+        extra_body={"rag": {"k": 3}},
+    )
+    extra = reply.model_extra or {}
+    assert document in {s["document"] for s in extra["sources"]}  # retrieval found the topic
+    assert max(s["similarity"] for s in extra["sources"]) > 0.45
+    assert extra["abstained"] is True and extra["supported"] is False
+    assert extra["reason"] in reasons and extra["citations"] == []
+    assert reply.choices[0].message.content == f"I don't know: {extra['reason']}."
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None  # the model did run: its tokens are counted
+    assert reply.usage.prompt_tokens > 150 and reply.usage.completion_tokens > 0
+
+
+@pytest.mark.parametrize(("question", "document", "reasons"), UNSUPPORTED)
+def test_a_streamed_answer_its_citations_do_not_support_is_flagged(
+    api: GroundedApi, question: str, document: str, reasons: set[str]
+) -> None:
+    chunks = list(
+        client(api.url).chat.completions.create(
+            model=LLM,
+            messages=ask(question),
+            max_tokens=48,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"rag": {"k": 3}},
+        )
+    )
+    *answer, usage, last = chunks
+    text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices)
+    assert text and not text.startswith("I don't know")  # the model's text went out as usual
+    assert usage.usage is not None and usage.usage.completion_tokens > 0
+    assert last.choices == []
+    extra = last.model_extra or {}
+    assert document in {s["document"] for s in extra["sources"]}
+    assert extra["abstained"] is True and extra["supported"] is False
+    assert extra["reason"] in reasons and extra["citations"] == []
 
 
 def test_filters_restrict_the_sources(api: GroundedApi) -> None:
