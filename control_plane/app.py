@@ -12,7 +12,7 @@ from fastapi import FastAPI
 
 from control_plane.artifacts.blob_store import BlobStore
 from control_plane.director.service import Director
-from control_plane.keyring import Keyring, OnlineKeys
+from control_plane.keyring import Keyring, OnlineKeySource
 from control_plane.metadata_store import MetadataStore
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database
@@ -32,7 +32,7 @@ class ControlPlane:
     settings: ControlPlaneSettings
     db: Database
     keyring: Keyring
-    online_keys: OnlineKeys
+    online_keys: OnlineKeySource
     metadata: MetadataStore
     director: Director
     blobs: BlobStore
@@ -43,7 +43,8 @@ class ControlPlane:
         keyring = Keyring(
             offline_dir=settings.resolved_offline_keys_dir, online_dir=settings.online_keys_dir
         )
-        online = keyring.load_online()
+        online = OnlineKeySource(keyring)
+        online.current()  # fail at start, not on the first signature, if keys are missing
         db = Database.from_url(settings.resolved_database_url)
         blobs = BlobStore(settings.blobs_dir)
         blobs.prepare()
@@ -53,7 +54,7 @@ class ControlPlane:
             keyring=keyring,
             online_keys=online,
             metadata=MetadataStore(db, settings.lifetimes, online),
-            director=Director(db, online.director, settings.assignment_ttl),
+            director=Director(db, online, settings.assignment_ttl),
             blobs=blobs,
             clock=clock,
         )

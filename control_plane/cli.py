@@ -1,4 +1,5 @@
-"""``outpost-cp``: ``init`` a control plane, ``serve`` it, ``sign-targets`` offline."""
+"""``outpost-cp``: ``init`` a control plane, ``serve`` it, ``sign-targets`` offline,
+``rotate-key`` an online key."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pydantic import ValidationError
 from control_plane.app import create_app, utc_now
 from control_plane.errors import ControlPlaneError, NotInitializedError
 from control_plane.initialization import initialize
+from control_plane.key_rotation import rotate_online_key
+from control_plane.keyring import ONLINE_ROLES
 from control_plane.metadata_store import is_initialized
 from control_plane.release_signing import sign_targets
 from control_plane.settings import ControlPlaneSettings
@@ -49,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     cmd.add_argument("--key", type=Path, required=True, help="the targets.key from 'init'")
     cmd.add_argument("--yes", action="store_true", help="sign without asking")
+    text = (
+        "replace an online key: new root version (signed with the root key) listing it,"
+        " and everything the old key signed re-signed; a running server picks it up"
+    )
+    cmd = sub.add_parser("rotate-key", help=text, description=text)
+    cmd.add_argument("--data-dir", type=Path, help="state folder (keys, blobs, root.json)")
+    cmd.add_argument("--database-url", help="SQLAlchemy URL; default sqlite in the data dir")
+    cmd.add_argument("--role", required=True, choices=ONLINE_ROLES, help="the key to replace")
+    cmd.add_argument(
+        "--root-key",
+        type=Path,
+        help="the offline root.key (default: <offline keys dir>/root.key)",
+    )
     return parser
 
 
@@ -110,6 +126,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "init":
             result = initialize(settings, utc_now())
             print(json.dumps(result.as_json()), flush=True)
+        elif args.command == "rotate-key":
+            rotation = rotate_online_key(
+                settings, args.role, now=utc_now(), root_key_path=args.root_key
+            )
+            print(json.dumps(rotation.as_json()), flush=True)
         else:
             _serve(settings)
     except ValidationError as e:

@@ -59,6 +59,18 @@ class TargetsKeyOfflineError(ConflictError):
     error_type = "targets_key_offline"
 
 
+class RootKeyOfflineError(ConflictError):
+    """A root change (key rotation) needs the offline root key, which is not at hand."""
+
+    error_type = "root_key_offline"
+
+
+class KeyRotationUnfinishedError(ConflictError):
+    """A previous key rotation left a staged key file behind; finish or undo it first."""
+
+    error_type = "key_rotation_unfinished"
+
+
 class ReleaseAwaitingSignatureError(ConflictError):
     """The release is stored but its targets are not signed yet; it cannot be assigned."""
 

@@ -8,6 +8,7 @@ Online keys (snapshot, timestamp, director) sign automatically and stay on the s
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,10 @@ class Keyring:
             )
         return OnlineKeys(*(load_private_key(self.path(r)) for r in ONLINE_ROLES))
 
+    def staged_path(self, role: str) -> Path:
+        """Where ``rotate-key`` writes a new key before the database trusts it."""
+        return self.path(role).with_name(f"{role}.key.new")
+
     def load_targets(self) -> Ed25519KeyPair:
         path = self.path("targets")
         if not path.exists():
@@ -90,3 +95,38 @@ class Keyring:
                 " for the duration of the publish, then remove it again"
             )
         return load_private_key(path)
+
+
+_FileStamp = tuple[int, int, int]
+
+
+def _stamp(path: Path) -> _FileStamp:
+    st = path.stat()
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+class OnlineKeySource:
+    """The online keys of a running server, re-read when a key file is replaced.
+
+    ``outpost-cp rotate-key`` swaps key files in place (new inode), so a server picks up
+    a rotated key on its next signature without a restart. Three ``stat`` calls per use.
+    """
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._lock = threading.Lock()
+        self._stamps: tuple[_FileStamp, ...] = ()
+        self._keys: OnlineKeys | None = None
+
+    def current(self) -> OnlineKeys:
+        with self._lock:
+            try:
+                stamps = tuple(_stamp(self.keyring.path(r)) for r in ONLINE_ROLES)
+            except FileNotFoundError:
+                if self._keys is not None:
+                    return self._keys  # mid-swap; the caller checks root trusts the key
+                stamps = ()
+            if self._keys is None or stamps != self._stamps:
+                self._keys = self.keyring.load_online()
+                self._stamps = stamps
+            return self._keys

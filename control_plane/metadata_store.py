@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
 
 from control_plane.errors import ConflictError, NotInitializedError, ServiceUnavailableError
-from control_plane.keyring import OnlineKeys
+from control_plane.keyring import OnlineKeys, OnlineKeySource
 from control_plane.repository import (
     ImageRepository,
     MetadataFiles,
@@ -142,12 +142,34 @@ def save_files(
 class MetadataStore:
     """Publishing and refreshing the image repository held in the database."""
 
-    def __init__(self, db: Database, lifetimes: RepositoryLifetimes, online: OnlineKeys) -> None:
+    def __init__(
+        self, db: Database, lifetimes: RepositoryLifetimes, online: OnlineKeySource
+    ) -> None:
         self.db = db
         self.lifetimes = lifetimes
-        self.online = online
+        self.online_keys = online
         # One writer at a time within a process; across processes the database decides.
         self._writer = threading.Lock()
+
+    @property
+    def online(self) -> OnlineKeys:
+        """The online keys on disk now (re-read after ``outpost-cp rotate-key``)."""
+        return self.online_keys.current()
+
+    def trusted_online(self, repo: ImageRepository) -> OnlineKeys:
+        """The online keys, refused unless ``repo``'s root lists the snapshot and timestamp
+        keys: signing with a key root no longer trusts would break every client."""
+        keys = self.online
+        if not (
+            repo.trusts("snapshot", keys.snapshot.public)
+            and repo.trusts("timestamp", keys.timestamp.public)
+        ):
+            raise ServiceUnavailableError(
+                "the online key files are not the keys the current root trusts (a key"
+                " rotation is finishing, or keys/online is out of step with the database);"
+                " retry shortly, else see docs/runbooks/cp-online-key-compromise.md"
+            )
+        return keys
 
     def write(self, work: Callable[[Session], T]) -> T:
         """Run a repository-changing transaction, serialized and retried on conflict."""
@@ -176,11 +198,12 @@ class MetadataStore:
         if not new:
             return repo.targets.signed.version
         previous = repo.timestamp.signed.version
+        online = self.trusted_online(repo)
         files = repo.add_targets(
             new,
             targets_signer=tuf_signer(targets_key),
-            snapshot_signer=tuf_signer(self.online.snapshot),
-            timestamp_signer=tuf_signer(self.online.timestamp),
+            snapshot_signer=tuf_signer(online.snapshot),
+            timestamp_signer=tuf_signer(online.timestamp),
             now=now,
         )
         save_files(
@@ -214,8 +237,9 @@ class MetadataStore:
     def _refresh(self, session: Session, now: datetime) -> None:
         repo = load_repository(session, self.lifetimes)
         previous = repo.timestamp.signed.version
-        snapshot_signer = tuf_signer(self.online.snapshot)
-        timestamp_signer = tuf_signer(self.online.timestamp)
+        online = self.trusted_online(repo)  # refusing leaves the current, valid files
+        snapshot_signer = tuf_signer(online.snapshot)
+        timestamp_signer = tuf_signer(online.timestamp)
         if self._half_life_passed(repo.snapshot.signed.expires, self.lifetimes.snapshot, now):
             files = repo.refresh_snapshot(snapshot_signer, timestamp_signer, now)
         elif self._half_life_passed(repo.timestamp.signed.expires, self.lifetimes.timestamp, now):

@@ -12,7 +12,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from control_plane.access.roles import Permission, Role, permissions_of
-from control_plane.errors import AuthenticationError, PermissionDeniedError
+from control_plane.errors import (
+    AuthenticationError,
+    ConflictError,
+    NotFoundError,
+    PermissionDeniedError,
+)
 from control_plane.storage.models import ApiToken
 
 
@@ -74,6 +79,36 @@ def authenticate_api_token(session: Session, secret: str) -> Principal:
     row = session.scalars(
         select(ApiToken).where(ApiToken.token_hash == secret_hash(secret))
     ).first()
-    if row is None or row.revoked_at is not None:
-        raise AuthenticationError("API token is unknown or revoked")
+    if row is None:
+        raise AuthenticationError("API token is unknown")
+    if row.revoked_at is not None:
+        raise AuthenticationError("API token was revoked; ask an admin for a new one")
     return Principal(token_id=row.id, name=row.name, role=Role(row.role))
+
+
+def list_api_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.created_at, ApiToken.id)))
+
+
+def revoke_api_token(session: Session, token_id: str, *, now: datetime) -> ApiToken:
+    """Mark a token revoked; refuse to revoke the last active admin token."""
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no API token with id {token_id!r}")
+    if row.revoked_at is not None:
+        raise ConflictError(f"API token {token_id!r} was already revoked at {row.revoked_at}")
+    if row.role == Role.ADMIN.value:
+        # Row locks on PostgreSQL: two admins revoking each other's tokens serialize here.
+        active_admins = session.scalars(
+            select(ApiToken.id)
+            .where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+            .with_for_update()
+        ).all()
+        if len(active_admins) <= 1:
+            raise ConflictError(
+                f"API token {token_id!r} is the last active admin token; create another"
+                " admin token first, then revoke this one"
+            )
+    row.revoked_at = now
+    session.flush()
+    return row

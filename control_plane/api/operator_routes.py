@@ -11,7 +11,7 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from control_plane import audit
-from control_plane.access.tokens import create_api_token
+from control_plane.access.tokens import create_api_token, list_api_tokens, revoke_api_token
 from control_plane.api.dependencies import (
     CP,
     Admin,
@@ -24,6 +24,7 @@ from control_plane.api.dependencies import (
 from control_plane.api.wire import (
     ApiTokenCreate,
     ApiTokenCreated,
+    ApiTokenPublic,
     ArtifactPublic,
     AssignmentCreate,
     AssignmentPublic,
@@ -67,6 +68,31 @@ def create_token(body: ApiTokenCreate, admin: Admin, cp: CP) -> ApiTokenCreated:
             details={"name": row.name, "role": row.role},
         )
     return ApiTokenCreated.of(row, secret)
+
+
+@router.get("/tokens")
+def list_tokens(_admin: Admin, cp: CP) -> list[ApiTokenPublic]:
+    """Every operator API token, revoked ones included (admin). No secrets or hashes."""
+    with cp.db.transaction() as session:
+        return [ApiTokenPublic.of(row) for row in list_api_tokens(session)]
+
+
+@router.delete("/tokens/{token_id}")
+def revoke_token(token_id: str, admin: Admin, cp: CP) -> ApiTokenPublic:
+    """Revoke an operator API token at once (admin); it then gets 401. The last active
+    admin token cannot be revoked."""
+    now = cp.clock()
+    with cp.db.transaction() as session:
+        row = revoke_api_token(session, token_id, now=now)
+        audit.record(
+            session,
+            actor=admin.actor,
+            action="api_token.revoke",
+            target=row.id,
+            now=now,
+            details={"name": row.name, "role": row.role},
+        )
+        return ApiTokenPublic.of(row)
 
 
 @router.post("/enrollment-tokens", status_code=status.HTTP_201_CREATED)

@@ -53,6 +53,28 @@ class ApiTokenCreated(_Out):
         )
 
 
+class ApiTokenPublic(_Out):
+    """An API token as listed to admins: never its secret or hash."""
+
+    id: str
+    name: str
+    role: Role
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiToken) -> ApiTokenPublic:
+        return cls(
+            id=row.id,
+            name=row.name,
+            role=Role(row.role),
+            created_at=row.created_at,
+            created_by=row.created_by,
+            revoked_at=row.revoked_at,
+        )
+
+
 class EnrollmentTokenCreate(_In):
     expires_in_seconds: int = Field(default=3600, ge=60, le=30 * 86_400)
     tags: list[Tag] = Field(default_factory=list, max_length=32)

@@ -6,6 +6,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from tuf.api.metadata import Metadata, Root
 
 from control_plane import audit
 from control_plane.director.assignment import (
@@ -15,12 +16,20 @@ from control_plane.director.assignment import (
     next_version,
     sign_assignment,
 )
-from control_plane.errors import NotFoundError, ReleaseAwaitingSignatureError
+from control_plane.errors import (
+    NotFoundError,
+    NotInitializedError,
+    ReleaseAwaitingSignatureError,
+    ServiceUnavailableError,
+)
+from control_plane.keyring import OnlineKeySource
+from control_plane.metadata_store import read_file
 from control_plane.releases.state import ReleaseState
+from control_plane.repository import sslib_key
 from control_plane.storage.database import Database, retrying
 from control_plane.storage.models import AssignmentRecord, Device, Release
 from protocol.keys import Ed25519KeyPair
-from protocol.messages import TargetRef
+from protocol.messages import DIRECTOR_ROOT_FIELD, TargetRef
 
 
 def release_facts(release: Release) -> ReleaseFacts:
@@ -53,41 +62,107 @@ def latest_assignment(session: Session, device_id: str) -> AssignmentRecord | No
     ).first()
 
 
+def issue_assignment(
+    session: Session,
+    *,
+    device_id: str,
+    release: Release,
+    key: Ed25519KeyPair,
+    ttl: timedelta,
+    issued_by: str,
+    now: datetime,
+) -> AssignmentRecord:
+    """Sign and store ``device_id``'s next assignment version, naming ``release``."""
+    previous = session.scalar(
+        select(func.max(AssignmentRecord.version)).where(AssignmentRecord.device_id == device_id)
+    )
+    assignment = build_assignment(
+        device_id=device_id,
+        version=next_version(previous),
+        release=release_facts(release),
+        now=now,
+        ttl=ttl,
+    )
+    record = AssignmentRecord(
+        device_id=device_id,
+        version=assignment.version,
+        release_id=release.id,
+        envelope=sign_assignment(assignment, key).model_dump_json(),
+        issued_at=assignment.issued_at,
+        expires_at=assignment.expires_at,
+        issued_by=issued_by,
+    )
+    session.add(record)
+    session.flush()  # a concurrent issue of the same version fails here, and is retried
+    return record
+
+
+def reissue_latest_assignments(
+    session: Session, *, key: Ed25519KeyPair, ttl: timedelta, issued_by: str, now: datetime
+) -> int:
+    """Re-sign every device's newest assignment with ``key`` as a new version (same
+    release); return how many. Used when the director key is rotated."""
+    device_ids = session.scalars(
+        select(AssignmentRecord.device_id).distinct().order_by(AssignmentRecord.device_id)
+    ).all()
+    for device_id in device_ids:
+        latest = latest_assignment(session, device_id)
+        release = None if latest is None else session.get(Release, latest.release_id)
+        if release is not None:
+            issue_assignment(
+                session,
+                device_id=device_id,
+                release=release,
+                key=key,
+                ttl=ttl,
+                issued_by=issued_by,
+                now=now,
+            )
+    return len(device_ids)
+
+
+def root_trusts_director(session: Session, key: Ed25519KeyPair) -> bool:
+    """Whether the newest root pins ``key`` in its director field."""
+    content = read_file(session, "root.json")
+    if content is None:
+        raise NotInitializedError("the image repository has no root; run 'outpost-cp init'")
+    field = Metadata[Root].from_bytes(content).signed.unrecognized_fields.get(DIRECTOR_ROOT_FIELD)
+    keys = field.get("keys", {}) if isinstance(field, dict) else {}
+    return sslib_key(key.public).keyid in keys
+
+
 class Director:
     """Signs per-device assignments with the director key and stores them."""
 
-    def __init__(self, db: Database, key: Ed25519KeyPair, ttl: timedelta) -> None:
+    def __init__(self, db: Database, keys: OnlineKeySource, ttl: timedelta) -> None:
         self.db = db
-        self.key = key
+        self.keys = keys
         self.ttl = ttl
+
+    @property
+    def key(self) -> Ed25519KeyPair:
+        """The director key on disk now (re-read after ``outpost-cp rotate-key``)."""
+        return self.keys.current().director
 
     def _issue(
         self, session: Session, device_id: str, release: Release, issued_by: str, now: datetime
     ) -> AssignmentRecord:
-        previous = session.scalar(
-            select(func.max(AssignmentRecord.version)).where(
-                AssignmentRecord.device_id == device_id
+        key = self.key
+        if not root_trusts_director(session, key):
+            raise ServiceUnavailableError(
+                "the director key file is not the key the current root trusts (a key"
+                " rotation is finishing, or keys/online is out of step with the database);"
+                " retry shortly, else see docs/runbooks/cp-online-key-compromise.md"
             )
-        )
-        assignment = build_assignment(
+        return issue_assignment(
+            session,
             device_id=device_id,
-            version=next_version(previous),
-            release=release_facts(release),
-            now=now,
+            release=release,
+            key=key,
             ttl=self.ttl,
-        )
-        record = AssignmentRecord(
-            device_id=device_id,
-            version=assignment.version,
-            release_id=release.id,
-            envelope=sign_assignment(assignment, self.key).model_dump_json(),
-            issued_at=assignment.issued_at,
-            expires_at=assignment.expires_at,
             issued_by=issued_by,
+            now=now,
         )
-        session.add(record)
-        session.flush()  # a concurrent issue of the same version fails here, and is retried
-        return record
 
     def assign(
         self, *, device_id: str, release_id: str, actor: str, now: datetime

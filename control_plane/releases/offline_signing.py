@@ -163,10 +163,11 @@ def accept_signed_targets(
         )
         previous = repo.timestamp.signed.version
         added = sorted(set(signed.signed.targets) - set(repo.targets.signed.targets))
+        online = store.trusted_online(repo)
         files = repo.install_targets(
             signed,
-            snapshot_signer=tuf_signer(store.online.snapshot),
-            timestamp_signer=tuf_signer(store.online.timestamp),
+            snapshot_signer=tuf_signer(online.snapshot),
+            timestamp_signer=tuf_signer(online.timestamp),
             now=now,
         )
         save_files(

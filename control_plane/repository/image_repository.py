@@ -265,5 +265,47 @@ class ImageRepository:
         self.root.sign(root_signer)
         return {f"{root.version}.root.json": self.root.to_bytes(_SERIALIZER)}
 
+    def trusts(self, role: str, public: Ed25519PublicKey) -> bool:
+        """Whether the current root lists ``public`` for ``role`` (director included)."""
+        keyid = sslib_key(public).keyid
+        if role == "director":
+            return keyid in self.director_keys().get("keys", {})
+        return keyid in self.root.signed.roles[role].keyids
+
+    def rotate_online_key(
+        self,
+        role: str,
+        new_key: Ed25519KeyPair,
+        *,
+        root_signer: CryptoSigner,
+        timestamp_signer: CryptoSigner,
+        now: datetime,
+    ) -> MetadataFiles:
+        """A new root version listing ``new_key`` (alone) for ``role``, plus the role's
+        metadata re-signed with it; return the new files.
+
+        A new snapshot needs a new timestamp, signed with ``timestamp_signer`` (the current
+        timestamp key). Director assignments are not repository metadata: the caller
+        re-signs them.
+        """
+        if role == "director":
+            return self.rotate_director(new_key.public, root_signer=root_signer, now=now)
+        if role not in ("snapshot", "timestamp"):
+            raise ValueError(f"{role!r} is not an online role")
+        root = self.root.signed
+        for keyid in list(root.roles[role].keyids):
+            root.revoke_key(keyid, role)
+        root.add_key(sslib_key(new_key.public), role)
+        root.version += 1
+        root.expires = _expiry(now, self.lifetimes.root)
+        self.root.signatures.clear()
+        self.root.sign(root_signer)
+        files = {f"{root.version}.root.json": self.root.to_bytes(_SERIALIZER)}
+        if role == "snapshot":
+            files.update(self.refresh_snapshot(tuf_signer(new_key), timestamp_signer, now))
+        else:
+            files.update(self.refresh_timestamp(tuf_signer(new_key), now))
+        return files
+
 
 __all__ = ["ImageRepository", "Role"]
