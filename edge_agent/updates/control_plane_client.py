@@ -39,7 +39,7 @@ def new_http_client(base_url: str, *, transport: httpx.BaseTransport | None = No
         base_url=base_url,
         timeout=DEFAULT_TIMEOUT,
         transport=transport,
-        headers={"User-Agent": "outpost-agent/1"},
+        headers={"User-Agent": "outpost-agent/1", "Accept-Encoding": "identity"},
         follow_redirects=False,
     )
 
@@ -53,11 +53,24 @@ def _detail(body: bytes) -> str:
         return body[:300].decode("utf-8", "replace")
 
 
+def content_encoding(response: httpx.Response) -> str | None:
+    """The response's Content-Encoding unless identity. The agent never inflates a body:
+    a few KiB of gzip inflate to gigabytes in memory before any length bound applies."""
+    value = response.headers.get("Content-Encoding", "").strip().lower()
+    return None if value in ("", "identity") else value
+
+
 def _send(http: httpx.Client, request: httpx.Request) -> tuple[httpx.Response, bytes]:
     """Send and read a bounded body; connection failures and 5xx become TransportError."""
     try:
         response = http.send(request, stream=True)
         try:
+            encoding = content_encoding(response)
+            if encoding is not None:
+                raise BadUpdateError(
+                    f"{request.method} {request.url.path} answered a {encoding!r}-encoded"
+                    " body; the agent only accepts identity encoding; refused"
+                )
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk

@@ -12,6 +12,7 @@ import httpx
 
 from edge_agent.errors import TamperedArtifactError, TransportError
 from edge_agent.store import ReleaseStore
+from edge_agent.updates.control_plane_client import content_encoding
 from protocol import TargetRef
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
@@ -67,10 +68,18 @@ class ArtifactDownloader:
 
     def _download(self, target: TargetRef, part: Path, offset: int) -> None:
         url = f"{self._base}/{target.path}"
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
         try:
             with self._http.stream("GET", url, headers=headers) as response:
                 offset = self._resume_point(target, response, offset)
+                encoding = content_encoding(response)
+                if encoding is not None:  # never inflated: a gzip bomb bypasses the bound
+                    raise TransportError(
+                        f"GET {target.path} answered a {encoding!r}-encoded body; only identity"
+                        " encoding is accepted; will retry"
+                    )
                 announced = response.headers.get("Content-Length")
                 if (
                     announced is not None

@@ -20,6 +20,7 @@ from edge_agent.errors import (
     UntrustedSignatureError,
 )
 from edge_agent.trust import DirectorTrust, SignedTarget
+from edge_agent.updates.control_plane_client import content_encoding
 
 _CHUNK = 64 * 1024
 
@@ -36,6 +37,11 @@ class HttpxFetcher(FetcherInterface):
                 if response.status_code >= 400:
                     raise tuf_errors.DownloadHTTPError(
                         f"GET {url} answered {response.status_code}", response.status_code
+                    )
+                encoding = content_encoding(response)
+                if encoding is not None:
+                    raise tuf_errors.DownloadError(
+                        f"GET {url} answered a {encoding!r}-encoded body (identity only)"
                     )
                 yield from response.iter_bytes(_CHUNK)
         except httpx.HTTPError as e:
