@@ -320,7 +320,13 @@ def create_local_api(
     if len(api_token) < 16:
         raise ConfigError("the local API token must be at least 16 characters long")
 
-    app = FastAPI(title="Outpost agent local API", version="1", docs_url=None, redoc_url=None)
+    app = FastAPI(  # no unauthenticated schema route: only /healthz answers without a token
+        title="Outpost agent local API",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     for exc_class in (AgentError, RequestValidationError, StarletteHTTPException, Exception):
         app.add_exception_handler(exc_class, _error_response)
 
