@@ -27,8 +27,14 @@ def fsync_file(path: Path) -> None:
 def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
     """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover (or planted) temp file or symlink is removed first, and the new one is
+    # created exclusively without following links: the write and its mode apply to a
+    # fresh file of ours, never to whatever a link points at.
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)
         view = memoryview(data)
         while view:
             written = os.write(fd, view)
@@ -36,7 +42,6 @@ def write_atomically(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 

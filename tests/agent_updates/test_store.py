@@ -256,3 +256,19 @@ def test_leftover_temp_files_are_removed(store: ReleaseStore, fleet: Fleet) -> N
     assert [p.name for p in store.releases_dir.iterdir()] == ["assignment-1"]
     assert list(store.downloads_dir.iterdir()) == []
     store.close()
+
+
+def test_atomic_write_never_follows_a_planted_temp_symlink(tmp_path: Path) -> None:
+    from edge_agent.store.durable import write_atomically
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    victim.chmod(0o644)
+    target = tmp_path / "api-token"
+    (tmp_path / ".api-token.tmp").symlink_to(victim)
+    write_atomically(target, b"secret", mode=0o600)
+    assert victim.read_bytes() == b"untouched"
+    assert victim.stat().st_mode & 0o777 == 0o644
+    assert target.read_bytes() == b"secret"
+    assert not target.is_symlink()
+    assert target.stat().st_mode & 0o777 == 0o600
