@@ -51,6 +51,8 @@ class ArtifactDownloader:
         if self._store.has_blob(target.sha256, target.length):
             return self._store.blob_path(target.sha256)
         part = self._store.partial_path(target.sha256)
+        if part.is_symlink():  # never resume into (or through) a planted link
+            self._store.discard_partial(target.sha256)
         offset = part.stat().st_size if part.exists() else 0
         if offset > target.length:
             self._store.discard_partial(target.sha256)
@@ -117,7 +119,8 @@ class ArtifactDownloader:
     def _write(self, target: TargetRef, part: Path, offset: int, response: httpx.Response) -> None:
         received = offset
         first = True
-        with part.open("ab" if offset else "wb") as f:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | (os.O_APPEND if offset else os.O_TRUNC)
+        with os.fdopen(os.open(part, flags, 0o600), "ab" if offset else "wb") as f:
             for chunk in response.iter_bytes(self._chunk):
                 if received + len(chunk) > target.length:
                     f.close()

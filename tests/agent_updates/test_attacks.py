@@ -194,3 +194,21 @@ def test_enrollment_refuses_a_root_that_does_not_match_the_pin(tmp_path: Path) -
         )
     assert not (tmp_path / "state" / "device.key").exists()
     assert impostor.devices == {}
+
+
+def test_planted_partial_download_symlink_is_never_written_through(
+    serving_a: Device, tmp_path: Path
+) -> None:
+    """A link planted at downloads/<sha256>.part must not redirect the download's writes."""
+    sim = serving_a.sim
+    release = release_of(sim, "b")
+    target = release.targets[0]
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"do not touch")
+    serving_a.store.downloads_dir.mkdir(parents=True, exist_ok=True)
+    serving_a.store.partial_path(target.sha256).symlink_to(victim)
+    sim.assign(serving_a.device_id, release)
+    serving_a.cycle()
+    assert victim.read_bytes() == b"do not touch"
+    assert serving_a.serving_version() == release.version
+    serving_a.assert_store_holds_only_verified_releases()
