@@ -10,11 +10,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 import uuid
 from pathlib import Path
 from typing import BinaryIO
 
 from control_plane.errors import ArtifactTooLargeError
+
+# An upload temp file untouched for this long belongs to a process that died mid-upload.
+STALE_UPLOAD_SECONDS = 24 * 3600
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -84,9 +88,24 @@ class BlobStore:
         self.root = root
         self.tmp_dir = root / "tmp"
 
-    def prepare(self) -> None:
+    def prepare(self, *, now: float | None = None) -> list[Path]:
+        """Create the folders; delete upload temp files a crashed process left behind.
+
+        Only files older than :data:`STALE_UPLOAD_SECONDS` go: replicas sharing the data
+        dir may have uploads in flight. Returns what was removed.
+        """
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        cutoff = (time.time() if now is None else now) - STALE_UPLOAD_SECONDS
+        removed = []
+        for leftover in self.tmp_dir.iterdir():
+            try:
+                if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                    leftover.unlink()
+                    removed.append(leftover)
+            except FileNotFoundError:
+                continue  # another replica cleaned it up first
+        return removed
 
     def path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):

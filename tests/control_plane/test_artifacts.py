@@ -181,3 +181,22 @@ def test_real_smollm2_gguf_uploads(cp: ControlPlaneUnderTest) -> None:
     assert body["length"] == path.stat().st_size
     assert body["custom"]["quantization"] == "Q4_1"
     assert body["custom"]["facts"]["architecture"] == "llama"
+
+
+def test_startup_removes_only_stale_upload_leftovers(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from control_plane.artifacts.blob_store import STALE_UPLOAD_SECONDS, BlobStore
+
+    store = BlobStore(tmp_path / "blobs")
+    store.prepare()
+    stale = store.tmp_dir / "upload-crashed"
+    fresh = store.tmp_dir / "upload-in-flight-on-another-replica"
+    stale.write_bytes(b"x" * 10)
+    fresh.write_bytes(b"y" * 10)
+    old = time.time() - STALE_UPLOAD_SECONDS - 60
+    os.utime(stale, (old, old))
+    assert store.prepare() == [stale]
+    assert not stale.exists()
+    assert fresh.exists()
