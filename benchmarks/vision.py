@@ -45,21 +45,20 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from converters.__main__ import main as converters_main  # noqa: E402
-from converters.catalog import preset  # noqa: E402
-from converters.demo import demo_release  # noqa: E402
-from converters.images import (  # noqa: E402
+from converters.__main__ import main as converters_main
+from converters.catalog import preset
+from converters.demo import demo_release
+from converters.images import (
     list_images,
     load_images,
     natural_variants,
     rotated_text_variants,
 )
-from converters.measure import latency_of, top1_agreement  # noqa: E402
-from converters.quantize import classifier_details, image_tensors  # noqa: E402
-from converters.sources import cache_root  # noqa: E402
+from converters.measure import latency_of, top1_agreement
+from converters.quantize import classifier_details, image_tensors
+from converters.sources import cache_root
+
+REPO = Path(__file__).resolve().parent.parent
 
 TOKEN = "benchmark-token-0123456789"
 MODELS = {

@@ -15,7 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from converters.sources import cache_root, fetch_all, sha256_file
+from converters.sources import cache_root, fetch_all
+from edge_agent.store import sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CARDS = REPO_ROOT / "models"

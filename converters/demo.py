@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from converters.catalog import int8_models_current, preset
-from converters.sources import cache_root, fetch_images, sha256_file
+from converters.sources import cache_root, fetch_images
 from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.store import sha256_file
 
 # artifact name -> (preset, path relative to the cache)
 DEMO_ARTIFACTS: dict[str, tuple[str, str]] = {

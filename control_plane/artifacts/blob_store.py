@@ -40,6 +40,7 @@ class Upload:
         self._hash = hashlib.sha256()
         self.length = 0
         self.temp_path = store.tmp_dir / f"upload-{uuid.uuid4().hex}"
+        # the file outlives __init__: finish() or discard() closes it, so no `with` here
         self._file: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115
 
     def write(self, chunk: bytes) -> None:

@@ -4,7 +4,6 @@ inside the agent the runtime's model registry provides these instead).
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -12,16 +11,9 @@ from typing import Any
 
 from edge_agent.errors import ConfigError, ContextOverflowError
 from edge_agent.rag.index import EmbeddingIdentity
+from edge_agent.store import sha256_file
 
-__all__ = ["LlamaChat", "LlamaEmbedder", "file_sha256"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+__all__ = ["LlamaChat", "LlamaEmbedder"]
 
 
 def _llama(path: Path, **kwargs: Any) -> Any:
@@ -56,7 +48,7 @@ class LlamaEmbedder:
         self._lock = threading.Lock()
         self._identity = EmbeddingIdentity(
             name=path.name,
-            sha256=sha256 or file_sha256(path),
+            sha256=sha256 or sha256_file(path),
             dimension=int(self._llm.n_embd()),
         )
 

