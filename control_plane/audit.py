@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane.storage.database import Database
 from control_plane.storage.models import AuditEntry
 
 
@@ -24,3 +26,12 @@ def record(
     session.add(
         AuditEntry(at=now, actor=actor, action=action, target=target, details=dict(details or {}))
     )
+
+
+def entries(db: Database, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+    """Audit entries, newest first; page with ``before_id``."""
+    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if before_id is not None:
+        query = query.where(AuditEntry.id < before_id)
+    with db.transaction() as session:
+        return list(session.scalars(query))

@@ -14,13 +14,14 @@ from typing import Any
 import httpx
 from pydantic import ValidationError
 
-from control_plane.app import create_app, utc_now
+from control_plane.app import create_app
 from control_plane.errors import ControlPlaneError, NotInitializedError
-from control_plane.initialization import initialize
-from control_plane.key_rotation import rotate_online_key
-from control_plane.keyring import ONLINE_ROLES
-from control_plane.metadata_store import is_initialized
-from control_plane.release_signing import sign_targets
+from control_plane.ops.initialization import initialize
+from control_plane.ops.key_rotation import rotate_online_key
+from control_plane.ops.sign_targets import sign_targets
+from control_plane.repository.keyring import ONLINE_ROLES
+from control_plane.repository.metadata_store import is_initialized
+from control_plane.services import utc_now
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database, migrate
 

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from control_plane import audit
 from control_plane.access.roles import Permission, Role, permissions_of
 from control_plane.errors import (
     AuthenticationError,
@@ -18,6 +19,7 @@ from control_plane.errors import (
     NotFoundError,
     PermissionDeniedError,
 )
+from control_plane.storage.database import Database
 from control_plane.storage.models import ApiToken
 
 
@@ -112,3 +114,40 @@ def revoke_api_token(session: Session, token_id: str, *, now: datetime) -> ApiTo
     row.revoked_at = now
     session.flush()
     return row
+
+
+def issue_api_token(
+    db: Database, *, name: str, role: Role, actor: str, now: datetime
+) -> tuple[ApiToken, str]:
+    """Create an operator API token (audited); return the row and its secret."""
+    with db.transaction() as session:
+        row, secret = create_api_token(session, name=name, role=role, created_by=actor, now=now)
+        audit.record(
+            session,
+            actor=actor,
+            action="api_token.create",
+            target=row.id,
+            now=now,
+            details={"name": row.name, "role": row.role},
+        )
+    return row, secret
+
+
+def api_tokens(db: Database) -> list[ApiToken]:
+    with db.transaction() as session:
+        return list_api_tokens(session)
+
+
+def revoke_api_token_audited(db: Database, token_id: str, *, actor: str, now: datetime) -> ApiToken:
+    """Revoke a token at once (audited)."""
+    with db.transaction() as session:
+        row = revoke_api_token(session, token_id, now=now)
+        audit.record(
+            session,
+            actor=actor,
+            action="api_token.revoke",
+            target=row.id,
+            now=now,
+            details={"name": row.name, "role": row.role},
+        )
+        return row

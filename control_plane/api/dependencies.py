@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from control_plane.access.roles import Permission
 from control_plane.access.tokens import Principal, authenticate_api_token
-from control_plane.app import ControlPlane
 from control_plane.errors import AuthenticationError, InvalidRequestError
 from control_plane.fleet.devices import public_key_of
+from control_plane.services import ControlPlane
 from protocol.device_auth import DeviceAuthHeader, verify_device_request
 from protocol.errors import ProtocolError
 from protocol.keys import public_key_from_hex

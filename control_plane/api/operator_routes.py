@@ -7,11 +7,10 @@ from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from control_plane import audit
-from control_plane.access.tokens import create_api_token, list_api_tokens, revoke_api_token
+from control_plane.access.tokens import api_tokens, issue_api_token, revoke_api_token_audited
 from control_plane.api.dependencies import (
     CP,
     Admin,
@@ -38,13 +37,18 @@ from control_plane.api.wire import (
     ReleaseRef,
     SignedTargetsAcceptedPublic,
 )
-from control_plane.artifacts.service import ArtifactSpec, check_upload, register_artifact
-from control_plane.errors import ArtifactTooLargeError, InvalidRequestError, NotFoundError
-from control_plane.fleet.devices import device_views
-from control_plane.fleet.enrollment import create_enrollment_token
+from control_plane.artifacts import service as artifacts
+from control_plane.artifacts.service import (
+    ArtifactSpec,
+    check_upload,
+    get_artifact,
+    register_artifact,
+)
+from control_plane.errors import ArtifactTooLargeError, InvalidRequestError
+from control_plane.fleet import devices as fleet_devices
+from control_plane.fleet.enrollment import issue_enrollment_token
+from control_plane.releases import service as releases
 from control_plane.releases.offline_signing import accept_signed_targets, pending_targets
-from control_plane.releases.service import create_release, get_release
-from control_plane.storage.models import Artifact, AuditEntry, Release
 
 router = APIRouter(prefix="/api/v1")
 _UPLOAD_BUFFER = 1 << 20
@@ -54,45 +58,24 @@ MAX_SIGNED_TARGETS_BYTES = 16 << 20
 @router.post("/tokens", status_code=status.HTTP_201_CREATED)
 def create_token(body: ApiTokenCreate, admin: Admin, cp: CP) -> ApiTokenCreated:
     """Create an operator API token (admin). The token is in this response only."""
-    now = cp.clock()
-    with cp.db.transaction() as session:
-        row, secret = create_api_token(
-            session, name=body.name, role=body.role, created_by=admin.actor, now=now
-        )
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="api_token.create",
-            target=row.id,
-            now=now,
-            details={"name": row.name, "role": row.role},
-        )
+    row, secret = issue_api_token(
+        cp.db, name=body.name, role=body.role, actor=admin.actor, now=cp.clock()
+    )
     return ApiTokenCreated.of(row, secret)
 
 
 @router.get("/tokens")
 def list_tokens(_admin: Admin, cp: CP) -> list[ApiTokenPublic]:
     """Every operator API token, revoked ones included (admin). No secrets or hashes."""
-    with cp.db.transaction() as session:
-        return [ApiTokenPublic.of(row) for row in list_api_tokens(session)]
+    return [ApiTokenPublic.of(row) for row in api_tokens(cp.db)]
 
 
 @router.delete("/tokens/{token_id}")
 def revoke_token(token_id: str, admin: Admin, cp: CP) -> ApiTokenPublic:
     """Revoke an operator API token at once (admin); it then gets 401. The last active
     admin token cannot be revoked."""
-    now = cp.clock()
-    with cp.db.transaction() as session:
-        row = revoke_api_token(session, token_id, now=now)
-        audit.record(
-            session,
-            actor=admin.actor,
-            action="api_token.revoke",
-            target=row.id,
-            now=now,
-            details={"name": row.name, "role": row.role},
-        )
-        return ApiTokenPublic.of(row)
+    row = revoke_api_token_audited(cp.db, token_id, actor=admin.actor, now=cp.clock())
+    return ApiTokenPublic.of(row)
 
 
 @router.post("/enrollment-tokens", status_code=status.HTTP_201_CREATED)
@@ -100,28 +83,25 @@ def create_enrollment(
     body: EnrollmentTokenCreate, operator: Enroller, cp: CP
 ) -> EnrollmentTokenCreated:
     """A one-time token that enrolls one device (operator)."""
-    with cp.db.transaction() as session:
-        row, secret = create_enrollment_token(
-            session,
-            tags=list(body.tags),
-            lifetime=timedelta(seconds=body.expires_in_seconds),
-            actor=operator.actor,
-            now=cp.clock(),
-        )
+    row, secret = issue_enrollment_token(
+        cp.db,
+        tags=list(body.tags),
+        lifetime=timedelta(seconds=body.expires_in_seconds),
+        actor=operator.actor,
+        now=cp.clock(),
+    )
     return EnrollmentTokenCreated(id=row.id, token=secret, expires_at=row.expires_at, tags=row.tags)
 
 
 @router.get("/devices")
 def list_devices(_viewer: Reader, cp: CP) -> list[DevicePublic]:
-    with cp.db.transaction() as session:
-        return [DevicePublic.of(v) for v in device_views(session)]
+    return [DevicePublic.of(v) for v in fleet_devices.list_devices(cp.db)]
 
 
 @router.get("/devices/{device_id}")
 def show_device(device_id: str, _viewer: Reader, cp: CP) -> DevicePublic:
-    with cp.db.transaction() as session:
-        (view,) = device_views(session, device_id)
-        return DevicePublic.of(view)
+    (view,) = fleet_devices.list_devices(cp.db, device_id)
+    return DevicePublic.of(view)
 
 
 @router.post("/devices/{device_id}/assignment", status_code=status.HTTP_201_CREATED)
@@ -209,18 +189,12 @@ async def upload_artifact(
 
 @router.get("/artifacts")
 def list_artifacts(_viewer: Reader, cp: CP) -> list[ArtifactPublic]:
-    with cp.db.transaction() as session:
-        rows = session.scalars(select(Artifact).order_by(Artifact.created_at.desc())).all()
-        return [ArtifactPublic.of(a) for a in rows]
+    return [ArtifactPublic.of(a) for a in artifacts.list_artifacts(cp.db)]
 
 
 @router.get("/artifacts/{artifact_id}")
 def show_artifact(artifact_id: str, _viewer: Reader, cp: CP) -> ArtifactPublic:
-    with cp.db.transaction() as session:
-        artifact = session.get(Artifact, artifact_id)
-        if artifact is None:
-            raise NotFoundError(f"no artifact with id {artifact_id!r}")
-        return ArtifactPublic.of(artifact)
+    return ArtifactPublic.of(get_artifact(cp.db, artifact_id))
 
 
 @router.post("/releases", status_code=status.HTTP_201_CREATED)
@@ -230,7 +204,7 @@ def publish_release(body: ReleaseCreate, publisher: Publisher, cp: CP) -> Releas
     Without the targets key in the offline keys folder the release is stored in state
     ``pending-signature`` until the release manager runs ``outpost-cp sign-targets``.
     """
-    release = create_release(
+    release = releases.create_release(
         cp.metadata,
         cp.keyring,
         name=body.name,
@@ -245,15 +219,12 @@ def publish_release(body: ReleaseCreate, publisher: Publisher, cp: CP) -> Releas
 
 @router.get("/releases")
 def list_releases(_viewer: Reader, cp: CP) -> list[ReleasePublic]:
-    with cp.db.transaction() as session:
-        rows = session.scalars(select(Release).order_by(Release.created_at.desc())).all()
-        return [ReleasePublic.of(r) for r in rows]
+    return [ReleasePublic.of(r) for r in releases.list_releases(cp.db)]
 
 
 @router.get("/releases/{release_id}")
 def show_release(release_id: str, _viewer: Reader, cp: CP) -> ReleasePublic:
-    with cp.db.transaction() as session:
-        return ReleasePublic.of(get_release(session, release_id))
+    return ReleasePublic.of(releases.show_release(cp.db, release_id))
 
 
 @router.get("/repository/pending-targets")
@@ -292,8 +263,4 @@ def read_audit_log(
     before_id: Annotated[int | None, Query(ge=1)] = None,
 ) -> list[AuditEntryPublic]:
     """Audit entries, newest first (admin). Page with ``before_id``."""
-    query = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
-    if before_id is not None:
-        query = query.where(AuditEntry.id < before_id)
-    with cp.db.transaction() as session:
-        return [AuditEntryPublic.of(e) for e in session.scalars(query)]
+    return [AuditEntryPublic.of(e) for e in audit.entries(cp.db, limit=limit, before_id=before_id)]

@@ -12,8 +12,8 @@ from sqlalchemy import select
 from control_plane.api.dependencies import CP
 from control_plane.api.wire import Health
 from control_plane.errors import NotFoundError
-from control_plane.metadata_store import TIMESTAMP_FILE, read_file
 from control_plane.releases.state import ReleaseState
+from control_plane.repository.metadata_store import TIMESTAMP_FILE, read_file
 from control_plane.storage.models import Artifact, Release, ReleaseArtifact
 from protocol import paths
 from protocol.version import PROTOCOL_VERSION

@@ -16,7 +16,7 @@ from control_plane import audit
 from control_plane.access.tokens import new_id
 from control_plane.artifacts.blob_store import Upload
 from control_plane.artifacts.formats import file_name, inspect_artifact
-from control_plane.errors import InvalidRequestError
+from control_plane.errors import InvalidRequestError, NotFoundError
 from control_plane.repository import ImageRepository
 from control_plane.storage.database import Database
 from control_plane.storage.models import Artifact
@@ -159,3 +159,16 @@ def register_artifact(
             winner = session.scalars(select(Artifact).where(Artifact.sha256 == sha256)).one()
         return winner, False
     return artifact, True
+
+
+def list_artifacts(db: Database) -> list[Artifact]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Artifact).order_by(Artifact.created_at.desc())))
+
+
+def get_artifact(db: Database, artifact_id: str) -> Artifact:
+    with db.transaction() as session:
+        artifact = session.get(Artifact, artifact_id)
+        if artifact is None:
+            raise NotFoundError(f"no artifact with id {artifact_id!r}")
+        return artifact

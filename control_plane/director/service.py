@@ -22,10 +22,10 @@ from control_plane.errors import (
     ReleaseAwaitingSignatureError,
     ServiceUnavailableError,
 )
-from control_plane.keyring import OnlineKeySource
-from control_plane.metadata_store import read_file
 from control_plane.releases.state import ReleaseState
 from control_plane.repository import sslib_key
+from control_plane.repository.keyring import OnlineKeySource
+from control_plane.repository.metadata_store import read_file
 from control_plane.storage.database import Database, retrying
 from control_plane.storage.models import AssignmentRecord, Device, Release
 from protocol.keys import Ed25519KeyPair

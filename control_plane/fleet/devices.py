@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from control_plane.errors import NotFoundError
+from control_plane.storage.database import Database
 from control_plane.storage.models import (
     AssignmentRecord,
     Device,
@@ -84,3 +85,8 @@ def public_key_of(session: Session, device_id: str) -> str | None:
 
 def mark_seen(session: Session, device_id: str, now: datetime) -> None:
     session.execute(update(Device).where(Device.id == device_id).values(last_seen_at=now))
+
+
+def list_devices(db: Database, device_id: str | None = None) -> list[DeviceView]:
+    with db.transaction() as session:
+        return device_views(session, device_id)

@@ -44,6 +44,14 @@ def create_enrollment_token(
     return row, secret
 
 
+def issue_enrollment_token(
+    db: Database, *, tags: list[str], lifetime: timedelta, actor: str, now: datetime
+) -> tuple[EnrollmentToken, str]:
+    """A one-time enrollment token in its own transaction (audited)."""
+    with db.transaction() as session:
+        return create_enrollment_token(session, tags=tags, lifetime=lifetime, actor=actor, now=now)
+
+
 def _consume(session: Session, token: str, now: datetime) -> EnrollmentToken:
     row = session.scalars(
         select(EnrollmentToken).where(EnrollmentToken.token_hash == secret_hash(token))

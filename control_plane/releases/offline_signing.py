@@ -26,14 +26,14 @@ from control_plane.errors import (
     TargetsSignatureRejectedError,
     TargetsVersionConflictError,
 )
-from control_plane.metadata_store import (
+from control_plane.releases.state import ReleaseState
+from control_plane.repository import ImageRepository, tuf_signer
+from control_plane.repository.metadata_store import (
     MetadataStore,
     load_repository,
     lock_repository,
     save_files,
 )
-from control_plane.releases.state import ReleaseState
-from control_plane.repository import ImageRepository, tuf_signer
 from control_plane.repository.offline_targets import (
     check_signed_targets,
     next_targets,

@@ -22,14 +22,15 @@ from control_plane.errors import (
     NotFoundError,
     TargetsKeyOfflineError,
 )
-from control_plane.keyring import Keyring
-from control_plane.metadata_store import MetadataStore, load_repository, lock_repository
 from control_plane.releases.offline_signing import (
     pending_releases,
     publish_pending,
     unlisted_targets,
 )
 from control_plane.releases.state import ReleaseState
+from control_plane.repository.keyring import Keyring
+from control_plane.repository.metadata_store import MetadataStore, load_repository, lock_repository
+from control_plane.storage.database import Database
 from control_plane.storage.models import Artifact, Release, ReleaseArtifact
 
 RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -143,3 +144,13 @@ def get_release(session: Session, release_id: str) -> Release:
     if release is None:
         raise NotFoundError(f"no release with id {release_id!r}")
     return release
+
+
+def list_releases(db: Database) -> list[Release]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Release).order_by(Release.created_at.desc())))
+
+
+def show_release(db: Database, release_id: str) -> Release:
+    with db.transaction() as session:
+        return get_release(session, release_id)

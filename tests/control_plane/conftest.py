@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from control_plane.app import create_app
-from control_plane.initialization import initialize
+from control_plane.ops.initialization import initialize
 from control_plane.settings import ControlPlaneSettings
 from protocol import paths
 from protocol.device_auth import sign_device_request

@@ -18,7 +18,7 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.api.serialization.json import JSONSerializer
 
 from control_plane.cli import main
-from control_plane.release_signing import SigningAbortedError, sign_targets
+from control_plane.ops.sign_targets import SigningAbortedError, sign_targets
 from control_plane.repository import tuf_signer
 from protocol.keys import Ed25519KeyPair, generate_key_pair, load_private_key, write_private_key
 from tests.control_plane.conftest import (

@@ -13,7 +13,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from control_plane import audit
-from control_plane.metadata_store import read_file, save_files
+from control_plane.repository.metadata_store import read_file, save_files
 from control_plane.storage import AuditEntry, Base, Database, EnrollmentToken, migrate
 from control_plane.storage.database import ConcurrentUpdateError, retrying, schema_is_current
 

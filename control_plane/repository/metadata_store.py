@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
 
 from control_plane.errors import ConflictError, NotInitializedError, ServiceUnavailableError
-from control_plane.keyring import OnlineKeys, OnlineKeySource
 from control_plane.repository import (
     ImageRepository,
     MetadataFiles,
@@ -27,6 +26,7 @@ from control_plane.repository import (
     sslib_key,
     tuf_signer,
 )
+from control_plane.repository.keyring import OnlineKeys, OnlineKeySource
 from control_plane.storage.database import ConcurrentUpdateError, Database, retrying
 from control_plane.storage.models import TufMetadataFile
 from protocol.keys import Ed25519KeyPair

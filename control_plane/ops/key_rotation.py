@@ -33,9 +33,9 @@ from control_plane.errors import (
     KeyRotationUnfinishedError,
     RootKeyOfflineError,
 )
-from control_plane.keyring import ONLINE_ROLES, Keyring
-from control_plane.metadata_store import load_repository, lock_repository, save_files
 from control_plane.repository import tuf_signer
+from control_plane.repository.keyring import ONLINE_ROLES, Keyring
+from control_plane.repository.metadata_store import load_repository, lock_repository, save_files
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database, migrate, retrying
 from protocol.keys import Ed25519KeyPair, generate_key_pair, load_private_key, write_private_key

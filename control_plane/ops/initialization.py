@@ -11,9 +11,9 @@ from control_plane import audit
 from control_plane.access.roles import Role
 from control_plane.access.tokens import create_api_token
 from control_plane.errors import AlreadyInitializedError
-from control_plane.keyring import Keyring
-from control_plane.metadata_store import is_initialized, save_files
 from control_plane.repository import ImageRepository, RoleKeys, tuf_signer
+from control_plane.repository.keyring import Keyring
+from control_plane.repository.metadata_store import is_initialized, save_files
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database, migrate
 

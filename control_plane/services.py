@@ -1,0 +1,113 @@
+"""The service container: the running control plane's parts, and its background workers.
+
+``ControlPlane.build`` makes every part from settings; the app factory hands it to routes
+through ``app.state`` and starts and stops its workers in the app's lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Protocol
+
+from control_plane.artifacts.blob_store import BlobStore
+from control_plane.director.service import Director
+from control_plane.repository.keyring import Keyring, OnlineKeySource
+from control_plane.repository.metadata_store import MetadataStore
+from control_plane.settings import ControlPlaneSettings
+from control_plane.storage.database import Database
+
+Clock = Callable[[], datetime]
+log = logging.getLogger("control_plane")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Worker(Protocol):
+    """A background job of the control plane: ``tick`` does one bounded pass."""
+
+    name: str
+    interval_seconds: float
+
+    def tick(self, now: datetime) -> None: ...
+
+
+@dataclass
+class WorkerThreads:
+    """Runs each worker's ``tick`` every ``interval_seconds`` on a thread of its own until
+    stopped; a failing tick is logged and the next one runs as planned."""
+
+    workers: list[Worker]
+    clock: Clock
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> None:
+        self._stop.clear()
+        for worker in self.workers:
+            thread = threading.Thread(
+                target=self._run, args=(worker,), name=f"worker-{worker.name}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def _run(self, worker: Worker) -> None:
+        while not self._stop.is_set():
+            try:
+                worker.tick(self.clock())
+            except Exception:
+                log.exception("background worker %s failed; retrying next interval", worker.name)
+            self._stop.wait(worker.interval_seconds)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads.clear()
+
+
+@dataclass(frozen=True)
+class ControlPlane:
+    """The running service's parts, handed to routes through ``app.state``."""
+
+    settings: ControlPlaneSettings
+    db: Database
+    keyring: Keyring
+    online_keys: OnlineKeySource
+    metadata: MetadataStore
+    director: Director
+    blobs: BlobStore
+    clock: Clock
+
+    @classmethod
+    def build(cls, settings: ControlPlaneSettings, clock: Clock = utc_now) -> ControlPlane:
+        keyring = Keyring(
+            offline_dir=settings.resolved_offline_keys_dir, online_dir=settings.online_keys_dir
+        )
+        online = OnlineKeySource(keyring)
+        online.current()  # fail at start, not on the first signature, if keys are missing
+        db = Database.from_url(settings.resolved_database_url)
+        blobs = BlobStore(settings.blobs_dir)
+        blobs.prepare()
+        return cls(
+            settings=settings,
+            db=db,
+            keyring=keyring,
+            online_keys=online,
+            metadata=MetadataStore(db, settings.lifetimes, online),
+            director=Director(db, online, settings.assignment_ttl),
+            blobs=blobs,
+            clock=clock,
+        )
+
+    def workers(self) -> WorkerThreads:
+        """The background workers this control plane runs while it serves."""
+        return WorkerThreads(workers=[], clock=self.clock)
+
+    def close(self) -> None:
+        self.db.dispose()
