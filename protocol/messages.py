@@ -110,12 +110,23 @@ class Assignment(_Message):
 
 
 class InstallState(StrEnum):
+    """Where an install stands. ``active``: activated, in the health window;
+    ``committed``: passed the on-device health window (the only success a rollout counts);
+    ``rolled_back``: failed activation or health, the previous release serves again."""
+
     DOWNLOADING = "downloading"
     VERIFIED = "verified"
     ACTIVE = "active"
+    COMMITTED = "committed"
     FAILED = "failed"
     REFUSED = "refused"
     ROLLED_BACK = "rolled_back"
+
+
+# Reports that end an install attempt: a rollout judges a device by the first of these.
+FINAL_INSTALL_STATES = frozenset(
+    {InstallState.COMMITTED, InstallState.FAILED, InstallState.REFUSED, InstallState.ROLLED_BACK}
+)
 
 
 class StatusReport(_Message):
@@ -128,6 +139,11 @@ class StatusReport(_Message):
     state: InstallState
     detail: str = Field(default="", max_length=2000)
     at: datetime
+    serving_release_id: str | None = Field(
+        default=None,
+        max_length=64,
+        description="the release the device serves after this step (set on rolled_back)",
+    )
 
 
 class StatusReportAck(_Message):

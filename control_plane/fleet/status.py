@@ -17,11 +17,21 @@ def _newer_or_equal(reported: int | None, installed: int | None) -> bool:
     return reported is None or installed is None or reported >= installed
 
 
+def _serving_after(report: StatusReport) -> str | None:
+    """The release the device serves once this report's step is done, if it says."""
+    if report.state in (InstallState.ACTIVE, InstallState.COMMITTED):
+        return report.release_id
+    if report.state is InstallState.ROLLED_BACK:
+        return report.serving_release_id
+    return None
+
+
 def record_status(
     db: Database, signer: str, report: StatusReport, now: datetime
 ) -> StatusReportAck:
-    """Store ``report`` unless it was stored before; an "active" report moves the
-    device's installed release (never back to an older assignment)."""
+    """Store ``report`` unless it was stored before; an "active" or "committed" report
+    (or a "rolled_back" one naming what serves now) moves the device's
+    installed release (never back to an older assignment)."""
     if report.device_id != signer:
         raise PermissionDeniedError(
             f"the report is about device {report.device_id!r} but was signed by {signer!r};"
@@ -52,13 +62,13 @@ def record_status(
                 )
             )
             device.last_seen_at = now
+            serving = _serving_after(report)
             if (
-                report.state is InstallState.ACTIVE
-                and report.release_id is not None
-                and session.get(Release, report.release_id) is not None
+                serving is not None
+                and session.get(Release, serving) is not None
                 and _newer_or_equal(report.assignment_version, device.installed_assignment_version)
             ):
-                device.installed_release_id = report.release_id
+                device.installed_release_id = serving
                 device.installed_assignment_version = report.assignment_version
             session.flush()
     except IntegrityError:  # the same report delivered twice at once: the other copy won
