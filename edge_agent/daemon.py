@@ -31,6 +31,7 @@ from edge_agent.store import (
 from edge_agent.updates import (
     ArtifactDownloader,
     ControlPlaneClient,
+    HealthProbe,
     ImageMetadataClient,
     PollSchedule,
     ReleaseActivator,
@@ -56,6 +57,7 @@ def compose_update_loop(
     identity: DeviceIdentity,
     store: ReleaseStore,
     activator: ReleaseActivator,
+    health: HealthProbe,
     http: httpx.Client,
     stop: threading.Event,
     clock: Callable[[], datetime] | None = None,
@@ -87,11 +89,13 @@ def compose_update_loop(
             checkpoint=checkpoint,
         ),
         activator=activator,
+        health=health,
         outbox=outbox,
         schedule=PollSchedule(settings.poll_interval_seconds, settings.max_backoff_seconds),
         clock=clock,
         rng=rng,
         checkpoint=checkpoint,
+        stop=stop,
     )
 
 
@@ -107,6 +111,7 @@ def report_recovery(recovery: Recovery, outbox: StatusOutbox) -> None:
             release_id=release.release_id if release else None,
             detail=f"assignment {recovery.fell_back_from} failed verification at startup;"
             " serving the previous release",
+            serving_release_id=release.release_id if release else None,
         )
 
 
@@ -153,12 +158,12 @@ def run_agent(settings: AgentSettings) -> int:
     else:
         log.info("no verified release installed yet; waiting for an assignment")
     http = new_http_client(identity.server_url)
-    activator = serving
     loop = compose_update_loop(
         settings=settings,
         identity=identity,
         store=store,
-        activator=activator,
+        activator=serving,
+        health=serving,
         http=http,
         stop=stop,
         checkpoint=TestOnlyPause(settings.test_pause_at, state_dir),

@@ -5,24 +5,47 @@ The update loop and startup hand a verified release to :class:`ReleaseServing`; 
 what the runtime needs before anything changes (vision specs, the index/embedding-model
 pair), then switches the registry, which the vision and RAG providers follow. A release
 that fails here is rolled back by the caller as a whole.
+
+:meth:`ReleaseServing.smoke` is the runtime side of the update loop's health window: one
+small request per model, through the same objects the local API calls.
 """
 
 from __future__ import annotations
 
+import math
 import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import TypeVar
 
+import cv2
+import numpy as np
 from fastapi import APIRouter
 
 from edge_agent.errors import NoModelError
 from edge_agent.rag.api import rag_router
 from edge_agent.rag.release import ReleaseRagEngines, check_release_index
 from edge_agent.release import InstalledRelease
-from edge_agent.runtime import ModelRegistry
+from edge_agent.runtime import ChatTurn, ModelRegistry, Sampling, join_pieces
 from edge_agent.settings import AgentSettings
+from edge_agent.updates.health import SmokeCheck, SmokeResult
 from edge_agent.vision.api import vision_router
+from edge_agent.vision.decode import decode_image
 from edge_agent.vision.model import VisionModel
 from edge_agent.vision.provider import ReleaseVisionModels, vision_entries
-from edge_agent.vision.spec import VisionTask
+from edge_agent.vision.spec import VISION_TASK_OF_KIND, VisionTask
+
+T = TypeVar("T")
+
+SMOKE_CHAT = (ChatTurn("user", "Reply with one word: are you ready?"),)
+SMOKE_SAMPLING = Sampling(max_tokens=4, temperature=0.0, seed=0)
+SMOKE_SENTENCE = "The device checks that its new release answers before it commits to it."
+SMOKE_QUESTION = "What do these documents say?"
+
+
+class SmokeFailed(Exception):
+    """A smoke request answered, but not as a healthy model would (the message says how)."""
 
 
 class ActiveVisionModels:
@@ -65,6 +88,108 @@ class ReleaseServing:
         self.registry.activate(release)
         self.registry.warm()
 
+    def deactivate(self) -> None:
+        """Serve no release (a first release that failed its health window)."""
+        self.registry.deactivate()
+
+    # --- health window (edge_agent.updates.HealthProbe) ---------------------------------
+
+    def smoke(self, release: InstalledRelease, check: SmokeCheck) -> SmokeResult:
+        """Send one smoke request to the active release; never raises. ``elapsed_ms`` is
+        the request alone: a model that still has to load is loaded first, untimed."""
+        started = time.perf_counter()
+        try:
+            if self.registry.release != release:
+                active = self.registry.release
+                raise SmokeFailed(
+                    f"the runtime serves {active.release_id if active else 'no release'},"
+                    f" not {release.release_id}"
+                )
+            run = {
+                "chat": self._smoke_chat,
+                "embedding": self._smoke_embedding,
+                "vision": self._smoke_vision,
+                "rag": self._smoke_rag,
+            }[check.kind]
+            elapsed_ms = run(release, check.artifact)
+        except SmokeFailed as e:
+            return SmokeResult(check, _ms_since(started), str(e))
+        except Exception as e:
+            return SmokeResult(check, _ms_since(started), f"{type(e).__name__}: {e}")
+        return SmokeResult(check, elapsed_ms)
+
+    def _wait(self, future: Future[T], what: str) -> T:
+        timeout = self.settings.health_check_timeout_seconds
+        try:
+            return future.result(timeout=timeout)
+        except FutureTimeout as e:
+            raise SmokeFailed(f"{what} did not finish within {timeout:g} s") from e
+
+    def _smoke_chat(self, _release: InstalledRelease, name: str) -> float:
+        with self.registry.lease_generator(name) as lease:
+            self._wait(lease.run(lambda _m: None), "loading the model")
+            started = time.perf_counter()
+            reply = self._wait(
+                lease.run(lambda m: join_pieces(m.chat(SMOKE_CHAT, SMOKE_SAMPLING))),
+                "a chat completion",
+            )
+            elapsed = _ms_since(started)
+        if reply.completion_tokens < 1 or not reply.text.strip():
+            raise SmokeFailed(
+                f"the chat reply to a {reply.prompt_tokens}-token smoke prompt was empty"
+                f" ({reply.completion_tokens} tokens, finish_reason {reply.finish_reason!r});"
+                " check chat_template / chat_format of this model in the release config"
+            )
+        return elapsed
+
+    def _smoke_embedding(self, _release: InstalledRelease, name: str) -> float:
+        with self.registry.lease_embedder(name) as lease:
+            dimensions = self._wait(lease.run(lambda m: m.dimensions), "loading the model")
+            started = time.perf_counter()
+            out = self._wait(lease.run(lambda m: m.embed([SMOKE_SENTENCE])), "an embedding")
+            elapsed = _ms_since(started)
+        shapes = [len(v) for v in out.vectors]
+        if shapes != [dimensions]:
+            raise SmokeFailed(
+                f"embedding one sentence gave vectors of dimensions {shapes}, expected"
+                f" [{dimensions}]"
+            )
+        vector = out.vectors[0]
+        if not all(math.isfinite(x) for x in vector):
+            raise SmokeFailed("the embedding of a smoke sentence has NaN or infinite values")
+        if not any(vector):
+            raise SmokeFailed("the embedding of a smoke sentence is all zeros")
+        return elapsed
+
+    def _smoke_vision(self, release: InstalledRelease, name: str) -> float:
+        kind = next(a.kind for a in release.artifacts if a.name == name)
+        task = VISION_TASK_OF_KIND[kind]
+        model = self.vision.vision_model(name, task)  # loads it on first use
+        png = _smoke_png()
+        started = time.perf_counter()
+        pixels = decode_image(png, max_pixels=self.settings.max_image_pixels).pixels
+        if task == "classify":
+            predictions = model.classify(pixels, 1).predictions
+            elapsed = _ms_since(started)
+            if not predictions or not all(math.isfinite(p.score) for p in predictions):
+                raise SmokeFailed(f"classifying a test image gave {predictions!r}")
+            return elapsed
+        detections = model.detect(pixels).detections
+        elapsed = _ms_since(started)
+        if not all(math.isfinite(v) for d in detections for v in (d.score, *d.box)):
+            raise SmokeFailed("detecting on a test image gave non-finite boxes or scores")
+        return elapsed
+
+    def _smoke_rag(self, _release: InstalledRelease, _name: str) -> float:
+        engine = self.rag()  # opens the release's index with its embedding model
+        started = time.perf_counter()
+        sources = engine.retrieve(SMOKE_QUESTION, k=1)
+        elapsed = _ms_since(started)
+        chunks = engine.index.counts()["chunks"]
+        if chunks and not sources:
+            raise SmokeFailed(f"a retrieval query found nothing in an index of {chunks} chunks")
+        return elapsed
+
     def routers(self) -> list[APIRouter]:
         return [
             vision_router(
@@ -78,3 +203,19 @@ class ReleaseServing:
     def close(self) -> None:
         self.rag.close()
         self.registry.close()
+
+
+def _ms_since(started: float) -> float:
+    return (time.perf_counter() - started) * 1e3
+
+
+def _smoke_png(size: int = 96) -> bytes:
+    """A small generated test image (a gradient with a disc), PNG-encoded like an upload."""
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([x * 255 // size, y * 255 // size, (x + y) * 127 // size], axis=-1)
+    image = image.astype(np.uint8)
+    cv2.circle(image, (size // 2, size // 2), size // 4, (240, 240, 240), -1)
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise SmokeFailed("OpenCV could not encode the test image")
+    return bytes(encoded.tobytes())

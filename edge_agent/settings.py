@@ -29,7 +29,9 @@ class AgentSettings(BaseSettings):
     download_chunk_bytes: int = Field(default=1 << 20, ge=4096)
     # TEST ONLY (OUTPOST_AGENT_TEST_PAUSE_AT): freeze at an install step so a test can kill
     # the agent there; see edge_agent/updates/fault_injection.py. Never set on a device.
-    test_pause_at: Literal["download", "verified", "activate"] | None = None
+    test_pause_at: Literal["download", "verified", "activate", "health"] | None = None
+    # health window: how long one smoke request may take before it counts as failed
+    health_check_timeout_seconds: float = Field(default=30.0, gt=0)
 
     # runtime
     n_threads: int | None = None  # default: all cores but one

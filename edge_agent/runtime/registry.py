@@ -252,8 +252,13 @@ class ModelRegistry:
             future.result()
 
     def close(self) -> None:
-        """Stop serving: free every model once its admitted requests are done."""
+        """Stop serving for good: free every model once its admitted requests are done."""
         self._closed.set()
+        self.deactivate()
+
+    def deactivate(self) -> None:
+        """Serve no release (until the next ``activate``): free every model once its
+        admitted requests are done; new requests get NoModelError."""
         with self._lock:
             slots, self._slots = list(self._slots.values()), {}
             self._release = None

@@ -301,13 +301,20 @@ class ReleaseStore:
         self._write_pointer("current", name)
         return release
 
+    def begin_health_check(self, install: InstallRecord) -> None:
+        """The runtime serves the new release; its health window starts. Until
+        :meth:`commit`, recovery treats the install as unfinished and restores the pointers."""
+        self.db.set_step(install.install_id, InstallStep.HEALTH_CHECK, self._clock())
+
     def commit(self, install: InstallRecord) -> None:
-        """The runtime serves the new release: the install is done; drop what is unused."""
+        """The new release passed its health window: the install is done; drop what is
+        unused."""
         self.db.set_step(install.install_id, InstallStep.ACTIVE, self._clock())
         self.collect_garbage()
 
     def abort_activation(self, install: InstallRecord, reason: str) -> InstalledRelease | None:
-        """Put the pointers back as they were before :meth:`activate`; journal FAILED."""
+        """Put the pointers back as they were before :meth:`activate` (a failed activation
+        or health window); journal FAILED; return what ``current`` names now."""
         record = self.db.install(install.install_id) or install
         self._write_pointer("previous", record.prior_previous)
         self._write_pointer("current", record.prior_current)
@@ -337,7 +344,8 @@ class ReleaseStore:
     def recover(self) -> Recovery:
         """Bring the store to a consistent state after any crash; say what to serve.
 
-        An unfinished install is undone (pointers restored if activation had started) and
+        An unfinished install is undone (pointers restored if activation had started, its
+        health window included) and
         journaled INTERRUPTED; its verified blobs and partial downloads stay so that a
         retry resumes. ``current`` is re-hashed; if it is missing or corrupt, ``previous``
         (re-hashed too) takes its place. Everything else unreferenced is removed.
@@ -347,11 +355,16 @@ class ReleaseStore:
         interrupted = self.db.unfinished_install()
         keep_hashes: set[str] = set()
         if interrupted is not None:
-            if interrupted.step is InstallStep.ACTIVATING:
+            if interrupted.step in (InstallStep.ACTIVATING, InstallStep.HEALTH_CHECK):
                 self._write_pointer("previous", interrupted.prior_previous)
                 self._write_pointer("current", interrupted.prior_current)
+                what = (
+                    "activation"
+                    if interrupted.step is InstallStep.ACTIVATING
+                    else "the health window"
+                )
                 actions.append(
-                    f"activation of assignment {interrupted.assignment_version} was interrupted;"
+                    f"{what} of assignment {interrupted.assignment_version} was interrupted;"
                     f" pointers restored (current={interrupted.prior_current})"
                 )
             else:

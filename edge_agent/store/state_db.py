@@ -55,12 +55,15 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 
 class InstallStep(StrEnum):
-    """Where an install is. The first four are unfinished: recovery must act on them."""
+    """Where an install is. The first five are unfinished: recovery must act on them.
+
+    ``ACTIVE`` is the committed install (it passed the health window)."""
 
     DOWNLOADING = "downloading"
     VERIFIED = "verified"
     STAGED = "staged"
     ACTIVATING = "activating"
+    HEALTH_CHECK = "health_check"  # activated; its health window has not passed yet
     ACTIVE = "active"
     FAILED = "failed"
     INTERRUPTED = "interrupted"
@@ -71,6 +74,7 @@ UNFINISHED_STEPS = (
     InstallStep.VERIFIED,
     InstallStep.STAGED,
     InstallStep.ACTIVATING,
+    InstallStep.HEALTH_CHECK,
 )
 
 

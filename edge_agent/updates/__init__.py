@@ -14,6 +14,15 @@ from edge_agent.updates.control_plane_client import (
 from edge_agent.updates.downloader import ArtifactDownloader
 from edge_agent.updates.enrollment import RootPin, detect_hardware, enroll, trusted_first_root
 from edge_agent.updates.fault_injection import PAUSE_STEPS, TestOnlyPause, marker_path
+from edge_agent.updates.health import (
+    Acceptance,
+    HealthVerdict,
+    SmokeCheck,
+    SmokeKind,
+    SmokeResult,
+    judge,
+    smoke_checks,
+)
 from edge_agent.updates.outbox import StatusOutbox
 from edge_agent.updates.schedule import PollSchedule
 from edge_agent.updates.tuf_client import HttpxFetcher, ImageMetadataClient, VerifiedImageMetadata
@@ -21,6 +30,7 @@ from edge_agent.updates.update_loop import (
     MAX_ACTIVATION_ATTEMPTS,
     CycleOutcome,
     CycleResult,
+    HealthProbe,
     ReleaseActivator,
     UpdateLoop,
     UpdateStatus,
@@ -29,16 +39,22 @@ from edge_agent.updates.update_loop import (
 __all__ = [
     "MAX_ACTIVATION_ATTEMPTS",
     "PAUSE_STEPS",
+    "Acceptance",
     "ArtifactDownloader",
     "ControlPlaneClient",
     "CycleOutcome",
     "CycleResult",
+    "HealthProbe",
+    "HealthVerdict",
     "HttpxFetcher",
     "ImageMetadataClient",
     "PollSchedule",
     "ReleaseActivator",
     "RequestRejectedError",
     "RootPin",
+    "SmokeCheck",
+    "SmokeKind",
+    "SmokeResult",
     "StatusOutbox",
     "TestOnlyPause",
     "UpdateLoop",
@@ -48,7 +64,9 @@ __all__ = [
     "enroll",
     "enroll_device",
     "fetch_root_metadata",
+    "judge",
     "marker_path",
     "new_http_client",
+    "smoke_checks",
     "trusted_first_root",
 ]

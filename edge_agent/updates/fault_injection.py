@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
-PauseStep = Literal["download", "verified", "activate"]
+PauseStep = Literal["download", "verified", "activate", "health"]
 PAUSE_STEPS: tuple[str, ...] = get_args(PauseStep)
 
 log = logging.getLogger(__name__)

@@ -46,8 +46,12 @@ class StatusOutbox:
         assignment_version: int | None = None,
         release_id: str | None = None,
         detail: str = "",
+        serving_release_id: str | None = None,
     ) -> StatusReport:
-        """Queue a report now; it is sent by the next :meth:`deliver`."""
+        """Queue a report now; it is sent by the next :meth:`deliver`.
+
+        ``serving_release_id``: the release the device serves after this step (set it
+        whenever that is not ``release_id``, as on ``rolled_back``)."""
         now = self._clock()
         report = StatusReport(
             report_id=uuid.uuid4().hex,
@@ -57,6 +61,7 @@ class StatusOutbox:
             state=state,
             detail=detail[:2000],
             at=now,
+            serving_release_id=serving_release_id,
         )
         dropped = self._db.enqueue_report(
             report.report_id, report.model_dump_json(), now, max_pending=self._max_pending

@@ -1,5 +1,14 @@
 """The update state machine: check -> verify -> download -> verify hashes -> stage ->
-activate -> report, one cycle per poll, with backoff and jitter between cycles."""
+activate -> health window -> commit (or roll back) -> report, one cycle per poll, with
+backoff and jitter between cycles.
+
+Reports per install: ``downloading``, ``verified``, ``active`` (the new release serves and
+its health window runs), then ``committed`` (the window passed: the only success a rollout
+counts) or ``rolled_back`` (the previous release serves again; ``serving_release_id`` says
+which). A crash inside the window leaves the install journaled as unfinished: recovery puts
+the previous release back and the install is retried, at most ``MAX_ACTIVATION_ATTEMPTS``
+times.
+"""
 
 from __future__ import annotations
 
@@ -12,12 +21,21 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from edge_agent.errors import BadUpdateError, TamperedArtifactError, TransportError
+from edge_agent.errors import BadUpdateError, ConfigError, TamperedArtifactError, TransportError
 from edge_agent.release import InstalledRelease
 from edge_agent.store import InstallRecord, ReleaseStore
 from edge_agent.trust import check_targets_signed, verify_assignment
 from edge_agent.updates.control_plane_client import ControlPlaneClient
 from edge_agent.updates.downloader import ArtifactDownloader, Checkpoint
+from edge_agent.updates.health import (
+    HEALTH_RUNBOOK,
+    Acceptance,
+    HealthVerdict,
+    SmokeCheck,
+    SmokeResult,
+    judge,
+    smoke_checks,
+)
 from edge_agent.updates.outbox import StatusOutbox
 from edge_agent.updates.schedule import PollSchedule
 from edge_agent.updates.tuf_client import ImageMetadataClient
@@ -32,9 +50,19 @@ _REPORTED = "reported:"
 
 
 class ReleaseActivator(Protocol):
-    """The runtime side: start serving ``release`` (load its models) or raise."""
+    """The runtime side: start serving ``release`` (load its models) or raise;
+    ``deactivate`` stops serving any release (a first install that failed)."""
 
     def activate(self, release: InstalledRelease) -> None: ...
+
+    def deactivate(self) -> None: ...
+
+
+class HealthProbe(Protocol):
+    """The runtime side of the health window: send one smoke request to the active
+    release and say how it went (never raises for a failing request)."""
+
+    def smoke(self, release: InstalledRelease, check: SmokeCheck) -> SmokeResult: ...
 
 
 class CycleResult(StrEnum):
@@ -73,6 +101,7 @@ class UpdateStatus:
     last_error: str | None = None
     consecutive_failures: int = 0
     pending_reports: int = 0
+    last_health: str | None = None  # the last health window's verdict, in words
 
     def as_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -93,11 +122,13 @@ class UpdateLoop:
         image_metadata: ImageMetadataClient,
         downloader: ArtifactDownloader,
         activator: ReleaseActivator,
+        health: HealthProbe,
         outbox: StatusOutbox,
         schedule: PollSchedule,
         clock: Callable[[], datetime] | None = None,
         rng: Callable[[], float] = random.random,
         checkpoint: Checkpoint | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._device_id = device_id
         self._store = store
@@ -105,11 +136,13 @@ class UpdateLoop:
         self._metadata = image_metadata
         self._downloader = downloader
         self._activator = activator
+        self._health = health
         self._outbox = outbox
         self._schedule = schedule
         self._clock = clock or (lambda: datetime.now(UTC))
         self._rng = rng
         self._checkpoint = checkpoint or (lambda step: None)
+        self._stop = stop or threading.Event()  # set: the agent is shutting down
         self._lock = threading.Lock()
         self._status = UpdateStatus()
         self._failures = 0
@@ -214,8 +247,8 @@ class UpdateLoop:
             if self._given_up(assignment.version):
                 return CycleOutcome(
                     CycleResult.GIVEN_UP,
-                    f"assignment {assignment.version} failed to activate before; waiting for"
-                    " a newer one",
+                    f"assignment {assignment.version} failed to activate or its health window"
+                    " before; waiting for a newer one",
                     assignment.version,
                 )
             signed = metadata.signed_targets([t.path for t in assignment.targets])
@@ -230,6 +263,10 @@ class UpdateLoop:
 
     def _install(self, assignment: Assignment, install: InstallRecord) -> CycleOutcome:
         version, release_id = assignment.version, assignment.release_id
+        try:
+            acceptance = Acceptance.from_release_config(assignment.config)
+        except ConfigError as e:
+            return self._reject_config(install, assignment, e)
         self._report_once(
             f"downloading:{version}", InstallState.DOWNLOADING, "", version, release_id
         )
@@ -255,15 +292,18 @@ class UpdateLoop:
         if self._store.db.activation_attempts(version) >= MAX_ACTIVATION_ATTEMPTS:
             detail = (
                 f"activation of assignment {version} was interrupted"
-                f" {MAX_ACTIVATION_ATTEMPTS} times; giving up on it"
+                f" {MAX_ACTIVATION_ATTEMPTS} times (the agent died while loading or"
+                " health-checking it); giving up on it"
             )
             self._store.fail(install, detail)
             self._give_up(version)
+            serving = self._store.current()
             self._outbox.record(
                 InstallState.FAILED,
                 assignment_version=version,
                 release_id=release_id,
                 detail=detail,
+                serving_release_id=serving.release_id if serving else None,
             )
             return CycleOutcome(CycleResult.GIVEN_UP, detail, version)
         # activate (a renewal - same release re-signed - keeps the rollback target)
@@ -273,40 +313,103 @@ class UpdateLoop:
         try:
             self._activator.activate(release)
         except Exception as e:
-            return self._roll_back(install, assignment, e)
-        self._store.commit(install)
-        self._store.db.delete_prefix(_REPORTED)
+            reason = f"the runtime could not activate the release: {type(e).__name__}: {e}"
+            return self._roll_back(install, assignment, reason)
+        # health window: the new release serves; commit only if it answers as it should
+        self._store.begin_health_check(install)
+        label = f"{assignment.release_name} {assignment.release_version}"
         self._outbox.record(
             InstallState.ACTIVE,
             assignment_version=version,
             release_id=release_id,
-            detail=f"{assignment.release_name} {assignment.release_version}",
+            detail=f"{label}: activated, in the health window",
         )
-        log.info(
-            "installed release %s %s (assignment %d)",
-            assignment.release_name,
-            assignment.release_version,
-            version,
+        try:  # so an operator sees "in the health window" while it runs
+            self.deliver_reports()
+        except Exception:
+            log.exception("delivering status reports failed")
+        self._set(phase="health_window")
+        self._checkpoint("health")
+        verdict = self._health_window(release, acceptance)
+        self._set(last_health=verdict.reason)
+        if not verdict.passed and self._stop.is_set():
+            # the runtime is closing under the window: no verdict on the release. The
+            # install stays unfinished; recovery at the next start restores the pointers.
+            detail = "the agent is shutting down inside the health window; retried after restart"
+            log.warning("%s (%s)", detail, verdict.reason)
+            return CycleOutcome(CycleResult.FAILED, detail, version)
+        if not verdict.passed:
+            return self._roll_back(install, assignment, verdict.reason)
+        self._store.commit(install)
+        self._store.db.delete_prefix(_REPORTED)
+        self._outbox.record(
+            InstallState.COMMITTED,
+            assignment_version=version,
+            release_id=release_id,
+            detail=f"{label}: {verdict.reason}",
+            serving_release_id=release_id,
         )
+        log.info("installed release %s (assignment %d); %s", label, version, verdict.reason)
         return CycleOutcome(CycleResult.INSTALLED, "", version)
 
-    def _roll_back(
-        self, install: InstallRecord, assignment: Assignment, error: Exception
+    def _health_window(self, release: InstalledRelease, acceptance: Acceptance) -> HealthVerdict:
+        checks = smoke_checks(release)
+        results: list[SmokeResult] = []
+        for check in checks:
+            try:
+                results.append(self._health.smoke(release, check))
+            except Exception as e:  # a probe bug must fail the window, not the loop
+                log.exception("smoke request %s raised", check)
+                results.append(SmokeResult(check, 0.0, f"{type(e).__name__}: {e}"))
+        verdict = judge(checks, results, acceptance)
+        (log.info if verdict.passed else log.error)("%s", verdict.reason)
+        return verdict
+
+    def _reject_config(
+        self, install: InstallRecord, assignment: Assignment, error: ConfigError
     ) -> CycleOutcome:
-        reason = f"the runtime could not activate the release: {type(error).__name__}: {error}"
+        """A release whose config the agent cannot act on: never downloaded or activated."""
+        detail = f"{error}; this assignment will not be installed (see {HEALTH_RUNBOOK})"
+        log.error("%s; giving up on assignment %d", detail, assignment.version)
+        self._store.fail(install, detail)
+        self._give_up(assignment.version)
+        serving = self._store.current()
+        self._outbox.record(
+            InstallState.FAILED,
+            assignment_version=assignment.version,
+            release_id=assignment.release_id,
+            detail=detail,
+            serving_release_id=serving.release_id if serving else None,
+        )
+        return CycleOutcome(CycleResult.FAILED, detail, assignment.version, "ConfigError")
+
+    def _roll_back(
+        self, install: InstallRecord, assignment: Assignment, reason: str
+    ) -> CycleOutcome:
+        """Serve the release from before the install again, give up on this assignment
+        version (no retry loop on a bad release) and report why."""
         log.error("%s; rolling back", reason)
         prior = self._store.abort_activation(install, reason)
-        if prior is not None:
-            try:
+        try:
+            if prior is not None:
                 self._activator.activate(prior)
-            except Exception:
-                log.exception("re-activating the previous release failed too")
+            else:
+                self._activator.deactivate()
+        except Exception:
+            log.exception("re-activating the previous release failed too")
+        self._store.collect_garbage()  # the rolled-back release is not kept
         self._give_up(assignment.version)
+        serving = (
+            f"{prior.release_name} {prior.release_version}"
+            if prior is not None
+            else "nothing (there was no earlier release)"
+        )
         self._outbox.record(
             InstallState.ROLLED_BACK,
             assignment_version=assignment.version,
             release_id=assignment.release_id,
-            detail=reason,
+            detail=f"{reason}; now serving {serving}",
+            serving_release_id=prior.release_id if prior else None,
         )
         return CycleOutcome(CycleResult.FAILED, reason, assignment.version)
 

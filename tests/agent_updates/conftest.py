@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +13,15 @@ from edge_agent.daemon import compose_update_loop
 from edge_agent.release import InstalledRelease
 from edge_agent.settings import AgentSettings
 from edge_agent.store import DeviceIdentity, ReleaseStore, sha256_file
-from edge_agent.updates import CycleOutcome, RootPin, UpdateLoop, enroll, new_http_client
+from edge_agent.updates import (
+    CycleOutcome,
+    RootPin,
+    SmokeCheck,
+    SmokeResult,
+    UpdateLoop,
+    enroll,
+    new_http_client,
+)
 from protocol import HardwareFacts
 from tests.agent_updates.simulator import BASE_URL, ControlPlaneSimulator
 
@@ -26,6 +34,7 @@ class RecordingActivator:
     def __init__(self) -> None:
         self.activated: list[InstalledRelease] = []
         self.fail_with: Exception | None = None
+        self.deactivated = False
 
     def activate(self, release: InstalledRelease) -> None:
         for artifact in release.artifacts:
@@ -35,10 +44,42 @@ class RecordingActivator:
             error, self.fail_with = self.fail_with, None
             raise error
         self.activated.append(release)
+        self.deactivated = False
+
+    def deactivate(self) -> None:
+        self.deactivated = True
 
     @property
     def serving(self) -> InstalledRelease | None:
+        if self.deactivated:
+            return None
         return self.activated[-1] if self.activated else None
+
+
+class ScriptedHealth:
+    """Stands in for the runtime's smoke requests: answers what a test scripts, per kind.
+
+    Smoke requests go to whatever the activator serves, as on a real device."""
+
+    def __init__(self, activator: RecordingActivator) -> None:
+        self.activator = activator
+        self.asked: list[tuple[str, SmokeCheck]] = []  # (release version, check)
+        self.elapsed_ms: dict[str, float] = {}  # kind -> how long its request takes
+        self.errors: dict[str, str] = {}  # kind -> the error its request fails with
+        self.die_with: BaseException | None = None  # raised inside the window, once
+        self.during: Callable[[], None] = lambda: None  # runs inside each smoke request
+
+    def smoke(self, release: InstalledRelease, check: SmokeCheck) -> SmokeResult:
+        serving = self.activator.serving
+        assert serving == release, "smoke requests must reach the release being checked"
+        self.asked.append((release.release_version, check))
+        self.during()
+        if self.die_with is not None:
+            error, self.die_with = self.die_with, None
+            raise error
+        return SmokeResult(
+            check, self.elapsed_ms.get(check.kind, 5.0), self.errors.get(check.kind, "")
+        )
 
 
 @dataclass
@@ -49,6 +90,7 @@ class Device:
     store: ReleaseStore
     loop: UpdateLoop
     activator: RecordingActivator
+    health: ScriptedHealth
     stop: threading.Event = field(default_factory=threading.Event)
 
     def cycle(self) -> CycleOutcome:
@@ -82,6 +124,7 @@ class Device:
 def open_device(sim: ControlPlaneSimulator, state_dir: Path, identity: DeviceIdentity) -> Device:
     store = ReleaseStore.open(state_dir)
     activator = RecordingActivator()
+    health = ScriptedHealth(activator)
     recovery = store.recover()
     if recovery.release is not None:
         activator.activate(recovery.release)
@@ -91,11 +134,12 @@ def open_device(sim: ControlPlaneSimulator, state_dir: Path, identity: DeviceIde
         identity=identity,
         store=store,
         activator=activator,
+        health=health,
         http=new_http_client(BASE_URL, transport=sim.transport),
         stop=stop,
         rng=lambda: 0.5,
     )
-    return Device(sim, state_dir, identity, store, loop, activator, stop)
+    return Device(sim, state_dir, identity, store, loop, activator, health, stop)
 
 
 def enroll_device(sim: ControlPlaneSimulator, state_dir: Path) -> Device:

@@ -6,7 +6,7 @@ import pytest
 
 from control_plane.repository import tuf_signer
 from edge_agent.updates import MAX_ACTIVATION_ATTEMPTS, CycleResult
-from protocol import InstallState
+from protocol import InstallState, StatusReport
 from tests.agent_updates.conftest import Device, restart
 from tests.agent_updates.simulator import Release, release_of
 
@@ -15,9 +15,12 @@ class PowerCut(BaseException):
     """Stands in for the process dying: nothing in the agent catches it."""
 
 
+def reports(device: Device) -> list[StatusReport]:
+    return sorted(device.sim.reports.values(), key=lambda r: r.at)
+
+
 def states(device: Device) -> list[InstallState]:
-    reports = sorted(device.sim.reports.values(), key=lambda r: r.at)
-    return [r.state for r in reports]
+    return [r.state for r in reports(device)]
 
 
 def test_a_verified_release_is_installed_activated_and_reported(device: Device) -> None:
@@ -27,7 +30,12 @@ def test_a_verified_release_is_installed_activated_and_reported(device: Device) 
     outcome = device.cycle()
     assert outcome.result is CycleResult.INSTALLED and outcome.assignment_version == 1
     assert device.serving_version() == "a"
-    assert states(device) == [InstallState.DOWNLOADING, InstallState.VERIFIED, InstallState.ACTIVE]
+    assert states(device) == [
+        InstallState.DOWNLOADING,
+        InstallState.VERIFIED,
+        InstallState.ACTIVE,
+        InstallState.COMMITTED,
+    ]
     device.assert_store_holds_only_verified_releases()
     status = device.loop.status()
     assert status.release_version == "a" and status.online and status.pending_reports == 0
@@ -100,6 +108,7 @@ def test_reports_whose_acks_were_lost_take_effect_exactly_once(device: Device) -
         InstallState.DOWNLOADING,
         InstallState.VERIFIED,
         InstallState.ACTIVE,
+        InstallState.COMMITTED,
     ]
     device.store.close()
 
@@ -114,7 +123,10 @@ def test_a_release_the_runtime_cannot_load_is_rolled_back(device: Device) -> Non
     assert outcome.result is CycleResult.FAILED
     assert device.serving_version() == "a"
     assert device.store.pointers() == ("assignment-1", None)
-    assert states(device)[-1] is InstallState.ROLLED_BACK
+    last = reports(device)[-1]
+    assert last.state is InstallState.ROLLED_BACK and last.serving_release_id == "rel-a"
+    assert "could not activate" in last.detail and "now serving demo a" in last.detail
+    device.assert_store_holds_only_verified_releases()
     assert device.cycle().result is CycleResult.GIVEN_UP  # no retry loop on a bad release
     sim.assign(device.device_id, release_of(sim, "c"))
     assert device.cycle().result is CycleResult.INSTALLED
