@@ -45,7 +45,12 @@ SMOKE_QUESTION = "What do these documents say?"
 
 
 class SmokeFailed(Exception):
-    """A smoke request answered, but not as a healthy model would (the message says how)."""
+    """A smoke request answered, but not as a healthy model would (the message says how);
+    ``elapsed_ms``: how long the request took, when it was sent."""
+
+    def __init__(self, message: str, elapsed_ms: float | None = None) -> None:
+        super().__init__(message)
+        self.elapsed_ms = elapsed_ms
 
 
 class ActiveVisionModels:
@@ -113,7 +118,8 @@ class ReleaseServing:
             }[check.kind]
             elapsed_ms = run(release, check.artifact)
         except SmokeFailed as e:
-            return SmokeResult(check, _ms_since(started), str(e))
+            elapsed = _ms_since(started) if e.elapsed_ms is None else e.elapsed_ms
+            return SmokeResult(check, elapsed, str(e))
         except Exception as e:
             return SmokeResult(check, _ms_since(started), f"{type(e).__name__}: {e}")
         return SmokeResult(check, elapsed_ms)
@@ -138,7 +144,8 @@ class ReleaseServing:
             raise SmokeFailed(
                 f"the chat reply to a {reply.prompt_tokens}-token smoke prompt was empty"
                 f" ({reply.completion_tokens} tokens, finish_reason {reply.finish_reason!r});"
-                " check chat_template / chat_format of this model in the release config"
+                " check chat_template / chat_format of this model in the release config",
+                elapsed,
             )
         return elapsed
 
@@ -152,13 +159,16 @@ class ReleaseServing:
         if shapes != [dimensions]:
             raise SmokeFailed(
                 f"embedding one sentence gave vectors of dimensions {shapes}, expected"
-                f" [{dimensions}]"
+                f" [{dimensions}]",
+                elapsed,
             )
         vector = out.vectors[0]
         if not all(math.isfinite(x) for x in vector):
-            raise SmokeFailed("the embedding of a smoke sentence has NaN or infinite values")
+            raise SmokeFailed(
+                "the embedding of a smoke sentence has NaN or infinite values", elapsed
+            )
         if not any(vector):
-            raise SmokeFailed("the embedding of a smoke sentence is all zeros")
+            raise SmokeFailed("the embedding of a smoke sentence is all zeros", elapsed)
         return elapsed
 
     def _smoke_vision(self, release: InstalledRelease, name: str) -> float:
@@ -172,12 +182,12 @@ class ReleaseServing:
             predictions = model.classify(pixels, 1).predictions
             elapsed = _ms_since(started)
             if not predictions or not all(math.isfinite(p.score) for p in predictions):
-                raise SmokeFailed(f"classifying a test image gave {predictions!r}")
+                raise SmokeFailed(f"classifying a test image gave {predictions!r}", elapsed)
             return elapsed
         detections = model.detect(pixels).detections
         elapsed = _ms_since(started)
         if not all(math.isfinite(v) for d in detections for v in (d.score, *d.box)):
-            raise SmokeFailed("detecting on a test image gave non-finite boxes or scores")
+            raise SmokeFailed("detecting on a test image gave non-finite boxes or scores", elapsed)
         return elapsed
 
     def _smoke_rag(self, _release: InstalledRelease, _name: str) -> float:
@@ -187,7 +197,9 @@ class ReleaseServing:
         elapsed = _ms_since(started)
         chunks = engine.index.counts()["chunks"]
         if chunks and not sources:
-            raise SmokeFailed(f"a retrieval query found nothing in an index of {chunks} chunks")
+            raise SmokeFailed(
+                f"a retrieval query found nothing in an index of {chunks} chunks", elapsed
+            )
         return elapsed
 
     def routers(self) -> list[APIRouter]:

@@ -361,9 +361,7 @@ class UpdateLoop:
             except Exception as e:  # a probe bug must fail the window, not the loop
                 log.exception("smoke request %s raised", check)
                 results.append(SmokeResult(check, 0.0, f"{type(e).__name__}: {e}"))
-        verdict = judge(checks, results, acceptance)
-        (log.info if verdict.passed else log.error)("%s", verdict.reason)
-        return verdict
+        return judge(checks, results, acceptance)
 
     def _reject_config(
         self, install: InstallRecord, assignment: Assignment, error: ConfigError

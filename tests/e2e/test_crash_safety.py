@@ -1,5 +1,5 @@
-"""kill -9 at each step of an install: on restart the agent serves a verified release, its
-store is consistent, and the interrupted install completes."""
+"""kill -9 at each step of an install (the health window included): on restart the agent
+serves a verified release, its store is consistent, and the interrupted install completes."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def assert_store_consistent(state_dir: Path) -> None:
         store.close()
 
 
-@pytest.mark.parametrize("step", ["download", "verified", "activate"])
+@pytest.mark.parametrize("step", ["download", "verified", "activate", "health"])
 def test_kill_9_at_an_install_step_leaves_a_verified_release(
     step: str,
     control_plane: ControlPlane,

@@ -68,13 +68,15 @@ def test_enroll_publish_install_and_chat(
     assert "".join(pieces).strip()
 
     device = wait_until(
-        lambda: (d := control_plane.device(agent.device_id))["installed_release"] and d,
+        lambda: (
+            (d := control_plane.device(agent.device_id))["last_status"]["state"] == "committed"
+            and d
+        ),
         timeout=30,
-        what="the control plane to show the installed release",
+        what="the control plane to show the release committed (its health window passed)",
     )
     assert device["installed_release"]["id"] == first_release
     assert device["installed_assignment_version"] == version
-    assert device["last_status"]["state"] == "active"
 
 
 def test_a_wrong_token_on_the_device_api_is_refused(agent: Agent) -> None:
