@@ -9,7 +9,8 @@ while, enrolls late, slow to commit). Artifacts are not downloaded.
 Two drivers share one sans-I/O core (:func:`simulator.exchange.device_round`):
 
 - :class:`Fleet`, in process: one round per :meth:`Fleet.step`, over any synchronous
-  client (a FastAPI ``TestClient`` included) and the control plane's clock;
+  client (a FastAPI ``TestClient``, or the faster :class:`AsgiClient` on the app) and the
+  control plane's clock;
 - :func:`run_load`, concurrent: asyncio tasks (and client processes) polling a real
   server at a rate, with latency percentiles; ``python -m simulator run`` on the CLI.
 
@@ -40,12 +41,13 @@ from simulator.profiles import (
     hardware_for,
     uniform,
 )
-from simulator.transport import AsyncHttpClient, HttpClient
+from simulator.transport import AsgiClient, AsyncHttpClient, HttpClient
 
 __all__ = [
     "HARDWARE_CLASSES",
     "Always",
     "Answer",
+    "AsgiClient",
     "AsyncHttpClient",
     "Behaviour",
     "BehaviourFunction",

@@ -8,9 +8,12 @@ driver. The base URL must be the server root: devices sign the path they request
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Generator, Mapping, MutableMapping
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
+
+import httpx
 
 from simulator.exchange import Answer, Call
 
@@ -52,6 +55,41 @@ class AsyncHttpClient(Protocol):
         content: bytes | None = None,
         headers: Mapping[str, str] | None = None,
     ) -> Awaitable[HttpResponse]: ...
+
+
+class AsgiClient:
+    """A synchronous client that calls an ASGI app in this thread: no server, no socket.
+
+    About twice as fast per request as a ``TestClient`` (no hop to a portal thread), for
+    stepping large in-process fleets. The app's lifespan is not run here: start it first
+    (e.g. inside ``with TestClient(app):``). Not for use inside a running event loop.
+    """
+
+    def __init__(self, app: Any, base_url: str = "http://control-plane.invalid") -> None:
+        self._runner = asyncio.Runner()
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url=base_url, follow_redirects=False
+        )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        return self._runner.run(self._client.request(method, url, content=content, headers=headers))
+
+    def close(self) -> None:
+        self._runner.run(self._client.aclose())
+        self._runner.close()
+
+    def __enter__(self) -> AsgiClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def send(client: HttpClient, call: Call, latencies: Latencies) -> Answer:
