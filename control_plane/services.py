@@ -17,6 +17,8 @@ from control_plane.artifacts.blob_store import BlobStore
 from control_plane.director.service import Director
 from control_plane.repository.keyring import Keyring, OnlineKeySource
 from control_plane.repository.metadata_store import MetadataStore
+from control_plane.rollouts.service import RolloutService
+from control_plane.rollouts.worker import RolloutWorker
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database
 
@@ -82,6 +84,7 @@ class ControlPlane:
     metadata: MetadataStore
     director: Director
     blobs: BlobStore
+    rollouts: RolloutService
     clock: Clock
 
     @classmethod
@@ -94,20 +97,25 @@ class ControlPlane:
         db = Database.from_url(settings.resolved_database_url)
         blobs = BlobStore(settings.blobs_dir)
         blobs.prepare()
+        director = Director(db, online, settings.assignment_ttl)
         return cls(
             settings=settings,
             db=db,
             keyring=keyring,
             online_keys=online,
             metadata=MetadataStore(db, settings.lifetimes, online),
-            director=Director(db, online, settings.assignment_ttl),
+            director=director,
             blobs=blobs,
+            rollouts=RolloutService(db, director),
             clock=clock,
         )
 
     def workers(self) -> WorkerThreads:
         """The background workers this control plane runs while it serves."""
-        return WorkerThreads(workers=[], clock=self.clock)
+        workers: list[Worker] = []
+        if self.settings.workers_enabled:
+            workers.append(RolloutWorker(self.rollouts, self.settings.rollout_tick_seconds))
+        return WorkerThreads(workers=workers, clock=self.clock)
 
     def close(self) -> None:
         self.db.dispose()

@@ -41,6 +41,10 @@ class ControlPlaneSettings(BaseSettings):
 
     max_artifact_bytes: int = Field(default=8 * 1024**3, ge=1)
 
+    # Background workers (rollouts, cohort defaults). Off only for tests that drive them.
+    workers_enabled: bool = True
+    rollout_tick_seconds: float = Field(default=2.0, ge=0.05, le=600)
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

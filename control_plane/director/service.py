@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
@@ -97,6 +98,25 @@ def issue_assignment(
     return record
 
 
+def latest_assignments(
+    session: Session, device_ids: Collection[str] | None = None
+) -> dict[str, AssignmentRecord]:
+    """Each device's newest assignment (all devices, or those named), in one query."""
+    newest = select(
+        AssignmentRecord.device_id, func.max(AssignmentRecord.version).label("v")
+    ).group_by(AssignmentRecord.device_id)
+    if device_ids is not None:
+        newest = newest.where(AssignmentRecord.device_id.in_(list(device_ids)))
+    sub = newest.subquery()
+    rows = session.scalars(
+        select(AssignmentRecord).join(
+            sub,
+            (AssignmentRecord.device_id == sub.c.device_id) & (AssignmentRecord.version == sub.c.v),
+        )
+    )
+    return {r.device_id: r for r in rows}
+
+
 def reissue_latest_assignments(
     session: Session, *, key: Ed25519KeyPair, ttl: timedelta, issued_by: str, now: datetime
 ) -> int:
@@ -163,6 +183,64 @@ class Director:
             issued_by=issued_by,
             now=now,
         )
+
+    def issue_many(
+        self,
+        session: Session,
+        moves: Sequence[tuple[str, Release]],
+        *,
+        issued_by: str,
+        now: datetime,
+    ) -> dict[str, AssignmentRecord]:
+        """Sign the next assignment of each (device, release) in the caller's transaction
+        (one key check and one version query for the batch); return them by device."""
+        if not moves:
+            return {}
+        key = self.key
+        if not root_trusts_director(session, key):
+            raise ServiceUnavailableError(
+                "the director key file is not the key the current root trusts (a key"
+                " rotation is finishing, or keys/online is out of step with the database);"
+                " retry shortly, else see docs/runbooks/cp-online-key-compromise.md"
+            )
+        device_ids = [device_id for device_id, _ in moves]
+        previous: dict[str, int] = {}
+        for start in range(0, len(device_ids), 1000):
+            chunk = device_ids[start : start + 1000]
+            previous.update(
+                (device_id, version)
+                for device_id, version in session.execute(
+                    select(AssignmentRecord.device_id, func.max(AssignmentRecord.version))
+                    .where(AssignmentRecord.device_id.in_(chunk))
+                    .group_by(AssignmentRecord.device_id)
+                ).all()
+            )
+        facts: dict[str, ReleaseFacts] = {}
+        records: dict[str, AssignmentRecord] = {}
+        for device_id, release in moves:
+            release_facts_ = facts.get(release.id)
+            if release_facts_ is None:
+                release_facts_ = facts[release.id] = release_facts(release)
+            assignment = build_assignment(
+                device_id=device_id,
+                version=next_version(previous.get(device_id)),
+                release=release_facts_,
+                now=now,
+                ttl=self.ttl,
+            )
+            record = AssignmentRecord(
+                device_id=device_id,
+                version=assignment.version,
+                release_id=release.id,
+                envelope=sign_assignment(assignment, key).model_dump_json(),
+                issued_at=assignment.issued_at,
+                expires_at=assignment.expires_at,
+                issued_by=issued_by,
+            )
+            session.add(record)
+            records[device_id] = record
+        session.flush()
+        return records
 
     def assign(
         self, *, device_id: str, release_id: str, actor: str, now: datetime

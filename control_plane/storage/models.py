@@ -160,7 +160,10 @@ class AssignmentRecord(Base):
 
 class StatusReportRecord(Base):
     __tablename__ = "status_reports"
-    __table_args__ = (Index("ix_status_reports_device_received", "device_id", "received_at"),)
+    __table_args__ = (
+        Index("ix_status_reports_device_received", "device_id", "received_at"),
+        Index("ix_status_reports_device_version", "device_id", "assignment_version"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     report_id: Mapped[str] = mapped_column(String(32), unique=True)
@@ -185,6 +188,81 @@ class TufMetadataFile(Base):
     created_at: Mapped[datetime]
 
 
+class Rollout(Base):
+    """A staged rollout of one release to a cohort (see ``control_plane.rollouts``)."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_state", "state"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    release_id: Mapped[str] = mapped_column(String(64), ForeignKey("releases.id"))
+    cohort: Mapped[str] = mapped_column(String(500))
+    # {"stages": [...], "gate": {...}, "stage_timeout_seconds": n, "manual_approval": b}
+    plan: Mapped[dict[str, Any]]
+    salt: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int]
+    stage_started_at: Mapped[datetime]
+    approved_stage: Mapped[int | None]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+    release: Mapped[Release] = relationship(lazy="selectin")
+
+
+class RolloutDevice(Base):
+    """A device this rollout moved: when, from which release, and what it reported."""
+
+    __tablename__ = "rollout_devices"
+    __table_args__ = (
+        Index("ix_rollout_devices_device", "device_id"),
+        Index("ix_rollout_devices_outcome", "rollout_id", "outcome"),
+    )
+
+    rollout_id: Mapped[str] = mapped_column(String(64), ForeignKey("rollouts.id"), primary_key=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"), primary_key=True)
+    bucket: Mapped[int]
+    stage: Mapped[int]
+    prior_release_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("releases.id"))
+    assignment_version: Mapped[int]
+    assigned_at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(String(16))
+    outcome_at: Mapped[datetime | None]
+    detail: Mapped[str] = mapped_column(Text, default="")
+    rollback_assignment_version: Mapped[int | None]
+
+
+class RolloutEvent(Base):
+    """What happened to a rollout, in order: created, advanced, halted, paused, ..."""
+
+    __tablename__ = "rollout_events"
+    __table_args__ = (Index("ix_rollout_events_rollout", "rollout_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(String(64), ForeignKey("rollouts.id"))
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int]
+    message: Mapped[str] = mapped_column(Text)
+    numbers: Mapped[dict[str, Any]]
+
+
+class CohortDefault(Base):
+    """The release a cohort converges to once a rollout completed (newest row wins)."""
+
+    __tablename__ = "cohort_defaults"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    cohort: Mapped[str] = mapped_column(String(500))
+    release_id: Mapped[str] = mapped_column(String(64), ForeignKey("releases.id"))
+    rollout_id: Mapped[str] = mapped_column(String(64), ForeignKey("rollouts.id"))
+    set_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     """Append-only (triggers in the migration refuse UPDATE and DELETE)."""
 
@@ -204,10 +282,14 @@ __all__ = [
     "AssignmentRecord",
     "AuditEntry",
     "Base",
+    "CohortDefault",
     "Device",
     "EnrollmentToken",
     "Release",
     "ReleaseArtifact",
+    "Rollout",
+    "RolloutDevice",
+    "RolloutEvent",
     "StatusReportRecord",
     "TufMetadataFile",
     "UTCDateTime",

@@ -1,0 +1,35 @@
+"""The background worker that drives every running rollout, on each replica.
+
+Each tick judges every active rollout once (a replica that finds a rollout locked by
+another skips it) and then converges cohort defaults. The app's lifespan starts it.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from control_plane.rollouts.service import RolloutService
+
+log = logging.getLogger(__name__)
+
+
+class RolloutWorker:
+    name = "rollouts"
+
+    def __init__(self, service: RolloutService, interval_seconds: float) -> None:
+        self.service = service
+        self.interval_seconds = interval_seconds
+
+    def tick(self, now: datetime) -> None:
+        for rollout_id in self.service.active_ids():
+            try:
+                step = self.service.advance(rollout_id, now)
+            except Exception:
+                log.exception("advancing rollout %s failed; retrying next tick", rollout_id)
+                continue
+            if step is not None and step.value not in ("wait", "await_approval"):
+                log.info("rollout %s: %s", rollout_id, step.value)
+        moved = self.service.converge_defaults(now)
+        if moved:
+            log.info("cohort defaults: assigned %d devices their cohort's release", moved)
