@@ -17,20 +17,27 @@ def _newer_or_equal(reported: int | None, installed: int | None) -> bool:
     return reported is None or installed is None or reported >= installed
 
 
-def _serving_after(report: StatusReport) -> str | None:
-    """The release the device serves once this report's step is done, if it says."""
+_UNCHANGED = object()
+
+
+def _serving_after(report: StatusReport, installed: str | None) -> object:
+    """The release the device serves once this report's step is done (``None``: none),
+    or ``_UNCHANGED`` when the report does not say."""
     if report.state in (InstallState.ACTIVE, InstallState.COMMITTED):
         return report.release_id
-    if report.state is InstallState.ROLLED_BACK:
-        return report.serving_release_id
-    return None
+    if report.state in (InstallState.ROLLED_BACK, InstallState.FAILED):
+        if report.serving_release_id is not None:
+            return report.serving_release_id
+        if report.state is InstallState.ROLLED_BACK and installed == report.release_id:
+            return None  # a first release failed its health window: nothing serves
+    return _UNCHANGED
 
 
 def record_status(
     db: Database, signer: str, report: StatusReport, now: datetime
 ) -> StatusReportAck:
     """Store ``report`` unless it was stored before; an "active" or "committed" report
-    (or a "rolled_back" one naming what serves now) moves the device's
+    (or a "rolled_back"/"failed" one naming what serves now) moves the device's
     installed release (never back to an older assignment)."""
     if report.device_id != signer:
         raise PermissionDeniedError(
@@ -62,13 +69,13 @@ def record_status(
                 )
             )
             device.last_seen_at = now
-            serving = _serving_after(report)
+            serving = _serving_after(report, device.installed_release_id)
             if (
-                serving is not None
-                and session.get(Release, serving) is not None
+                serving is not _UNCHANGED
+                and (serving is None or session.get(Release, serving) is not None)
                 and _newer_or_equal(report.assignment_version, device.installed_assignment_version)
             ):
-                device.installed_release_id = serving
+                device.installed_release_id = serving if isinstance(serving, str) else None
                 device.installed_assignment_version = report.assignment_version
             session.flush()
     except IntegrityError:  # the same report delivered twice at once: the other copy won
