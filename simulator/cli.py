@@ -87,18 +87,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fleet(args: argparse.Namespace, behaviour: Mix) -> list[SimDevice]:
+def _fleet(args: argparse.Namespace, behaviour: Mix) -> tuple[list[SimDevice], list[SimDevice]]:
+    """The devices to run (the first ``--devices``) and all devices to save afterwards."""
     if args.devices < 1:
         raise SetupError("--devices must be at least 1")
-    devices: list[SimDevice] = []
+    saved: list[SimDevice] = []
     if args.state is not None and args.state.exists():
-        devices = state.load(args.state, behaviour)[: args.devices]
+        saved = state.load(args.state, behaviour)
     profile = TagSpec.parse(args.tag_spec, args.tag)
-    known = {d.index for d in devices}
-    for index in range(args.devices):
-        if index not in known:
-            devices.append(SimDevice(index, profile(index), behaviour(index), generate_key_pair()))
-    return sorted(devices, key=lambda d: d.index)
+    known = {d.index for d in saved}
+    fresh = [
+        SimDevice(i, profile(i), behaviour(i), generate_key_pair())
+        for i in range(args.devices)
+        if i not in known
+    ]
+    everyone = sorted(saved + fresh, key=lambda d: d.index)
+    return [d for d in everyone if d.index < args.devices], everyone
 
 
 def _operator_token(path: Path | None, needed: bool) -> str | None:
@@ -131,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         never_reports=args.never_reports,
         install_rounds=args.install_rounds,
     )
-    devices = _fleet(args, behaviour)
+    devices, everyone = _fleet(args, behaviour)
     token = _operator_token(args.token_file, any(not d.enrolled for d in devices))
     root = None
     if args.root is not None:
@@ -154,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         result = run_load(devices, plan, behaviour=behaviour, progress=sys.stderr)
     finally:
         if args.state is not None:
-            state.save(devices, args.state, server=plan.server)
+            state.save(everyone, args.state, server=plan.server)
     body = json.dumps(result.as_json(), indent=2)
     if args.json is not None:
         args.json.write_text(body + "\n")

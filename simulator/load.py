@@ -15,6 +15,7 @@ import multiprocessing
 import queue
 import random
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -230,6 +231,8 @@ async def _poll_phase(
         round_, next_at = 0, start + first
         while next_at < deadline:
             await asyncio.sleep(max(0.0, next_at - loop.time()))
+            if loop.time() >= deadline:
+                break
             async with gate:
                 exchange = device_round(
                     device,
@@ -240,7 +243,9 @@ async def _poll_phase(
                 )
                 tally.add(await run_async(client, exchange, latencies))
             round_ += 1
-            next_at += plan.poll_interval * (1 + rng.uniform(-plan.jitter, plan.jitter))
+            # a device that fell behind polls again at once, never in a burst to catch up
+            wait = plan.poll_interval * (1 + rng.uniform(-plan.jitter, plan.jitter))
+            next_at = max(next_at + wait, loop.time())
 
     async def reporter() -> None:
         while True:
@@ -253,6 +258,7 @@ async def _poll_phase(
     finally:
         ticker.cancel()
     tally.elapsed = loop.time() - start
+    progress(tally.elapsed, tally)
 
 
 async def _drive(
@@ -261,7 +267,7 @@ async def _drive(
     *,
     shard: int,
     ready: Callable[[], None],
-    progress: Callable[[float, _Tally], None],
+    out: TextIO,
 ) -> _Tally:
     tally = _Tally()
     limits = httpx.Limits(
@@ -275,10 +281,18 @@ async def _drive(
         follow_redirects=False,
     ) as client:
         director = await _fetch_director(client, plan.root)
+        started = time.perf_counter()
         await _enroll_all(client, devices, plan, tally)
+        print(
+            f"[sim {shard}] {len(devices)} devices, {tally.enrolled} enrolled now"
+            f" ({time.perf_counter() - started:.1f} s, {tally.errors} errors);"
+            f" polling every {plan.poll_interval:g} s for {plan.duration:g} s",
+            file=out,
+            flush=True,
+        )
         ready()
         rng = random.Random(plan.seed * 1_000_003 + shard)
-        await _poll_phase(client, devices, plan, director, tally, rng, progress)
+        await _poll_phase(client, devices, plan, director, tally, rng, _printer(shard, out))
     tally.requests = sum(len(v) for v in tally.latencies.values())
     return tally
 
@@ -321,9 +335,7 @@ def _worker(
         def ready() -> None:
             barrier.wait(timeout=_SETUP_TIMEOUT_S)
 
-        tally = _run_loop(
-            _drive(devices, plan, shard=shard, ready=ready, progress=_printer(shard, sys.stderr))
-        )
+        tally = _run_loop(_drive(devices, plan, shard=shard, ready=ready, out=sys.stderr))
         results.put((shard, tally, [state.device_to_json(d) for d in devices], None))
     except BaseException as e:
         barrier.abort()
@@ -350,9 +362,7 @@ def run_load(
     shards = [list(devices[i :: plan.processes]) for i in range(plan.processes)]
     shards = [s for s in shards if s]
     if len(shards) <= 1:
-        tally = _run_loop(
-            _drive(devices, plan, shard=0, ready=lambda: None, progress=_printer(0, out))
-        )
+        tally = _run_loop(_drive(devices, plan, shard=0, ready=lambda: None, out=out))
         tallies = [tally]
     else:
         tallies = _run_processes(shards, plan, behaviour)
