@@ -29,6 +29,7 @@ from control_plane.api.wire import (
     AssignmentPublic,
     AuditEntryPublic,
     DevicePublic,
+    DeviceTagsPatch,
     EnrollmentTokenCreate,
     EnrollmentTokenCreated,
     PendingTargetsPublic,
@@ -47,6 +48,7 @@ from control_plane.artifacts.service import (
 from control_plane.errors import ArtifactTooLargeError, InvalidRequestError
 from control_plane.fleet import devices as fleet_devices
 from control_plane.fleet.enrollment import issue_enrollment_token
+from control_plane.fleet.tags import retag_device
 from control_plane.releases import service as releases
 from control_plane.releases.offline_signing import accept_signed_targets, pending_targets
 
@@ -101,6 +103,18 @@ def list_devices(_viewer: Reader, cp: CP) -> list[DevicePublic]:
 @router.get("/devices/{device_id}")
 def show_device(device_id: str, _viewer: Reader, cp: CP) -> DevicePublic:
     (view,) = fleet_devices.list_devices(cp.db, device_id)
+    return DevicePublic.of(view)
+
+
+@router.patch("/devices/{device_id}/tags")
+def edit_device_tags(
+    device_id: str, body: DeviceTagsPatch, operator: Assigner, cp: CP
+) -> DevicePublic:
+    """Add ``key=value`` tags (replacing the key's value) and remove tags (``key=value``,
+    or ``key`` for any value); at most 32 (operator). Audited as ``device.tag``."""
+    view = retag_device(
+        cp.db, device_id, add=body.add, remove=body.remove, actor=operator.actor, now=cp.clock()
+    )
     return DevicePublic.of(view)
 
 
@@ -218,13 +232,19 @@ def publish_release(body: ReleaseCreate, publisher: Publisher, cp: CP) -> Releas
 
 
 @router.get("/releases")
-def list_releases(_viewer: Reader, cp: CP) -> list[ReleasePublic]:
-    return [ReleasePublic.of(r) for r in releases.list_releases(cp.db)]
+def list_releases(
+    _viewer: Reader,
+    cp: CP,
+    name: Annotated[str | None, Query(max_length=128, description="only this release")] = None,
+) -> list[ReleasePublic]:
+    """Releases, newest first; ``?name=assistant`` lists the versions of one."""
+    return [ReleasePublic.of(r) for r in releases.list_releases(cp.db, name=name)]
 
 
-@router.get("/releases/{release_id}")
-def show_release(release_id: str, _viewer: Reader, cp: CP) -> ReleasePublic:
-    return ReleasePublic.of(releases.show_release(cp.db, release_id))
+@router.get("/releases/{release_ref}")
+def show_release(release_ref: str, _viewer: Reader, cp: CP) -> ReleasePublic:
+    """A release by id (``rel_...``) or by ``name@version``."""
+    return ReleasePublic.of(releases.show_release(cp.db, release_ref))
 
 
 @router.get("/repository/pending-targets")

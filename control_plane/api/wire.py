@@ -248,6 +248,14 @@ class DevicePublic(_Out):
         )
 
 
+class DeviceTagsPatch(_In):
+    """Tag edits: ``add`` sets ``key=value`` (replacing the key's value), ``remove`` drops
+    ``key=value`` or every tag of ``key``. Rules: ``control_plane.fleet.tags``."""
+
+    add: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)
+    remove: list[Annotated[str, Field(max_length=200)]] = Field(default_factory=list, max_length=32)
+
+
 class AuditEntryPublic(_Out):
     id: int
     at: datetime

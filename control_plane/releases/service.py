@@ -146,11 +146,31 @@ def get_release(session: Session, release_id: str) -> Release:
     return release
 
 
-def list_releases(db: Database) -> list[Release]:
-    with db.transaction() as session:
-        return list(session.scalars(select(Release).order_by(Release.created_at.desc())))
+def get_release_by_ref(session: Session, ref: str) -> Release:
+    """A release by id (``rel_...``) or by ``name@version`` (ids never contain ``@``)."""
+    name, at, version = ref.partition("@")
+    if not at:
+        return get_release(session, ref)
+    release = session.scalars(
+        select(Release).where(Release.name == name, Release.version == version)
+    ).first()
+    if release is None:
+        raise NotFoundError(
+            f"no release {name}@{version}; GET /api/v1/releases?name={name} lists its versions"
+        )
+    return release
 
 
-def show_release(db: Database, release_id: str) -> Release:
+def list_releases(db: Database, *, name: str | None = None) -> list[Release]:
+    """Releases, newest first; only those called ``name`` when it is given."""
+    query = select(Release).order_by(Release.created_at.desc())
+    if name is not None:
+        query = query.where(Release.name == name)
     with db.transaction() as session:
-        return get_release(session, release_id)
+        return list(session.scalars(query))
+
+
+def show_release(db: Database, ref: str) -> Release:
+    """A release by id or ``name@version``."""
+    with db.transaction() as session:
+        return get_release_by_ref(session, ref)
