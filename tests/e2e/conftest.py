@@ -163,7 +163,7 @@ class ControlPlane:
 class Agent:
     """An enrolled device: ``python -m edge_agent enroll`` once, ``run`` as often as needed."""
 
-    def __init__(self, cp: ControlPlane, state_dir: Path) -> None:
+    def __init__(self, cp: ControlPlane, state_dir: Path, tags: list[str] | None = None) -> None:
         self.cp = cp
         self.state_dir = state_dir
         self.port = free_port()
@@ -186,6 +186,7 @@ class Agent:
                 "e2e-kiosk",
                 "--tag",
                 "e2e",
+                *(arg for tag in tags or [] for arg in ("--tag", tag)),
             ],
             cwd=REPO,
             env=_env(),
@@ -199,11 +200,12 @@ class Agent:
         self.log_path = state_dir.parent / f"{state_dir.name}-agent.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, pause_at: str | None = None) -> None:
+    def start(self, *, pause_at: str | None = None, env: dict[str, str] | None = None) -> None:
         extra = {
             "OUTPOST_AGENT_MAX_BACKOFF_SECONDS": "1",
             "OUTPOST_AGENT_N_CTX": "512",
             "OUTPOST_AGENT_N_THREADS": "2",
+            **(env or {}),
         }
         if pause_at is not None:
             extra["OUTPOST_AGENT_TEST_PAUSE_AT"] = pause_at
