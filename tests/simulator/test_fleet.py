@@ -139,21 +139,24 @@ def test_a_renewed_assignment_of_the_serving_release_commits_even_where_health_f
 def test_an_install_stays_active_for_its_health_window_before_committing(
     cp: ControlPlaneUnderTest, tmp_path: Path
 ) -> None:
-    slow = Behaviour(install_rounds=2, install_seconds=60)
-    sim = fleet(cp, 2, behaviour=lambda i: slow)
+    by_rounds, by_seconds = Behaviour(install_rounds=2), Behaviour(install_seconds=60)
+    sim = fleet(cp, 2, behaviour=lambda i: by_rounds if i == 0 else by_seconds)
     sim.step()
     release = publish(cp, tmp_path, "1.0.0")
     for device_id in sim.device_ids():
         cp.assign(device_id, release["id"])
+    rounds_id, seconds_id = sim.device_ids()
 
     assert InstallState.COMMITTED not in sim.step().reports
     assert {d["last_status"]["state"] for d in devices(cp).values()} == {"active"}
     busy = sim.step()
     assert busy.outcomes == {PollOutcome.BUSY: 2}
     assert busy.reports == {}
-    assert sim.step().reports == {}  # two rounds, but not yet 60 s
+    assert sim.step().reports == {InstallState.COMMITTED: 1}  # two rounds, but not 60 s
+    assert devices(cp)[rounds_id]["last_status"]["state"] == "committed"
+    assert devices(cp)[seconds_id]["last_status"]["state"] == "active"
     cp.clock.advance(seconds=61)
-    assert sim.step().reports == {InstallState.COMMITTED: 2}
+    assert sim.step().reports == {InstallState.COMMITTED: 1}
     assert {d["last_status"]["state"] for d in devices(cp).values()} == {"committed"}
 
 
