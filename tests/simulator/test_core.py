@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -195,3 +198,22 @@ def test_a_saved_state_restores_keys_ids_and_install_progress(tmp_path: Path) ->
     with pytest.raises(SetupError):
         (tmp_path / "bad.json").write_text("{}")
         load(tmp_path / "bad.json", lambda i: Behaviour())
+
+
+def test_the_simulator_imports_no_control_plane_code_and_no_runtime() -> None:
+    probe = (
+        "import json, sys, simulator, simulator.cli, simulator.load\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    loaded = set(json.loads(done.stdout))
+    top = {m.split(".")[0] for m in loaded}
+    assert not top & {"control_plane", "llama_cpp", "onnxruntime", "sqlalchemy", "fastapi"}
+    assert {m for m in loaded if m.startswith("edge_agent.")} <= {
+        "edge_agent.errors",
+        "edge_agent.trust",
+        "edge_agent.trust.director",
+        "edge_agent.trust.targets",
+    }
