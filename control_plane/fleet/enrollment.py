@@ -12,6 +12,7 @@ from control_plane import audit
 from control_plane.access.tokens import new_id, new_secret, secret_hash
 from control_plane.errors import ConflictError, EnrollmentTokenError, InvalidRequestError
 from control_plane.fleet.device_keys import is_usable_ed25519_public_key
+from control_plane.fleet.tags import enrollment_tags
 from control_plane.storage.database import Database
 from control_plane.storage.models import Device, EnrollmentToken
 from protocol.messages import EnrollRequest
@@ -108,7 +109,7 @@ def _enroll(db: Database, request: EnrollRequest, now: datetime) -> Device:
             name=request.name,
             public_key_hex=request.device_public_key,
             hardware=request.hardware.model_dump(mode="json"),
-            tags=sorted(set(token.tags) | set(request.tags)),
+            tags=enrollment_tags(token.tags, request.tags),
             enrolled_at=now,
             last_seen_at=now,
             installed_release_id=None,

@@ -151,3 +151,20 @@ def retag_device(
         return view
 
     return retrying(db, work)
+
+
+def enrollment_tags(token_tags: Sequence[str], device_tags: Sequence[str]) -> list[str]:
+    """The tags a device enrolls with: its own (checked like any tag, one value per key)
+    under the enrollment token's, which win on a shared key - a device cannot move itself
+    out of, or into, the cohort its operator chose."""
+    by_key: dict[str, str] = {}
+    for i, tag in enumerate(device_tags):
+        key, _ = _parse_tag(f"tags[{i}]", tag, value_required=False)
+        if key in by_key and by_key[key] != tag:
+            raise InvalidTagError(f"tags[{i}]", f"key {key!r} appears twice; one value per key")
+        by_key[key] = tag
+    for tag in token_tags:
+        by_key[tag_key(tag)] = tag
+    if len(by_key) > MAX_TAGS:
+        raise InvalidTagError("tags", f"a device carries at most {MAX_TAGS} tags")
+    return sorted(by_key.values())
