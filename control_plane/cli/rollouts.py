@@ -1,0 +1,191 @@
+"""``outpost-cp rollout create|status|list|pause|resume|approve|abort``: staged rollouts of
+a release to a cohort (operator)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+from control_plane.cli.command import (
+    Context,
+    Subcommands,
+    add_group,
+    add_remote_command,
+    duration_seconds,
+)
+from control_plane.cli.output import fields, table, when
+
+
+def percent_or_fraction(text: str) -> float:
+    """``5%`` or ``0.05`` -> 0.05 (an argparse ``type``)."""
+    value = text.strip()
+    try:
+        if value.endswith("%"):
+            return float(value[:-1]) / 100
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate like 5% or 0.05") from None
+
+
+def stage_list(text: str) -> list[float]:
+    """``1,10,50,100`` -> [1.0, 10.0, 50.0, 100.0]."""
+    try:
+        return [float(part.strip().rstrip("%")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of percentages like 1,10,50,100"
+        ) from None
+
+
+def register(sub: Subcommands) -> None:
+    rollouts = add_group(sub, "rollout", help="staged rollouts of a release to a cohort")
+    cmd = add_remote_command(
+        rollouts, "create", help="start a staged rollout (operator)", handler=_create
+    )
+    cmd.add_argument("--release", required=True, metavar="NAME@VERSION|ID")
+    cmd.add_argument(
+        "--cohort",
+        required=True,
+        help="selector: 'hw=rpi5', 'hw=rpi5,store!=porto,ram_mb>=4096', or '*' for all",
+    )
+    cmd.add_argument("--stages", type=stage_list, default=[1, 10, 50, 100], help="e.g. 1,10,50,100")
+    cmd.add_argument(
+        "--max-failure-rate",
+        type=percent_or_fraction,
+        default=0.05,
+        help="halt above this share of failed devices, e.g. 5%% (default 5%%)",
+    )
+    cmd.add_argument(
+        "--min-sample", type=int, default=20, help="devices decided before the rate is judged"
+    )
+    cmd.add_argument("--max-failures", type=int, help="halt after this many failures, any rate")
+    cmd.add_argument(
+        "--stage-timeout",
+        type=duration_seconds,
+        default=1800,
+        help="a device silent this long counts as failed, e.g. 30m (default 30m)",
+    )
+    cmd.add_argument(
+        "--manual-approval",
+        action="store_true",
+        help="every stage but the last waits for 'rollout approve'",
+    )
+    cmd = add_remote_command(rollouts, "status", help="one rollout in full", handler=_status)
+    cmd.add_argument("rollout_id", metavar="ID")
+    add_remote_command(rollouts, "list", help="rollouts, newest first", handler=_list)
+    for action, text in (
+        ("pause", "stop advancing and assigning"),
+        ("resume", "go on after a pause"),
+        ("approve", "let the current stage advance (manual approval)"),
+    ):
+        cmd = add_remote_command(rollouts, action, help=f"{text} (operator)", handler=_action)
+        cmd.add_argument("rollout_id", metavar="ID")
+        cmd.set_defaults(action=action)
+    cmd = add_remote_command(
+        rollouts,
+        "abort",
+        help="stop for good; moved devices go back to their prior release (operator)",
+        handler=_action,
+    )
+    cmd.add_argument("rollout_id", metavar="ID")
+    cmd.add_argument(
+        "--no-rollback", action="store_true", help="leave moved devices on the new release"
+    )
+    cmd.set_defaults(action="abort")
+
+
+def rollout_text(rollout: Mapping[str, Any]) -> str:
+    release = rollout["release"]
+    summary = fields(
+        [
+            ("id", rollout["id"]),
+            ("release", f"{release['name']}@{release['version']}"),
+            ("cohort", rollout["cohort"]),
+            ("state", rollout["state"]),
+            ("stage", f"{rollout['stage']} of {len(rollout['stages'])}"),
+            (
+                "devices",
+                f"{rollout['moved']} moved: {rollout['committed']} committed,"
+                f" {rollout['failed']} failed, {rollout['timed_out']} timed out,"
+                f" {rollout['pending']} pending; {rollout['rolled_back']} rolled back",
+            ),
+            ("why", rollout["reason"] or "-"),
+            ("created", f"{when(rollout['created_at'])} by {rollout['created_by']}"),
+        ]
+    )
+    stages = table(
+        rollout["stages"],
+        [
+            ("STAGE", lambda s: s["stage"]),
+            ("PERCENT", lambda s: f"{s['percent']:g}%"),
+            ("DEVICES", lambda s: s["devices"]),
+            ("COMMITTED", lambda s: s["committed"]),
+            ("FAILED", lambda s: s["failed"]),
+            ("TIMED OUT", lambda s: s["timed_out"]),
+            ("PENDING", lambda s: s["pending"]),
+        ],
+        empty="no stages",
+    )
+    events = table(
+        rollout["events"],
+        [
+            ("AT", lambda e: when(e["at"])),
+            ("STAGE", lambda e: e["stage"]),
+            ("EVENT", lambda e: e["kind"]),
+            ("BY", lambda e: e["actor"]),
+            ("WHAT", lambda e: e["message"]),
+        ],
+        empty="no events",
+    )
+    return f"{summary}\n\n{stages}\n\n{events}"
+
+
+def _create(ctx: Context) -> None:
+    args = ctx.args
+    body: dict[str, Any] = {
+        "release": args.release,
+        "cohort": args.cohort,
+        "stages": args.stages,
+        "max_failure_rate": args.max_failure_rate,
+        "min_sample": args.min_sample,
+        "stage_timeout_seconds": args.stage_timeout,
+        "manual_approval": args.manual_approval,
+    }
+    if args.max_failures is not None:
+        body["max_failures"] = args.max_failures
+    rollout = ctx.client().request("POST", "/rollouts", json_body=body).json()
+    ctx.out.emit(rollout, rollout_text(rollout))
+
+
+def _status(ctx: Context) -> None:
+    rollout = ctx.client().request("GET", f"/rollouts/{ctx.args.rollout_id}").json()
+    ctx.out.emit(rollout, rollout_text(rollout))
+
+
+def _list(ctx: Context) -> None:
+    rollouts = ctx.client().request("GET", "/rollouts").json()
+    text = table(
+        rollouts,
+        [
+            ("ID", lambda r: r["id"]),
+            ("RELEASE", lambda r: f"{r['release']['name']}@{r['release']['version']}"),
+            ("COHORT", lambda r: r["cohort"]),
+            ("STATE", lambda r: r["state"]),
+            ("STAGE", lambda r: f"{r['stage']}/{len(r['stages'])}"),
+            ("COMMITTED", lambda r: f"{r['committed']}/{r['moved']}"),
+        ],
+        empty="no rollouts",
+    )
+    ctx.out.emit(rollouts, text)
+
+
+def _action(ctx: Context) -> None:
+    args = ctx.args
+    body = {"roll_back": not args.no_rollback} if args.action == "abort" else None
+    rollout = (
+        ctx.client()
+        .request("POST", f"/rollouts/{args.rollout_id}/{args.action}", json_body=body)
+        .json()
+    )
+    ctx.out.emit(rollout, rollout_text(rollout))
