@@ -3,7 +3,10 @@
 A control plane and an agent start as real processes; SmolLM2 is published as a signed
 release; the agent verifies, installs and serves it to the official `openai` client;
 the control plane goes away and the agent keeps answering; a tampered release is
-refused while the device keeps serving the good one.
+refused while the device keeps serving the good one. Then a fleet: the real agent and a
+few hundred simulated devices (real keys, signed requests, verified assignments) get a
+healthy release in stages, and a bad one that halts at its first judged stage and rolls
+back by itself.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".demo"
 PY = sys.executable
 QUESTION = "In one sentence: why do offline devices need signed updates?"
+SIMULATED_DEVICES = int(os.environ.get("OUTPOST_DEMO_FLEET", "300"))
+FLEET_TAGS = ["hw=rpi5", "store=lisbon"]
 
 
 def banner(text: str) -> None:
@@ -185,6 +192,191 @@ def chat(client: OpenAI, model: str, question: str, *, stream: bool) -> str:
     return "".join(parts)
 
 
+def outpost_cp(cp: ControlPlane, token_file: Path, *args: str) -> dict[str, Any]:
+    """Run the operator CLI against the demo's control plane; its JSON answer."""
+    done = subprocess.run(
+        [PY, "-m", "control_plane", *args, "--server", cp.url, "--token-file", str(token_file)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"demo: outpost-cp {' '.join(args)} failed: {done.stderr.strip()}")
+    body: dict[str, Any] = json.loads(done.stdout)
+    return body
+
+
+def fleet_act(
+    cp: ControlPlane,
+    cp_dir: Path,
+    created: dict[str, Any],
+    *,
+    device_id: str,
+    release_artifacts: list[str],
+    config: dict[str, Any],
+    client: OpenAI,
+    model: str,
+    summary: list[str],
+) -> None:
+    """Act 9: a simulated fleet around the real agent; a staged rollout that completes,
+    and one that halts on failing health windows and rolls back by itself."""
+    from simulator import Behaviour, Fleet, Health, TagSpec
+
+    banner(f"9. A fleet: the real agent and {SIMULATED_DEVICES} simulated devices")
+    token_file = WORK / "operator.token"
+    token_file.write_text(created["admin_token"])
+    token_file.chmod(0o600)
+    operator = outpost_cp(
+        cp,
+        token_file,
+        "tokens",
+        "create",
+        "--name",
+        "demo-operator",
+        "--role",
+        "operator",
+        "--json",
+    )
+    operator_file = WORK / "operator-role.token"
+    operator_file.write_text(operator["token"])
+    operator_file.chmod(0o600)
+
+    def behaviour(index: int) -> Behaviour:
+        # one simulated device in five cannot run 1.2.0: its health window fails
+        if index % 5 == 0:
+            return Behaviour(health=Health.FAILS_HEALTH, failing_releases=frozenset({"1.2.0"}))
+        return Behaviour()
+
+    sim_http = httpx.Client(base_url=cp.url, timeout=60)
+    sim = Fleet.create(
+        sim_http,
+        size=SIMULATED_DEVICES,
+        clock=lambda: datetime.now(UTC),
+        operator_token=operator["token"],
+        profile=TagSpec.parse(["hw=rpi5", "store=lisbon,porto"]),
+        behaviour=behaviour,
+        root=(cp_dir / "root.json").read_bytes(),
+    )
+    info(f"enrolling {SIMULATED_DEVICES} simulated devices (Ed25519 keys, one-time tokens) ...")
+    first = sim.step()
+    info(f"enrolled {first.enrolled}; tags hw=rpi5 and store=lisbon|porto, like the real kiosk")
+    stop = threading.Event()
+
+    def poll_forever() -> None:
+        while not stop.is_set():
+            sim.step()
+            stop.wait(0.5)
+
+    poller = threading.Thread(target=poll_forever, name="simulated-fleet", daemon=True)
+    poller.start()
+
+    def publish(version: str, extra: dict[str, Any]) -> None:
+        cp.post(
+            "/api/v1/releases",
+            json={
+                "name": "kiosk-assistant",
+                "version": version,
+                "artifacts": release_artifacts,
+                "config": {**config, **extra},
+            },
+        )
+
+    def roll_out(version: str) -> dict[str, Any]:
+        started = outpost_cp(
+            cp,
+            operator_file,
+            "rollout",
+            "create",
+            "--release",
+            f"kiosk-assistant@{version}",
+            "--cohort",
+            "hw=rpi5",
+            "--stages",
+            "1,10,50,100",
+            "--max-failure-rate",
+            "5%",
+            "--min-sample",
+            "20",
+            "--stage-timeout",
+            "3m",
+            "--json",
+        )
+        info(
+            f"outpost-cp rollout create --release kiosk-assistant@{version} --cohort hw=rpi5"
+            " --stages 1,10,50,100 --max-failure-rate 5% --min-sample 20 --stage-timeout 3m"
+        )
+        last_stage = 0
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            status = outpost_cp(cp, operator_file, "rollout", "status", started["id"], "--json")
+            if status["stage"] != last_stage:
+                last_stage = status["stage"]
+                percent = status["stages"][last_stage - 1]["percent"]
+                info(
+                    f"   stage {last_stage} of 4 ({percent:g}%):"
+                    f" {status['moved']} devices moved, {status['committed']} committed"
+                )
+            if status["state"] not in ("running",):
+                return status
+            time.sleep(1)
+        raise SystemExit(f"demo: rollout {started['id']} did not finish in 10 minutes")
+
+    try:
+        banner("10. Roll out a healthy release in stages (1% -> 10% -> 50% -> 100%)")
+        publish("1.1.0", {"acceptance": {"max_smoke_ms": {"chat": 60000}}})
+        done = roll_out("1.1.0")
+        if done["state"] != "completed":
+            raise SystemExit(f"demo: the healthy rollout ended {done['state']}: {done['reason']}")
+        info(done["reason"])
+        wait_for(
+            "the real kiosk to run 1.1.0",
+            lambda: (
+                (cp.get(f"/api/v1/devices/{device_id}").get("installed_release") or {}).get(
+                    "version"
+                )
+                == "1.1.0"
+            ),
+            timeout=180,
+        )
+        summary.append(
+            f"staged rollout of 1.1.0 completed: {done['committed']} devices committed"
+            " (the real kiosk among them)"
+        )
+
+        banner("11. Roll out a bad release: its health window fails on some devices")
+        info("1.2.0 carries an acceptance threshold the real kiosk cannot meet (chat <= 1 ms),")
+        info("and one simulated device in five fails its health window on it")
+        publish("1.2.0", {"acceptance": {"max_smoke_ms": {"chat": 1}}})
+        halted = roll_out("1.2.0")
+        if halted["state"] != "halted":
+            raise SystemExit(f"demo: the bad rollout ended {halted['state']}: {halted['reason']}")
+        info(f"rollout halted: {halted['reason']}")
+        gate = next(e for e in halted["events"] if e["kind"] == "halted")["numbers"]
+        for g in gate["numbers"]["gates"]:
+            info(f"   gate {g['gate']}: {g['verdict']} - {g['reason']}")
+        wait_for(
+            "every moved device to run 1.1.0 again",
+            lambda: (
+                all(d.serving_release_id in (None, done["release"]["id"]) for d in sim.devices)
+                and (cp.get(f"/api/v1/devices/{device_id}").get("installed_release") or {}).get(
+                    "version"
+                )
+                == "1.1.0"
+            ),
+            timeout=180,
+        )
+        answer = chat(client, model, "Say hello.", stream=False)
+        info(f"the real kiosk serves 1.1.0: agent> {answer.strip()}")
+        summary.append(
+            f"bad release 1.2.0 halted at stage {halted['stage']} and rolled back"
+            f" {halted['rolled_back']} devices to 1.1.0"
+        )
+    finally:
+        stop.set()
+        poller.join(timeout=30)
+        sim_http.close()
+
+
 def main() -> int:
     summary: list[str] = []
     shutil.rmtree(WORK, ignore_errors=True)
@@ -236,6 +428,7 @@ def main() -> int:
     cp_proc = Process(
         "control-plane",
         [PY, "-m", "control_plane", "serve", "--data-dir", str(cp_dir), "--port", str(cp_port)],
+        env={**os.environ, "OUTPOST_CP_ROLLOUT_TICK_SECONDS": "1"},
     )
     agent_proc = Process(
         "agent",
@@ -259,7 +452,9 @@ def main() -> int:
         info(f"control plane listening on {cp.url}")
 
         banner("2. Enroll a device with a one-time token")
-        enrollment = cp.post("/api/v1/enrollment-tokens", json={"expires_in_seconds": 600})
+        enrollment = cp.post(
+            "/api/v1/enrollment-tokens", json={"expires_in_seconds": 600, "tags": FLEET_TAGS}
+        )
         enrolled = subprocess.run(
             [
                 PY,
@@ -422,6 +617,18 @@ def main() -> int:
         answer = chat(client, model, "Say hello.", stream=False)
         info(f"still serving 1.0.0: agent> {answer.strip()}")
         summary.append("tampered release refused; device kept serving 1.0.0")
+
+        fleet_act(
+            cp,
+            cp_dir,
+            created,
+            device_id=device_id,
+            release_artifacts=[artifact["id"], *(a["id"] for a in shared)],
+            config=config,
+            client=client,
+            model=model,
+            summary=summary,
+        )
     finally:
         agent_proc.stop()
         cp_proc.stop()
