@@ -17,6 +17,7 @@ from control_plane.artifacts.blob_store import BlobStore
 from control_plane.director.service import Director
 from control_plane.repository.keyring import Keyring, OnlineKeySource
 from control_plane.repository.metadata_store import MetadataStore
+from control_plane.rollouts.fault_injection import TestOnlyPause
 from control_plane.rollouts.service import RolloutService
 from control_plane.rollouts.worker import RolloutWorker
 from control_plane.settings import ControlPlaneSettings
@@ -106,7 +107,11 @@ class ControlPlane:
             metadata=MetadataStore(db, settings.lifetimes, online),
             director=director,
             blobs=blobs,
-            rollouts=RolloutService(db, director),
+            rollouts=RolloutService(
+                db,
+                director,
+                checkpoint=TestOnlyPause(settings.test_pause_at, settings.data_dir),
+            ),
             clock=clock,
         )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,11 @@ class ControlPlaneSettings(BaseSettings):
     # Background workers (rollouts, cohort defaults). Off only for tests that drive them.
     workers_enabled: bool = True
     rollout_tick_seconds: float = Field(default=2.0, ge=0.05, le=600)
+
+    # TEST ONLY: freeze the rollout worker at this step, inside its locked transaction,
+    # until the process is killed (control_plane.rollouts.fault_injection). Never set it
+    # on a real control plane.
+    test_pause_at: Literal["rollout-advanced"] | None = None
 
     @property
     def resolved_database_url(self) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import secrets
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -218,9 +218,18 @@ def _event(
 class RolloutService:
     """Creates and drives staged rollouts; every operator action is audited."""
 
-    def __init__(self, db: Database, director: Director) -> None:
+    def __init__(
+        self,
+        db: Database,
+        director: Director,
+        *,
+        checkpoint: Callable[[str], None] | None = None,
+    ) -> None:
         self.db = db
         self.director = director
+        # TEST ONLY (see control_plane.rollouts.fault_injection): called at named steps
+        # inside a pass's locked transaction; a no-op unless a test freezes a replica there.
+        self.checkpoint = checkpoint or _no_checkpoint
 
     # --- create --------------------------------------------------------------------------
 
@@ -328,6 +337,9 @@ class RolloutService:
             counts = self.counts(session, rollout)
             decision = decide(plan_of(rollout), gate_of(rollout), counts)
             self._carry_out(session, rollout, release, counts, decision, now)
+            if decision.step is Step.ADVANCE:
+                session.flush()  # the whole pass is written, not yet committed
+                self.checkpoint("rollout-advanced")
             return decision.step
 
         return retrying(self.db, work)
@@ -790,6 +802,10 @@ class RolloutService:
             return len(moves)
 
         return retrying(self.db, work)
+
+
+def _no_checkpoint(_step: str) -> None:
+    return None
 
 
 def _try_lock(session: Session, key: int) -> bool:
