@@ -51,6 +51,7 @@ from control_plane.fleet.enrollment import issue_enrollment_token
 from control_plane.fleet.tags import retag_device
 from control_plane.releases import service as releases
 from control_plane.releases.offline_signing import accept_signed_targets, pending_targets
+from control_plane.rollouts.core import CohortSelector
 
 router = APIRouter(prefix="/api/v1")
 _UPLOAD_BUFFER = 1 << 20
@@ -96,8 +97,14 @@ def create_enrollment(
 
 
 @router.get("/devices")
-def list_devices(_viewer: Reader, cp: CP) -> list[DevicePublic]:
-    return [DevicePublic.of(v) for v in fleet_devices.list_devices(cp.db)]
+def list_devices(
+    _viewer: Reader,
+    cp: CP,
+    cohort: Annotated[str | None, Query(max_length=500)] = None,
+) -> list[DevicePublic]:
+    """Every device, or a cohort's: ``?cohort=hw=rpi5,ram_mb>=4096`` (the rollout selector)."""
+    selector = None if cohort is None else CohortSelector.parse(cohort)
+    return [DevicePublic.of(v) for v in fleet_devices.list_devices(cp.db, cohort=selector)]
 
 
 @router.get("/devices/{device_id}")

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +15,7 @@ from control_plane.cli.command import (
     duration_seconds,
 )
 from control_plane.cli.output import fields, table, when
-
-_TERM = re.compile(r"^[A-Za-z0-9_.-]+=[A-Za-z0-9_.-]+$")
+from control_plane.rollouts.core import CohortSelector, InvalidRolloutError
 
 
 def register(sub: Subcommands) -> None:
@@ -49,7 +47,8 @@ def register(sub: Subcommands) -> None:
     cmd.add_argument(
         "--cohort",
         metavar="SELECTOR",
-        help="only devices with all these tags: 'hw=rpi5,store=porto'",
+        help="only the devices a rollout with this cohort would select:"
+        " 'hw=rpi5,store!=porto,ram_mb>=4096' (see docs/rollouts.md)",
     )
     cmd = add_remote_command(devices, "show", help="one device in full", handler=_show)
     cmd.add_argument("device_id", metavar="ID")
@@ -78,14 +77,12 @@ def register(sub: Subcommands) -> None:
     )
 
 
-def cohort_terms(selector: str) -> list[str]:
-    """``'hw=rpi5, store=porto'`` -> ``['hw=rpi5', 'store=porto']`` (all must hold)."""
-    terms = [t.strip() for t in selector.split(",") if t.strip()]
-    bad = [t for t in terms if not _TERM.match(t)]
-    if not terms or bad:
-        detail = f"; not: {', '.join(repr(t) for t in bad)}" if bad else ""
-        raise UsageError(f"--cohort {selector!r}: give key=value terms separated by commas{detail}")
-    return terms
+def cohort_selector(selector: str) -> str:
+    """Check a ``--cohort`` selector here (a usage error sends nothing); the canonical text."""
+    try:
+        return CohortSelector.parse(selector).text
+    except InvalidRolloutError as e:
+        raise UsageError(f"--cohort {selector!r}: {e}") from e
 
 
 def _create_enrollment_token(ctx: Context) -> None:
@@ -110,8 +107,8 @@ def _release(ref: Mapping[str, Any] | None) -> str | None:
 
 
 def _list(ctx: Context) -> None:
-    terms = cohort_terms(ctx.args.cohort) if ctx.args.cohort else []
-    rows = ctx.client().list_devices(having_tags=terms)
+    selector = cohort_selector(ctx.args.cohort) if ctx.args.cohort else None
+    rows = ctx.client().list_devices(cohort=selector)
     text = table(
         rows,
         [
@@ -123,7 +120,7 @@ def _list(ctx: Context) -> None:
             ("STATUS", lambda d: d["last_status"] and d["last_status"]["state"]),
             ("LAST SEEN", lambda d: when(d["last_seen_at"])),
         ],
-        empty="no devices" + (f" with {', '.join(terms)}" if terms else ""),
+        empty="no devices" + (f" in cohort {selector!r}" if selector else ""),
     )
     ctx.out.emit(rows, text)
 

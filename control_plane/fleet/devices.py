@@ -10,6 +10,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from control_plane.errors import NotFoundError
+from control_plane.rollouts.core import CohortSelector
 from control_plane.storage.database import Database
 from control_plane.storage.models import (
     AssignmentRecord,
@@ -87,6 +88,12 @@ def mark_seen(session: Session, device_id: str, now: datetime) -> None:
     session.execute(update(Device).where(Device.id == device_id).values(last_seen_at=now))
 
 
-def list_devices(db: Database, device_id: str | None = None) -> list[DeviceView]:
+def list_devices(
+    db: Database, device_id: str | None = None, *, cohort: CohortSelector | None = None
+) -> list[DeviceView]:
+    """Every device (or one), or those a cohort selector matches (tags, hardware facts)."""
     with db.transaction() as session:
-        return device_views(session, device_id)
+        views = device_views(session, device_id)
+    if cohort is None:
+        return views
+    return [v for v in views if cohort.matches(v.device.tags, v.device.hardware)]

@@ -192,9 +192,13 @@ class OperatorClient:
         result: Json = self._json("POST", "/enrollment-tokens", json_body=body)
         return result
 
-    def list_devices(self, *, having_tags: Sequence[str] = ()) -> list[Json]:
-        """Every device, or those carrying all of ``having_tags`` (``key=value``)."""
-        devices: list[Json] = self._json("GET", "/devices")
+    def list_devices(
+        self, *, having_tags: Sequence[str] = (), cohort: str | None = None
+    ) -> list[Json]:
+        """Every device, those a cohort selector matches (the server applies it, as a
+        rollout would), and of those the ones carrying all of ``having_tags``."""
+        params = None if cohort is None else {"cohort": cohort}
+        devices: list[Json] = self._json("GET", "/devices", params=params)
         wanted = set(having_tags)
         return [d for d in devices if wanted <= set(d.get("tags", []))]
 

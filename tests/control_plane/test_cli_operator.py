@@ -130,7 +130,13 @@ def test_devices_list_filters_by_cohort_and_show_prints_one(sh: OperatorShell) -
     assert "porto-pi" in table.out and "porto-x86" in table.out
     assert "lisbon-pi" not in table.out
     none = sh.run("devices", "list", "--cohort", "store=faro", json_mode=False)
-    assert none.out.strip() == "no devices with store=faro"
+    assert none.out.strip() == "no devices in cohort 'store=faro'"
+    facts = sh.run("devices", "list", "--cohort", "hw!=x86,ram_mb>=4096", role="viewer").data
+    assert sorted(d["name"] for d in facts) == ["lisbon-pi", "porto-pi"]
+    refused = sh.cp.client.get(
+        "/api/v1/devices", params={"cohort": "store>=3"}, headers=sh.cp.auth("viewer")
+    )
+    assert refused.status_code == 422 and "cohort:" in refused.text
 
     shown = sh.run("devices", "show", porto_pi.id)
     assert (
