@@ -61,6 +61,7 @@ from protocol.messages import FINAL_INSTALL_STATES, InstallState
 WORKER_ACTOR = "rollout-worker"
 MAX_OVERLAP_NAMED = 10
 _CONVERGE_LOCK_ID = 0x6F7574706F7374  # "outpost": one replica converges defaults at a time
+_CREATE_LOCK_ID = _CONVERGE_LOCK_ID + 1  # rollout creation (the overlap check) is serial
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,7 @@ class RolloutService:
     def create(self, request: RolloutRequest, *, actor: str, now: datetime) -> Rollout:
         def work(session: Session) -> Rollout:
             release = resolve_release(session, request.release)
+            _wait_lock(session, _CREATE_LOCK_ID)  # two replicas never both pass the overlap check
             fleet = _fleet(session)
             cohort = [d for d in fleet if request.cohort.matches(d.tags, d.hardware)]
             if not cohort:
@@ -466,7 +468,9 @@ class RolloutService:
                     device_id=device.id,
                     bucket=bucket,
                     stage=rollout.stage,
-                    prior_release_id=prior.release_id if prior is not None else None,
+                    # what the device runs (by its own report), else what it was assigned
+                    prior_release_id=device.installed_release_id
+                    or (prior.release_id if prior is not None else None),
                     assignment_version=record.version
                     if record
                     else (prior.version if prior else 0),
@@ -536,7 +540,10 @@ class RolloutService:
             summary = halt_summary(counts, decision)
             moved_back, left = self._roll_back(session, rollout, now)
             rollout.state = RolloutState.HALTED.value
-            rollout.reason = f"{summary}; {_rollback_phrase(moved_back, left)}"
+            rollout.reason = (
+                f"{summary}; {_rollback_phrase(moved_back, left)}"
+                " (see docs/runbooks/cp-rollout-halted.md)"
+            )
             rollout.finished_at = now
             self._decided(session, rollout, "halted", rollout.reason, now, numbers)
             return
@@ -806,6 +813,12 @@ class RolloutService:
 
 def _no_checkpoint(_step: str) -> None:
     return None
+
+
+def _wait_lock(session: Session, key: int) -> None:
+    """A transaction-scoped advisory lock on PostgreSQL, waited for; SQLite has one writer."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
 
 def _try_lock(session: Session, key: int) -> bool:

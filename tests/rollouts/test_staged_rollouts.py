@@ -206,3 +206,24 @@ def test_a_restart_mid_rollout_loses_nothing_and_reshuffles_no_bucket(
     moved_after = {k.id for k in fleet.kiosks if k.seen_version >= 2}
     assert moved_before < moved_after, "stage 2 contains stage 1 and more"
     assert fleet.run(rid)["state"] == "completed"
+
+
+def test_a_halt_sends_devices_back_to_what_they_ran_not_a_refused_assignment(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    _base(fleet, tmp_path, n=10)
+    bad = fleet.release("1.0.1", 9, tmp_path)
+    refusing = fleet.kiosks[0]
+    record = fleet.cp.assign(refusing.id, bad["id"])
+    refusing.seen_version = record["version"]  # it refused 1.0.1 and still runs 1.0.0
+    refusing.device.report(
+        state="refused", assignment_version=record["version"], release_id=bad["id"]
+    )
+    for kiosk in fleet.kiosks[:10]:
+        kiosk.fails_health = True
+    rid = fleet.create("kiosk-assistant@1.1.0", stages=[100], min_sample=1).json()["id"]
+    shown = fleet.run(rid)
+    assert shown["state"] == "halted"
+    assert "kiosk-assistant@1.0.0" in shown["reason"] and "1.0.1" not in shown["reason"]
+    fleet.step()
+    assert fleet.installed()[refusing.id] == "1.0.0"
