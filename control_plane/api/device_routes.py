@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from control_plane.api.dependencies import CP, authenticate_device
 from control_plane.api.errors import describe_validation_errors
 from control_plane.errors import InvalidRequestError
-from control_plane.fleet.devices import mark_seen
+from control_plane.fleet.devices import record_seen
 from control_plane.fleet.enrollment import enroll
 from control_plane.fleet.status import record_status
 from protocol import paths
@@ -39,8 +39,7 @@ async def current_assignment(request: Request, cp: CP) -> Response:
 
     def work() -> str | None:
         record = cp.director.current(device_id, now)
-        with cp.db.transaction() as session:
-            mark_seen(session, device_id, now)
+        record_seen(cp.db, device_id, now)
         return None if record is None else record.envelope
 
     envelope = await run_in_threadpool(work)

@@ -7,14 +7,12 @@ import re
 
 from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 
 from control_plane.api.dependencies import CP
 from control_plane.api.wire import Health
+from control_plane.artifacts.service import published_artifact
 from control_plane.errors import NotFoundError
-from control_plane.releases.state import ReleaseState
-from control_plane.repository.metadata_store import TIMESTAMP_FILE, read_file
-from control_plane.storage.models import Artifact, Release, ReleaseArtifact
+from control_plane.repository.metadata_store import TIMESTAMP_FILE
 from protocol import paths
 from protocol.version import PROTOCOL_VERSION
 
@@ -40,8 +38,7 @@ def metadata_file(file_name: str, cp: CP) -> Response:
         content: bytes | None = cp.metadata.current_timestamp(cp.clock())
         cache = "no-cache"
     else:
-        with cp.db.transaction() as session:
-            content = read_file(session, file_name)
+        content = cp.metadata.read(file_name)
         cache = "no-cache" if file_name == "root.json" else _IMMUTABLE
     if content is None:
         raise NotFoundError(f"no metadata file {file_name!r}")
@@ -61,18 +58,7 @@ def target_file(sha256: str, file_name: str, cp: CP) -> BlobResponse:
     names = [file_name]
     if file_name.startswith(sha256 + "."):
         names.append(file_name.removeprefix(sha256 + "."))
-    with cp.db.transaction() as session:
-        artifact = session.scalars(
-            select(Artifact)
-            .where(Artifact.target_path.in_([f"{sha256}/{n}" for n in names]))
-            .where(
-                Artifact.id.in_(
-                    select(ReleaseArtifact.artifact_id)
-                    .join(Release, Release.id == ReleaseArtifact.release_id)
-                    .where(Release.state == ReleaseState.PUBLISHED)
-                )
-            )
-        ).first()
+    artifact = published_artifact(cp.db, [f"{sha256}/{n}" for n in names])
     if artifact is None:
         raise NotFoundError(f"no published target {sha256}/{file_name}")
     blob = cp.blobs.path(artifact.sha256)

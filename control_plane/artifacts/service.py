@@ -17,9 +17,10 @@ from control_plane.access.tokens import new_id
 from control_plane.artifacts.blob_store import Upload
 from control_plane.artifacts.formats import file_name, inspect_artifact
 from control_plane.errors import InvalidRequestError, NotFoundError
+from control_plane.releases.state import ReleaseState
 from control_plane.repository import ImageRepository
 from control_plane.storage.database import Database
-from control_plane.storage.models import Artifact
+from control_plane.storage.models import Artifact, Release, ReleaseArtifact
 from protocol.messages import ARTIFACT_FORMATS, ARTIFACT_KINDS
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -172,3 +173,19 @@ def get_artifact(db: Database, artifact_id: str) -> Artifact:
         if artifact is None:
             raise NotFoundError(f"no artifact with id {artifact_id!r}")
         return artifact
+
+
+def published_artifact(db: Database, target_paths: list[str]) -> Artifact | None:
+    """The artifact at one of ``target_paths`` if a published release holds it."""
+    with db.transaction() as session:
+        return session.scalars(
+            select(Artifact)
+            .where(Artifact.target_path.in_(target_paths))
+            .where(
+                Artifact.id.in_(
+                    select(ReleaseArtifact.artifact_id)
+                    .join(Release, Release.id == ReleaseArtifact.release_id)
+                    .where(Release.state == ReleaseState.PUBLISHED)
+                )
+            )
+        ).first()

@@ -97,3 +97,8 @@ def list_devices(
     if cohort is None:
         return views
     return [v for v in views if cohort.matches(v.device.tags, v.device.hardware)]
+
+
+def record_seen(db: Database, device_id: str, now: datetime) -> None:
+    with db.transaction() as session:
+        mark_seen(session, device_id, now)

@@ -254,6 +254,11 @@ class MetadataStore:
             now=now,
         )
 
+    def read(self, file_name: str) -> bytes | None:
+        """A stored metadata file's bytes (``None`` if there is none by that name)."""
+        with self.db.transaction() as session:
+            return read_file(session, file_name)
+
     def current_timestamp(self, now: datetime) -> bytes:
         """``timestamp.json``, re-signed first if it (or snapshot) is past half its lifetime.
 
