@@ -11,8 +11,8 @@ import httpx
 from sqlalchemy import func, select
 from tuf.api.metadata import Metadata, Targets
 
-from control_plane.services import ControlPlane
 from control_plane.director.assignment import needs_reissue
+from control_plane.services import ControlPlane
 from control_plane.storage.models import StatusReportRecord
 from protocol import (
     ASSIGNMENT_PAYLOAD_TYPE,
