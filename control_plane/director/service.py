@@ -101,12 +101,25 @@ def issue_assignment(
 def latest_assignments(
     session: Session, device_ids: Collection[str] | None = None
 ) -> dict[str, AssignmentRecord]:
-    """Each device's newest assignment (all devices, or those named), in one query."""
+    """Each device's newest assignment (all devices in one query, or those named in one
+    query per 1,000: PostgreSQL takes at most 65,535 parameters in a statement)."""
+    if device_ids is None:
+        return _newest_assignments(session, None)
+    ids = list(device_ids)
+    found: dict[str, AssignmentRecord] = {}
+    for start in range(0, len(ids), 1000):
+        found.update(_newest_assignments(session, ids[start : start + 1000]))
+    return found
+
+
+def _newest_assignments(
+    session: Session, device_ids: list[str] | None
+) -> dict[str, AssignmentRecord]:
     newest = select(
         AssignmentRecord.device_id, func.max(AssignmentRecord.version).label("v")
     ).group_by(AssignmentRecord.device_id)
     if device_ids is not None:
-        newest = newest.where(AssignmentRecord.device_id.in_(list(device_ids)))
+        newest = newest.where(AssignmentRecord.device_id.in_(device_ids))
     sub = newest.subquery()
     rows = session.scalars(
         select(AssignmentRecord).join(
