@@ -119,7 +119,13 @@ class ControlPlane:
         """The background workers this control plane runs while it serves."""
         workers: list[Worker] = []
         if self.settings.workers_enabled:
-            workers.append(RolloutWorker(self.rollouts, self.settings.rollout_tick_seconds))
+            workers.append(
+                RolloutWorker(
+                    self.rollouts,
+                    self.settings.rollout_tick_seconds,
+                    converge_seconds=self.settings.cohort_default_seconds,
+                )
+            )
         return WorkerThreads(workers=workers, clock=self.clock)
 
     def close(self) -> None:

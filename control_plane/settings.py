@@ -45,6 +45,8 @@ class ControlPlaneSettings(BaseSettings):
     # Background workers (rollouts, cohort defaults). Off only for tests that drive them.
     workers_enabled: bool = True
     rollout_tick_seconds: float = Field(default=2.0, ge=0.05, le=600)
+    # how often devices are converged to their cohort's default release (a full-fleet pass)
+    cohort_default_seconds: float = Field(default=30.0, ge=0.05, le=3600)
 
     # TEST ONLY: freeze the rollout worker at this step, inside its locked transaction,
     # until the process is killed (control_plane.rollouts.fault_injection). Never set it
