@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/agent_install.py
 	$(PY) benchmarks/vision.py
 	$(PY) benchmarks/rag_retrieval.py
+	$(PY) benchmarks/control_plane_fleet.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
