@@ -180,22 +180,9 @@ class Director:
     def _issue(
         self, session: Session, device_id: str, release: Release, issued_by: str, now: datetime
     ) -> AssignmentRecord:
-        key = self.key
-        if not root_trusts_director(session, key):
-            raise ServiceUnavailableError(
-                "the director key file is not the key the current root trusts (a key"
-                " rotation is finishing, or keys/online is out of step with the database);"
-                " retry shortly, else see docs/runbooks/cp-online-key-compromise.md"
-            )
-        return issue_assignment(
-            session,
-            device_id=device_id,
-            release=release,
-            key=key,
-            ttl=self.ttl,
-            issued_by=issued_by,
-            now=now,
-        )
+        return self.issue_many(session, [(device_id, release)], issued_by=issued_by, now=now)[
+            device_id
+        ]
 
     def issue_many(
         self,

@@ -798,13 +798,12 @@ class RolloutService:
                     current.release_id == default.release_id or current.issued_at >= default.set_at
                 ):
                     continue
-                release = releases.get(default.release_id)
-                if release is None:
-                    release = releases[default.release_id] = session.get(
-                        Release, default.release_id
-                    )  # type: ignore[assignment]
-                if release is not None:
-                    moves.append((device_id, release))
+                if default.release_id not in releases:
+                    found = session.get(Release, default.release_id)
+                    if found is None:  # pragma: no cover - foreign key guarantees it
+                        continue
+                    releases[default.release_id] = found
+                moves.append((device_id, releases[default.release_id]))
             self.director.issue_many(session, moves, issued_by="cohort-default", now=now)
             return len(moves)
 

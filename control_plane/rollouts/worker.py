@@ -9,8 +9,20 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from typing import Protocol
 
-from control_plane.rollouts.service import RolloutService
+from control_plane.rollouts.core import Step
+
+
+class RolloutPasses(Protocol):
+    """What the worker drives (``RolloutService``)."""
+
+    def active_ids(self) -> list[str]: ...
+
+    def advance(self, rollout_id: str, now: datetime) -> Step | None: ...
+
+    def converge_defaults(self, now: datetime) -> int: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +31,7 @@ class RolloutWorker:
     name = "rollouts"
 
     def __init__(
-        self, service: RolloutService, interval_seconds: float, converge_seconds: float = 30.0
+        self, service: RolloutPasses, interval_seconds: float, converge_seconds: float = 30.0
     ) -> None:
         self.service = service
         self.interval_seconds = interval_seconds

@@ -29,7 +29,7 @@ class Recorder:
 
 def test_every_tick_judges_each_rollout_and_defaults_converge_on_their_own_interval() -> None:
     service = Recorder()
-    worker = RolloutWorker(service, interval_seconds=1, converge_seconds=30)  # type: ignore[arg-type]
+    worker = RolloutWorker(service, interval_seconds=1, converge_seconds=30)
     start = datetime(2026, 12, 1, tzinfo=UTC)
     for second in range(0, 65, 5):
         worker.tick(start + timedelta(seconds=second))
