@@ -263,6 +263,17 @@ class CohortDefault(Base):
     set_at: Mapped[datetime]
 
 
+class RequestNonce(Base):
+    """A signed device request's nonce, kept until the request could no longer be fresh."""
+
+    __tablename__ = "request_nonces"
+    __table_args__ = (Index("ix_request_nonces_expires", "expires_at"),)
+
+    device_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     """Append-only (triggers in the migration refuse UPDATE and DELETE)."""
 
@@ -287,6 +298,7 @@ __all__ = [
     "EnrollmentToken",
     "Release",
     "ReleaseArtifact",
+    "RequestNonce",
     "Rollout",
     "RolloutDevice",
     "RolloutEvent",
