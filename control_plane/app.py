@@ -7,7 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from control_plane.api import device_routes, operator_routes, repo_routes, rollout_routes
+from control_plane.api import (
+    config_routes,
+    device_routes,
+    operator_routes,
+    repo_routes,
+    rollout_routes,
+)
 from control_plane.api.errors import install_error_handlers
 from control_plane.services import Clock, ControlPlane, utc_now
 from control_plane.settings import ControlPlaneSettings
@@ -41,5 +47,6 @@ def create_app(settings: ControlPlaneSettings, *, clock: Clock = utc_now) -> Fas
     app.include_router(operator_routes.router)
     app.include_router(rollout_routes.router)
     app.include_router(device_routes.router)
+    app.include_router(config_routes.router)
     app.include_router(repo_routes.router)
     return app

@@ -15,6 +15,7 @@ from typing import Protocol
 
 from control_plane.artifacts.blob_store import BlobStore
 from control_plane.director.service import Director
+from control_plane.remote_config.service import RemoteConfigService
 from control_plane.repository.keyring import Keyring, OnlineKeySource
 from control_plane.repository.metadata_store import MetadataStore
 from control_plane.rollouts.fault_injection import TestOnlyPause
@@ -86,6 +87,7 @@ class ControlPlane:
     director: Director
     blobs: BlobStore
     rollouts: RolloutService
+    remote_config: RemoteConfigService
     clock: Clock
 
     @classmethod
@@ -112,6 +114,7 @@ class ControlPlane:
                 director,
                 checkpoint=TestOnlyPause(settings.test_pause_at, settings.data_dir),
             ),
+            remote_config=RemoteConfigService(db, director, settings.assignment_ttl),
             clock=clock,
         )
 

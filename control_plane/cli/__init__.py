@@ -40,7 +40,7 @@ from types import ModuleType
 import httpx
 from pydantic import ValidationError
 
-from control_plane.cli import artifacts, audit, fleet, ops, releases, rollouts, tokens
+from control_plane.cli import artifacts, audit, config, fleet, ops, releases, rollouts, tokens
 from control_plane.cli.command import Context, UsageError, add_connection_options
 from control_plane.cli.output import Output
 from control_plane.errors import ControlPlaneError
@@ -48,7 +48,16 @@ from control_plane.ops.client import ApiRefusedError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES: tuple[ModuleType, ...] = (ops, tokens, fleet, artifacts, releases, rollouts, audit)
+COMMAND_MODULES: tuple[ModuleType, ...] = (
+    ops,
+    tokens,
+    fleet,
+    artifacts,
+    releases,
+    rollouts,
+    config,
+    audit,
+)
 
 
 def build_parser(modules: Sequence[ModuleType] = COMMAND_MODULES) -> argparse.ArgumentParser:

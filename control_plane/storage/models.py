@@ -274,6 +274,60 @@ class RequestNonce(Base):
     expires_at: Mapped[datetime]
 
 
+class ConfigLayer(Base):
+    """One version of one remote-config scope (``fleet``, ``tag`` ``k=v``, ``device`` id):
+    the layer's settings after the change, and the merge patch that made it."""
+
+    __tablename__ = "config_layers"
+    __table_args__ = (
+        UniqueConstraint("scope", "key", "version", name="uq_config_layers_scope_version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(200))
+    version: Mapped[int]
+    settings: Mapped[dict[str, Any]]
+    patch: Mapped[dict[str, Any]]
+    changed_at: Mapped[datetime]
+    changed_by: Mapped[str] = mapped_column(String(200))
+
+
+class DeviceConfigRecord(Base):
+    """A signed effective config issued to one device; ``version`` is monotonic per device."""
+
+    __tablename__ = "device_configs"
+    __table_args__ = (
+        UniqueConstraint("device_id", "version", name="uq_device_configs_device_version"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"))
+    version: Mapped[int]
+    settings: Mapped[dict[str, Any]]
+    digest: Mapped[str] = mapped_column(String(64))
+    envelope: Mapped[str] = mapped_column(Text)
+    issued_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    issued_by: Mapped[str] = mapped_column(String(200))
+
+
+class ConfigReportRecord(Base):
+    """What a device did with one config version (applied, rejected, reverted)."""
+
+    __tablename__ = "config_reports"
+    __table_args__ = (Index("ix_config_reports_device_version", "device_id", "config_version"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    report_id: Mapped[str] = mapped_column(String(32), unique=True)
+    device_id: Mapped[str] = mapped_column(String(64), ForeignKey("devices.id"))
+    config_version: Mapped[int]
+    state: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
+    received_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     """Append-only (triggers in the migration refuse UPDATE and DELETE)."""
 
@@ -294,7 +348,10 @@ __all__ = [
     "AuditEntry",
     "Base",
     "CohortDefault",
+    "ConfigLayer",
+    "ConfigReportRecord",
     "Device",
+    "DeviceConfigRecord",
     "EnrollmentToken",
     "Release",
     "ReleaseArtifact",
