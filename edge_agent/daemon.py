@@ -3,6 +3,12 @@
 ``run_agent`` composes the pieces: the release store (recovered first), the runtime's
 model registry, the local API on 127.0.0.1 (uvicorn, main thread) and the update loop
 (a background thread). SIGTERM/SIGINT stop the server, then the loop, then the models.
+
+The agent never fails to start because its state cannot be written: a corrupt
+``state.db`` is moved aside and rebuilt, and when the database cannot be written at all
+(disk full, read-only filesystem) the verified release on disk is served read-only, said
+so in ``GET /v1/status`` (``"store": "read-only: ..."``), and the store is opened again
+every ``store_retry_seconds`` until updates can resume.
 """
 
 from __future__ import annotations
@@ -12,17 +18,24 @@ import random
 import signal
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from types import FrameType
 from typing import TYPE_CHECKING
 
 import httpx
 
+from edge_agent.errors import StoreError
+from edge_agent.release import InstalledRelease
 from edge_agent.settings import AgentSettings
 from edge_agent.store import (
+    STATE_DB,
     DeviceIdentity,
+    InstallStep,
     Recovery,
+    ReleaseFiles,
     ReleaseStore,
+    StateDB,
     load_api_token,
     load_device_key,
     load_identity,
@@ -38,6 +51,7 @@ from edge_agent.updates import (
     StatusOutbox,
     TestOnlyPause,
     UpdateLoop,
+    UpdateStatus,
     new_http_client,
 )
 from edge_agent.updates.downloader import Checkpoint
@@ -87,6 +101,7 @@ def compose_update_loop(
             chunk_bytes=settings.download_chunk_bytes,
             stop=stop,
             checkpoint=checkpoint,
+            free_space_margin=settings.download_free_space_margin_bytes,
         ),
         activator=activator,
         health=health,
@@ -113,6 +128,70 @@ def report_recovery(recovery: Recovery, outbox: StatusOutbox) -> None:
             " serving the previous release",
             serving_release_id=release.release_id if release else None,
         )
+
+
+@dataclass
+class OpenedStore:
+    """What startup could open: the store (None while it cannot be written), what to
+    serve, what recovery did, and why the store is read-only (None when it is not)."""
+
+    store: ReleaseStore | None
+    release: InstalledRelease | None
+    recovery: Recovery | None
+    problem: str | None
+
+
+def open_store(settings: AgentSettings) -> OpenedStore:
+    """Open and recover the store. If that fails (the database cannot be written or even
+    moved aside), find the verified release to serve read-only instead: this never raises
+    for a full disk, a read-only filesystem or a corrupt database."""
+    state_dir = settings.state_dir
+    store: ReleaseStore | None = None
+    try:
+        store = ReleaseStore.open(state_dir)
+        recovery = store.recover(free_space_margin=settings.download_free_space_margin_bytes)
+        return OpenedStore(store, recovery.release, recovery, None)
+    except (StoreError, OSError) as e:
+        if store is not None:
+            store.close()
+        problem = str(e)
+    unfinished = StateDB.peek_unfinished(state_dir / STATE_DB)
+    unproven = (
+        unfinished.release_dir
+        if unfinished is not None
+        and unfinished.step in (InstallStep.ACTIVATING, InstallStep.HEALTH_CHECK)
+        else None
+    )
+    release = ReleaseFiles(state_dir).serveable_release(unproven=unproven)
+    return OpenedStore(None, release, None, problem)
+
+
+class _Updates:
+    """The store and the update loop once the store can be written; what status shows."""
+
+    def __init__(self, opened: OpenedStore) -> None:
+        self.store = opened.store
+        self.problem = opened.problem
+        self.loop: UpdateLoop | None = None
+
+    def store_condition(self) -> str:
+        if self.store is None:
+            return f"read-only: {self.problem}"
+        if self.store.db.write_error is not None:
+            return f"read-only: {self.store.db.write_error}"
+        return "ok"
+
+    def status(self, serving: InstalledRelease | None) -> dict[str, object]:
+        if self.loop is not None:
+            return self.loop.status().as_dict()
+        return UpdateStatus(
+            phase="store_read_only",
+            release_id=serving.release_id if serving else None,
+            release_name=serving.release_name if serving else None,
+            release_version=serving.release_version if serving else None,
+            assignment_version=serving.assignment_version if serving else None,
+            last_error=self.problem,
+        ).as_dict()
 
 
 def run_agent(settings: AgentSettings) -> int:
@@ -142,11 +221,17 @@ def run_agent(settings: AgentSettings) -> int:
         if settings.api_token is not None
         else load_api_token(state_dir).get_secret_value()
     )
-    store = ReleaseStore.open(state_dir)
-    recovery = store.recover()
+    opened = open_store(settings)
     registry = ModelRegistry(settings)
     serving = ReleaseServing(registry, settings)
-    release = recovery.release
+    release = opened.release
+    if opened.problem is not None:
+        log.warning(
+            "the store cannot be written (%s); serving the verified release on disk read-only"
+            " and trying again every %g s",
+            opened.problem,
+            settings.store_retry_seconds,
+        )
     if release is not None:
         registry.activate(release)  # at once: models load lazily, serving needs no network
         log.info(
@@ -158,20 +243,50 @@ def run_agent(settings: AgentSettings) -> int:
     else:
         log.info("no verified release installed yet; waiting for an assignment")
     http = new_http_client(identity.server_url)
-    loop = compose_update_loop(
-        settings=settings,
-        identity=identity,
-        store=store,
-        activator=serving,
-        health=serving,
-        http=http,
-        stop=stop,
-        checkpoint=TestOnlyPause(settings.test_pause_at, state_dir),
-    )
-    report_recovery(recovery, StatusOutbox(store.db, device_id=identity.device_id))
+    updates = _Updates(opened)
+
+    def start_updates(store: ReleaseStore, recovery: Recovery | None) -> UpdateLoop:
+        loop = compose_update_loop(
+            settings=settings,
+            identity=identity,
+            store=store,
+            activator=serving,
+            health=serving,
+            http=http,
+            stop=stop,
+            checkpoint=TestOnlyPause(settings.test_pause_at, state_dir),
+        )
+        if recovery is not None:
+            try:
+                report_recovery(recovery, StatusOutbox(store.db, device_id=identity.device_id))
+            except StoreError as e:
+                log.warning("the recovery report was not queued: %s", e)
+        return loop
+
+    def reopen_store() -> ReleaseStore | None:
+        """Wait until the store can be written again (None: the agent is stopping)."""
+        while not stop.wait(settings.store_retry_seconds):
+            again = open_store(settings)
+            if again.store is None:
+                updates.problem = again.problem
+                continue
+            if again.release != registry.release:
+                if again.release is None:
+                    registry.deactivate()
+                else:
+                    registry.activate(again.release)
+            for action in again.recovery.actions if again.recovery else ():
+                log.warning("store recovery: %s", action)
+            log.info("the store can be written again; updates resume")
+            return again.store
+        return None
 
     def status() -> dict[str, object]:
-        return {"device_id": identity.device_id, "updates": loop.status().as_dict()}
+        return {
+            "device_id": identity.device_id,
+            "store": updates.store_condition(),
+            "updates": updates.status(registry.release),
+        }
 
     app = create_local_api(
         registry,
@@ -184,8 +299,14 @@ def run_agent(settings: AgentSettings) -> int:
 
     def update_thread() -> None:
         if release is not None:
-            _warm_or_roll_back(registry, store)
-        loop.run(stop)
+            _warm_or_roll_back(registry, updates.store)
+        recovery = opened.recovery
+        if updates.store is None:
+            updates.store, recovery = reopen_store(), None
+        if updates.store is None:
+            return
+        updates.loop = start_updates(updates.store, recovery)
+        updates.loop.run(stop)
 
     worker = threading.Thread(target=update_thread, name="update-loop", daemon=True)
     config = uvicorn.Config(
@@ -209,16 +330,19 @@ def run_agent(settings: AgentSettings) -> int:
         worker.join(timeout=30)
         serving.close()
         http.close()
-        store.close()
+        if updates.store is not None:
+            updates.store.close()
     log.info("stopped")
     return 0
 
 
-def _warm_or_roll_back(registry: ModelRegistry, store: ReleaseStore) -> None:
+def _warm_or_roll_back(registry: ModelRegistry, store: ReleaseStore | None) -> None:
     try:
         registry.warm()
     except Exception:
         log.exception("the current release's models failed to load; trying the previous one")
+        if store is None:  # read-only: the pointers cannot be flipped
+            return
         previous = store.roll_back()
         if previous is not None:
             registry.activate(previous)

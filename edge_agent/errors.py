@@ -48,6 +48,14 @@ class UnsupportedMediaError(BadRequestError):
     http_status = 415
 
 
+class ClientGoneError(BadRequestError):
+    """The client closed the connection before its answer was ready; its work was
+    cancelled. Nobody reads the answer (499, as nginx names it)."""
+
+    http_status = 499
+    error_type = "client_closed_request"
+
+
 # --- the device is out of some resource (retry later) --------------------------------
 
 
@@ -64,6 +72,11 @@ class BusyError(ResourceExhaustedError):
 
 class NoModelError(ResourceExhaustedError):
     """No verified release is installed yet, so there is nothing to serve."""
+
+
+class DiskFullError(ResourceExhaustedError):
+    """The state directory's filesystem has too little free space for a download; nothing
+    was installed and the device keeps serving what it has."""
 
 
 # --- the update source lied (never installed, device keeps serving) ------------------
@@ -115,6 +128,15 @@ class TransportError(AgentError):
 
 class StoreError(AgentError):
     """The local store is inconsistent; recovery falls back to a verified release."""
+
+
+class StateDatabaseCorruptError(StoreError):
+    """``state.db`` is not a readable SQLite database; it is moved aside and rebuilt."""
+
+
+class StoreUnwritableError(StoreError):
+    """``state.db`` cannot be written (disk full, read-only filesystem); the device serves
+    its verified release read-only and retries the write later."""
 
 
 class ConfigError(AgentError):

@@ -22,11 +22,20 @@ class AgentSettings(BaseSettings):
     max_request_bytes: int = Field(default=1_000_000, ge=1024)
     max_upload_bytes: int = Field(default=50_000_000, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=1)  # vision decode cap
+    # /v1/embeddings: inputs per request, their total characters and total tokens
+    max_embedding_inputs: int = Field(default=2048, ge=1)
+    max_embedding_chars: int = Field(default=262_144, ge=1)
+    max_embedding_tokens: int = Field(default=32_768, ge=1)
 
     # update loop
     poll_interval_seconds: float = Field(default=30.0, gt=0)
     max_backoff_seconds: float = Field(default=600.0, gt=0)
     download_chunk_bytes: int = Field(default=1 << 20, ge=4096)
+    # free space a download must leave on the state dir's filesystem beyond the signed
+    # length (for state.db, the journal and logs); a download that would not is not started
+    download_free_space_margin_bytes: int = Field(default=32 << 20, ge=0)
+    # how often a store that could not be written at startup is tried again
+    store_retry_seconds: float = Field(default=30.0, gt=0)
     # TEST ONLY (OUTPOST_AGENT_TEST_PAUSE_AT): freeze at an install step so a test can kill
     # the agent there; see edge_agent/updates/fault_injection.py. Never set on a device.
     test_pause_at: Literal["download", "verified", "activate", "health"] | None = None

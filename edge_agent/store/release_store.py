@@ -27,10 +27,21 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from edge_agent.errors import StoreError, TamperedArtifactError
+from edge_agent.errors import (
+    StateDatabaseCorruptError,
+    StoreError,
+    StoreUnwritableError,
+    TamperedArtifactError,
+)
 from edge_agent.release import InstalledArtifact, InstalledRelease
-from edge_agent.store.durable import fsync_dir, fsync_file, remove_durably, write_atomically
-from edge_agent.store.state_db import InstallRecord, InstallStep, StateDB
+from edge_agent.store.durable import (
+    free_bytes,
+    fsync_dir,
+    fsync_file,
+    remove_durably,
+    write_atomically,
+)
+from edge_agent.store.state_db import STORE_RUNBOOK, InstallRecord, InstallStep, StateDB
 from edge_agent.trust import SignedTarget
 from protocol import Assignment, SignedEnvelope
 
@@ -38,6 +49,7 @@ _RELEASE_DIR = re.compile(r"^assignment-[0-9]{1,18}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _HASH_CHUNK = 1 << 20
 MANIFEST_NAME = "manifest.json"
+STATE_DB = "state.db"
 
 
 class SignedTargetInfo(BaseModel):
@@ -82,29 +94,40 @@ def release_dir_name(assignment_version: int) -> str:
     return f"assignment-{assignment_version}"
 
 
-class ReleaseStore:
-    """Blobs, release directories, pointers and the install journal of one device."""
+def quarantine_state_db(path: Path, now: datetime) -> Path:
+    """Move a corrupt state database (and its WAL files) aside; return the new name."""
+    aside = path.with_name(f"{path.name}.corrupt-{now.strftime('%Y%m%dT%H%M%SZ')}")
+    try:
+        for suffix in ("", "-wal", "-shm"):
+            source = path.with_name(path.name + suffix)
+            if source.exists():
+                os.replace(source, aside.with_name(aside.name + suffix))
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise StoreUnwritableError(
+            f"state database {path} is corrupt and cannot be moved aside ({e}); see {STORE_RUNBOOK}"
+        ) from e
+    return aside
 
-    def __init__(
-        self, state_dir: Path, db: StateDB, *, clock: Callable[[], datetime] | None = None
-    ) -> None:
+
+def resumable(*, have: int, length: int, free: int, margin: int) -> bool:
+    """Whether a partial download of ``have`` of ``length`` signed bytes can be finished
+    with ``free`` bytes free while keeping ``margin`` bytes free."""
+    return 0 <= have <= length and length - have + margin <= free
+
+
+class ReleaseFiles:
+    """The verified files of one device's store, read without touching anything.
+
+    :class:`ReleaseStore` adds everything that writes (and the state database). This part
+    alone is what the agent serves from when ``state.db`` cannot be written at startup.
+    """
+
+    def __init__(self, state_dir: Path) -> None:
         self.state_dir = state_dir
-        self.db = db
-        self._clock = clock or (lambda: datetime.now(UTC))
         self.blobs_dir = state_dir / "blobs" / "sha256"
         self.downloads_dir = state_dir / "downloads"
         self.releases_dir = state_dir / "releases"
-        for d in (self.blobs_dir, self.downloads_dir, self.releases_dir):
-            d.mkdir(parents=True, exist_ok=True)
-
-    @classmethod
-    def open(cls, state_dir: Path, *, clock: Callable[[], datetime] | None = None) -> ReleaseStore:
-        """Open (creating if needed) the store and its state database in ``state_dir``."""
-        state_dir.mkdir(parents=True, exist_ok=True)
-        return cls(state_dir, StateDB(state_dir / "state.db"), clock=clock)
-
-    def close(self) -> None:
-        self.db.close()
 
     # --- blobs --------------------------------------------------------------------------
 
@@ -124,36 +147,6 @@ class ReleaseStore:
         except FileNotFoundError:
             return False
 
-    def discard_partial(self, sha256: str) -> None:
-        remove_durably(self.partial_path(sha256))
-
-    def admit_partial(self, sha256: str, length: int) -> Path:
-        """Hash a completed download; move it into ``blobs/`` only if it matches.
-
-        A mismatch deletes the partial file and raises :class:`TamperedArtifactError`.
-        """
-        part = self.partial_path(sha256)
-        size = part.stat().st_size
-        if size != length:
-            self.discard_partial(sha256)
-            raise TamperedArtifactError(
-                f"artifact {sha256} has {size} bytes but {length} were signed; discarded"
-            )
-        actual = sha256_file(part)
-        if actual != sha256:
-            self.discard_partial(sha256)
-            raise TamperedArtifactError(
-                f"artifact bytes hash to {actual}, but {sha256} was signed; the download was"
-                " discarded and nothing was installed"
-            )
-        fsync_file(part)
-        os.chmod(part, 0o444)
-        blob = self.blob_path(sha256)
-        os.replace(part, blob)
-        fsync_dir(self.blobs_dir)
-        fsync_dir(self.downloads_dir)
-        return blob
-
     # --- pointers -----------------------------------------------------------------------
 
     def _read_pointer(self, name: Literal["current", "previous"]) -> str | None:
@@ -162,12 +155,6 @@ class ReleaseStore:
         except FileNotFoundError:
             return None
         return value if _RELEASE_DIR.match(value) else None
-
-    def _write_pointer(self, name: Literal["current", "previous"], value: str | None) -> None:
-        if value is None:
-            remove_durably(self.state_dir / name)
-        else:
-            write_atomically(self.state_dir / name, f"{value}\n".encode())
 
     def pointers(self) -> tuple[str | None, str | None]:
         """The release directories named by ``current`` and ``previous``."""
@@ -229,6 +216,98 @@ class ReleaseStore:
     def installed_version(self) -> int | None:
         release = self.current()
         return None if release is None else release.assignment_version
+
+    def serveable_release(self, *, unproven: str | None = None) -> InstalledRelease | None:
+        """The first of ``current`` and ``previous`` whose blobs all re-verify, skipping
+        ``unproven`` (a release whose activation a crash interrupted); writes nothing."""
+        for name in self.pointers():
+            if name is None or name == unproven:
+                continue
+            try:
+                return self.verify_release(name)
+            except StoreError:
+                continue
+        return None
+
+
+class ReleaseStore(ReleaseFiles):
+    """Blobs, release directories, pointers and the install journal of one device."""
+
+    def __init__(
+        self, state_dir: Path, db: StateDB, *, clock: Callable[[], datetime] | None = None
+    ) -> None:
+        super().__init__(state_dir)
+        self.db = db
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._opening_notes: list[str] = []
+        for d in (self.blobs_dir, self.downloads_dir, self.releases_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def open(cls, state_dir: Path, *, clock: Callable[[], datetime] | None = None) -> ReleaseStore:
+        """Open (creating if needed) the store and its state database in ``state_dir``.
+
+        A corrupt ``state.db`` is moved aside and a new one started (:meth:`recover` then
+        rebuilds what it can from the verified releases on disk and says so in its
+        actions). Raises :class:`StoreUnwritableError` if the database cannot be written.
+        """
+        state_dir.mkdir(parents=True, exist_ok=True)
+        path = state_dir / STATE_DB
+        notes: list[str] = []
+        try:
+            db = StateDB(path)
+        except StateDatabaseCorruptError as e:
+            aside = quarantine_state_db(path, (clock or (lambda: datetime.now(UTC)))())
+            notes.append(
+                f"{e}; moved it aside to {aside.name} and started a new one (the install"
+                " journal, queued reports and the highest assignment version seen are lost;"
+                f" the releases on disk are re-verified; see {STORE_RUNBOOK})"
+            )
+            db = StateDB(path)
+        store = cls(state_dir, db, clock=clock)
+        store._opening_notes = notes
+        return store
+
+    def close(self) -> None:
+        self.db.close()
+
+    # --- writing blobs and pointers ------------------------------------------------------
+
+    def discard_partial(self, sha256: str) -> None:
+        remove_durably(self.partial_path(sha256))
+
+    def admit_partial(self, sha256: str, length: int) -> Path:
+        """Hash a completed download; move it into ``blobs/`` only if it matches.
+
+        A mismatch deletes the partial file and raises :class:`TamperedArtifactError`.
+        """
+        part = self.partial_path(sha256)
+        size = part.stat().st_size
+        if size != length:
+            self.discard_partial(sha256)
+            raise TamperedArtifactError(
+                f"artifact {sha256} has {size} bytes but {length} were signed; discarded"
+            )
+        actual = sha256_file(part)
+        if actual != sha256:
+            self.discard_partial(sha256)
+            raise TamperedArtifactError(
+                f"artifact bytes hash to {actual}, but {sha256} was signed; the download was"
+                " discarded and nothing was installed"
+            )
+        fsync_file(part)
+        os.chmod(part, 0o444)
+        blob = self.blob_path(sha256)
+        os.replace(part, blob)
+        fsync_dir(self.blobs_dir)
+        fsync_dir(self.downloads_dir)
+        return blob
+
+    def _write_pointer(self, name: Literal["current", "previous"], value: str | None) -> None:
+        if value is None:
+            remove_durably(self.state_dir / name)
+        else:
+            write_atomically(self.state_dir / name, f"{value}\n".encode())
 
     # --- installing ---------------------------------------------------------------------
 
@@ -341,18 +420,24 @@ class ReleaseStore:
 
     # --- recovery -----------------------------------------------------------------------
 
-    def recover(self) -> Recovery:
+    def recover(self, *, free_space_margin: int = 0) -> Recovery:
         """Bring the store to a consistent state after any crash; say what to serve.
 
+        First, before anything is written, partial downloads that cannot be resumed are
+        deleted: those of no unfinished install, and those whose missing bytes plus
+        ``free_space_margin`` do not fit the free space (a download that filled the disk).
         An unfinished install is undone (pointers restored if activation had started, its
         health window included) and
-        journaled INTERRUPTED; its verified blobs and partial downloads stay so that a
-        retry resumes. ``current`` is re-hashed; if it is missing or corrupt, ``previous``
-        (re-hashed too) takes its place. Everything else unreferenced is removed.
+        journaled INTERRUPTED; its verified blobs and resumable partial downloads stay so
+        that a retry resumes. ``current`` is re-hashed; if it is missing or corrupt,
+        ``previous`` (re-hashed too) takes its place. Everything else unreferenced is
+        removed. Raises :class:`StoreUnwritableError` if the journal cannot be written.
         """
-        actions: list[str] = []
+        actions: list[str] = list(self._opening_notes)
+        self._opening_notes = []
         now = self._clock()
         interrupted = self.db.unfinished_install()
+        actions += self._discard_unresumable_partials(interrupted, free_space_margin)
         keep_hashes: set[str] = set()
         if interrupted is not None:
             if interrupted.step in (InstallStep.ACTIVATING, InstallStep.HEALTH_CHECK):
@@ -412,6 +497,34 @@ class ReleaseStore:
             fell_back_from=fell_back_from,
         )
 
+    def _discard_unresumable_partials(
+        self, unfinished: InstallRecord | None, margin: int
+    ) -> list[str]:
+        lengths = (
+            {t.sha256: t.length for t in self._install_manifest(unfinished).assignment.targets}
+            if unfinished is not None
+            else {}
+        )
+        actions: list[str] = []
+        for entry in sorted(self.downloads_dir.iterdir()):
+            sha256 = entry.name.removesuffix(".part")
+            length = lengths.get(sha256)
+            if length is None or entry.is_symlink() or not entry.is_file():
+                _remove_entry(entry)
+                continue
+            have = entry.stat().st_size
+            free = free_bytes(self.downloads_dir)
+            if not resumable(have=have, length=length, free=free, margin=margin):
+                _remove_entry(entry)
+                actions.append(
+                    f"deleted the partial download {entry.name} ({have} of {length} bytes):"
+                    f" it cannot be finished here ({length - have} bytes to go and"
+                    f" {margin} to keep free, {free} free); it will be downloaded again"
+                )
+        if actions:
+            fsync_dir(self.downloads_dir)
+        return actions
+
     def collect_garbage(self, *, keep_hashes: Iterable[str] = ()) -> None:
         """Remove releases, blobs and partial files that nothing refers to any more."""
         keep_dirs = {p for p in self.pointers() if p is not None}
@@ -436,6 +549,13 @@ class ReleaseStore:
             tmp.unlink(missing_ok=True)
         for d in (self.releases_dir, self.blobs_dir, self.downloads_dir):
             fsync_dir(d)
+
+
+def _remove_entry(entry: Path) -> None:
+    if entry.is_dir() and not entry.is_symlink():
+        shutil.rmtree(entry, ignore_errors=True)
+    else:
+        entry.unlink(missing_ok=True)
 
 
 def _version_of(release_dir: str) -> int:

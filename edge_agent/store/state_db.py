@@ -2,11 +2,19 @@
 
 stdlib ``sqlite3`` in WAL mode with ``synchronous=FULL``: a committed journal step
 survives a power cut. One connection, guarded by a lock, shared by the agent's threads.
+
+Opening checks the file (``PRAGMA quick_check``): a corrupt database raises
+:class:`StateDatabaseCorruptError` (the store moves it aside and starts anew); a write
+that fails for lack of space or a read-only filesystem raises
+:class:`StoreUnwritableError` and is remembered in :attr:`StateDB.write_error` until a
+later write succeeds.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -17,7 +25,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import StoreError
+from edge_agent.errors import StateDatabaseCorruptError, StoreError, StoreUnwritableError
+
+STORE_RUNBOOK = "docs/runbooks/agent-store-recovery.md"
+_CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
@@ -101,17 +112,48 @@ class StateDB:
     """Typed access to ``state.db``. Every write is one transaction."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
+        self.write_error: str | None = None  # why the last write failed; None once one works
+        conn: sqlite3.Connection | None = None
         try:
-            self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(_SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise StoreError(
-                f"state database {path} cannot be opened ({e}); see docs/runbooks/store-recovery.md"
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            problems = [str(r[0]) for r in conn.execute("PRAGMA quick_check(5)").fetchall()]
+            if problems != ["ok"]:
+                raise StateDatabaseCorruptError(
+                    f"state database {path} is corrupt ({'; '.join(problems)})"
+                )
+            conn.executescript(_SCHEMA)
+        except (sqlite3.Error, StateDatabaseCorruptError) as e:
+            if conn is not None:
+                conn.close()
+            if isinstance(e, StateDatabaseCorruptError):
+                raise
+            if _is_corruption(e):
+                raise StateDatabaseCorruptError(f"state database {path} is corrupt ({e})") from e
+            raise StoreUnwritableError(
+                f"state database {path} cannot be opened for writing ({e}{_filesystem_hint(path)});"
+                f" see {STORE_RUNBOOK}"
             ) from e
+        self._conn = conn
         self._lock = threading.RLock()
+
+    @staticmethod
+    def peek_unfinished(path: Path) -> InstallRecord | None:
+        """The unfinished install recorded in ``path``, read without writing anything; None
+        if there is none or the database cannot even be read."""
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        except sqlite3.Error:
+            return None
+        try:
+            return StateDB._unfinished(conn)
+        except (sqlite3.Error, ValueError):
+            return None
+        finally:
+            conn.close()
 
     def close(self) -> None:
         with self._lock:
@@ -120,13 +162,30 @@ class StateDB:
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
             try:
+                self._conn.execute("BEGIN IMMEDIATE")
                 yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._conn.execute("COMMIT")
+            except BaseException as e:
+                if self._conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._conn.execute("ROLLBACK")
+                if isinstance(e, sqlite3.Error):
+                    raise self._write_failed(e) from e
                 raise
-            self._conn.execute("COMMIT")
+            self.write_error = None
+
+    def _write_failed(self, e: sqlite3.Error) -> StoreError:
+        if _is_corruption(e):
+            return StateDatabaseCorruptError(
+                f"state database {self.path} is corrupt ({e}); restart the agent to rebuild"
+                f" it (see {STORE_RUNBOOK})"
+            )
+        self.write_error = f"state database cannot be written ({e}{_filesystem_hint(self.path)})"
+        return StoreUnwritableError(
+            f"{self.write_error}; the device keeps serving its verified release and retries"
+            f" (see {STORE_RUNBOOK})"
+        )
 
     # --- key-value -------------------------------------------------------------------
 
@@ -261,14 +320,15 @@ class StateDB:
             (install_id, step.value, now.isoformat(), detail),
         )
 
-    def _unfinished(self, c: sqlite3.Connection) -> InstallRecord | None:
+    @staticmethod
+    def _unfinished(c: sqlite3.Connection) -> InstallRecord | None:
         marks = ",".join("?" for _ in UNFINISHED_STEPS)
         row = c.execute(
             f"SELECT install_id FROM installs WHERE step IN ({marks})"
             " ORDER BY install_id DESC LIMIT 1",
             [s.value for s in UNFINISHED_STEPS],
         ).fetchone()
-        return None if row is None else self._install(c, int(row[0]))
+        return None if row is None else StateDB._install(c, int(row[0]))
 
     @staticmethod
     def _install(c: sqlite3.Connection, install_id: int) -> InstallRecord | None:
@@ -343,3 +403,21 @@ class StateDB:
                 "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
             ).fetchone()
         return int(row[0])
+
+
+def _is_corruption(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    return code is not None and (code & 0xFF) in _CORRUPT_CODES
+
+
+def _filesystem_hint(path: Path) -> str:
+    """Why the filesystem under ``path`` refuses writes, when it is plain to see."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return ""
+    if st.f_flag & os.ST_RDONLY:
+        return ": the filesystem is mounted read-only"
+    if st.f_bavail * st.f_frsize < (1 << 20):
+        return f": the disk is full, {st.f_bavail * st.f_frsize} bytes free"
+    return ""

@@ -1,23 +1,36 @@
-"""Resumable artifact downloads, bounded by the signed length, admitted only by hash."""
+"""Resumable artifact downloads, bounded by the signed length, admitted only by hash, and
+never started without room for them on the state directory's filesystem."""
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
 
-from edge_agent.errors import TamperedArtifactError, TransportError
-from edge_agent.store import ReleaseStore
+from edge_agent.errors import DiskFullError, TamperedArtifactError, TransportError
+from edge_agent.store import STORE_RUNBOOK, ReleaseStore, free_bytes
 from edge_agent.updates.control_plane_client import content_encoding
 from protocol import TargetRef
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 Checkpoint = Callable[[str], None]
+_DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def not_enough_space(*, need: int, have: int, margin: int, where: Path) -> str:
+    """The words of a refused download: what it needs, what there is (bytes and MB)."""
+    return (
+        f"not enough space: need {need} bytes ({need / 1e6:.1f} MB, of which {margin} kept"
+        f" free: setting download_free_space_margin_bytes), have {have} bytes"
+        f" ({have / 1e6:.1f} MB) free on the filesystem of {where}; nothing was installed and"
+        f" the device keeps serving its current release (free space, or see {STORE_RUNBOOK})"
+    )
 
 
 class ArtifactDownloader:
@@ -38,13 +51,41 @@ class ArtifactDownloader:
         chunk_bytes: int = 1 << 20,
         stop: threading.Event | None = None,
         checkpoint: Checkpoint | None = None,
+        free_space_margin: int = 0,
     ) -> None:
         self._http = http
         self._base = targets_url.rstrip("/")
         self._store = store
         self._chunk = chunk_bytes
+        self._margin = free_space_margin
         self._stop = stop or threading.Event()
         self._checkpoint = checkpoint or (lambda step: None)
+
+    def missing_bytes(self, targets: Sequence[TargetRef]) -> int:
+        """How many bytes downloading ``targets`` still has to write (partials count)."""
+        missing = 0
+        for target in targets:
+            if self._store.has_blob(target.sha256, target.length):
+                continue
+            part = self._store.partial_path(target.sha256)
+            have = part.stat().st_size if part.is_file() and not part.is_symlink() else 0
+            missing += max(0, target.length - have) if have <= target.length else target.length
+        return missing
+
+    def ensure_space(self, targets: Sequence[TargetRef]) -> None:
+        """Raise :class:`DiskFullError` unless the signed lengths still to download, plus
+        the margin, fit in the free space; nothing is written either way."""
+        missing = self.missing_bytes(targets)
+        if missing == 0:
+            return
+        have = free_bytes(self._store.downloads_dir)
+        need = missing + self._margin
+        if need > have:
+            raise DiskFullError(
+                not_enough_space(
+                    need=need, have=have, margin=self._margin, where=self._store.state_dir
+                )
+            )
 
     def fetch(self, target: TargetRef) -> Path:
         """Return the store path of the verified blob for ``target``."""
@@ -94,6 +135,20 @@ class ArtifactDownloader:
                         f" {target.length} are signed",
                     )
                 self._write(target, part, offset, response)
+        except OSError as e:
+            if e.errno not in _DISK_FULL:
+                raise
+            self._store.discard_partial(target.sha256)  # give the space back at once
+            raise DiskFullError(
+                not_enough_space(
+                    need=target.length + self._margin,
+                    have=free_bytes(self._store.downloads_dir),
+                    margin=self._margin,
+                    where=self._store.state_dir,
+                )
+                + f"; the disk filled during the download of {target.name}, whose partial"
+                " file was deleted"
+            ) from e
         except httpx.HTTPError as e:
             raise TransportError(
                 f"download of {target.name} interrupted ({type(e).__name__}); it resumes"

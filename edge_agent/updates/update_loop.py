@@ -21,7 +21,14 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
-from edge_agent.errors import BadUpdateError, ConfigError, TamperedArtifactError, TransportError
+from edge_agent.errors import (
+    BadUpdateError,
+    ConfigError,
+    DiskFullError,
+    StoreUnwritableError,
+    TamperedArtifactError,
+    TransportError,
+)
 from edge_agent.release import InstalledRelease
 from edge_agent.store import InstallRecord, ReleaseStore
 from edge_agent.trust import check_targets_signed, verify_assignment
@@ -207,6 +214,9 @@ class UpdateLoop:
         except BadUpdateError as e:
             log.warning("update refused: %s", e)
             outcome = CycleOutcome(CycleResult.REFUSED, str(e), error_type=type(e).__name__)
+        except StoreUnwritableError as e:  # disk full or read-only: retried next cycle
+            log.warning("update cycle stopped: %s", e)
+            outcome = CycleOutcome(CycleResult.FAILED, str(e), error_type=type(e).__name__)
         except Exception as e:
             log.exception("update cycle failed")
             outcome = CycleOutcome(
@@ -214,8 +224,11 @@ class UpdateLoop:
             )
         if outcome.result in _HEALTHY and self._refusals_reported:
             # a later refusal of the same kind is news again
-            self._store.db.delete_prefix(_REPORTED + "refused:")
-            self._refusals_reported = False
+            try:
+                self._store.db.delete_prefix(_REPORTED + "refused:")
+                self._refusals_reported = False
+            except StoreUnwritableError as e:
+                log.warning("%s", e)
         self._set(
             phase="idle",
             online=outcome.result is not CycleResult.OFFLINE,
@@ -256,6 +269,10 @@ class UpdateLoop:
         except BadUpdateError as e:
             self._report_once(f"refused:{type(e).__name__}", InstallState.REFUSED, str(e))
             raise
+        try:  # before anything is written: a download that cannot fit never starts
+            self._downloader.ensure_space(assignment.targets)
+        except DiskFullError as e:
+            return self._no_space(assignment, None, e)
         self._store.db.put(_HIGHEST_ACCEPTED, str(assignment.version))
         signed_targets = {path: t for path, t in signed.items() if t is not None}
         install = self._store.begin_install(assignment, envelope, signed_targets)
@@ -281,6 +298,8 @@ class UpdateLoop:
                 f"refused:{version}:tampered", InstallState.REFUSED, str(e), version, release_id
             )
             raise
+        except DiskFullError as e:  # the disk filled mid-way; the partial file is gone
+            return self._no_space(assignment, install, e)
         self._store.mark_verified(install)
         self._outbox.record(
             InstallState.VERIFIED, assignment_version=version, release_id=release_id
@@ -362,6 +381,25 @@ class UpdateLoop:
                 log.exception("smoke request %s raised", check)
                 results.append(SmokeResult(check, 0.0, f"{type(e).__name__}: {e}"))
         return judge(checks, results, acceptance)
+
+    def _no_space(
+        self, assignment: Assignment, install: InstallRecord | None, error: DiskFullError
+    ) -> CycleOutcome:
+        """Too little free space to download the release: nothing is installed, the device
+        keeps serving, the control plane hears it once (state ``failed``); each later cycle
+        checks again, so freeing space lets the install go ahead."""
+        detail = str(error)
+        log.warning("assignment %d not installed: %s", assignment.version, detail)
+        if install is not None:
+            self._store.fail(install, detail)
+        self._report_once(
+            f"no-space:{assignment.version}",
+            InstallState.FAILED,
+            detail,
+            assignment.version,
+            assignment.release_id,
+        )
+        return CycleOutcome(CycleResult.FAILED, detail, assignment.version, "DiskFullError")
 
     def _reject_config(
         self, install: InstallRecord, assignment: Assignment, error: ConfigError
