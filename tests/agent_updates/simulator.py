@@ -12,7 +12,7 @@ import hashlib
 import re
 import secrets
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -80,7 +80,9 @@ class ControlPlaneSimulator:
         self.drop_status_acks = False  # store the report, then lose the answer
         self.cut_targets_after: int | None = None  # serve at most this many bytes per GET
         self.hide_content_length = False  # stream targets chunked, without Content-Length
-        self.streamed_bytes = 0  # bytes the device pulled from chunked target responses
+        self.streamed_bytes = 0  # bytes the device pulled from target responses, in all
+        self.pulled: list[int] = []  # bytes the device pulled, per target response
+        self.before_each_chunk: Callable[[], None] = lambda: None  # runs as the device reads
         self.transport = httpx.MockTransport(self._handle)
 
     # --- operator side ------------------------------------------------------------------
@@ -101,10 +103,13 @@ class ControlPlaneSimulator:
         kind: str = "llm",
         fmt: str = "gguf",
         sign_in_repository: bool = True,
+        path: str | None = None,
     ) -> TargetRef:
-        """Store an artifact and (normally) sign it into the image repository."""
+        """Store an artifact and (normally) sign it into the image repository.
+
+        ``path``: the target path to sign and serve it under (default ``<sha256>/<name>``)."""
         sha = hashlib.sha256(data).hexdigest()
-        path = f"{sha}/{name}.{fmt}"
+        path = path or f"{sha}/{name}.{fmt}"
         self.blobs[path] = data
         if sign_in_repository:
             self.files.update(
@@ -222,13 +227,17 @@ class ControlPlaneSimulator:
         body = data[start:]
         if self.cut_targets_after is not None:
             body = body[: self.cut_targets_after]
-        if self.hide_content_length:
-            return httpx.Response(status, content=self._counted(body), headers=headers)
-        return httpx.Response(status, content=body, headers=headers)
+        if not self.hide_content_length:
+            headers["Content-Length"] = str(len(body))
+        self.pulled.append(0)
+        return httpx.Response(status, content=self._counted(body), headers=headers)
 
     def _counted(self, body: bytes) -> Iterator[bytes]:
+        """The body in 8 KiB chunks, counting what the device actually reads."""
         for i in range(0, len(body), 8192):
+            self.before_each_chunk()
             self.streamed_bytes += len(body[i : i + 8192])
+            self.pulled[-1] += len(body[i : i + 8192])
             yield body[i : i + 8192]
 
     def _enroll(self, request: httpx.Request) -> httpx.Response:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import UntrustedSignatureError
+from edge_agent.store import sha256_file
 from edge_agent.updates import CycleResult, RootPin, enroll, new_http_client
 from protocol import InstallState, generate_key_pair
 from tests.agent_updates.conftest import HARDWARE, Device
@@ -30,6 +31,16 @@ def serving_a(device: Device) -> Device:
     return device
 
 
+def stored_file_hashes(device: Device) -> set[str]:
+    """The sha256 of every file in ``blobs/`` and ``downloads/``, whatever its name."""
+    return {
+        sha256_file(path)
+        for folder in (device.store.blobs_dir, device.store.downloads_dir)
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
 def assert_refused(device: Device, error_type: str, bad: bytes | None = None) -> None:
     outcome = device.cycle()
     assert outcome.result is CycleResult.REFUSED, outcome
@@ -40,8 +51,7 @@ def assert_refused(device: Device, error_type: str, bad: bytes | None = None) ->
     assert current is not None and current.release_version == "a"
     device.assert_store_holds_only_verified_releases()
     if bad is not None:
-        bad_sha = hashlib.sha256(bad).hexdigest()
-        assert not (device.store.blobs_dir / bad_sha).exists()
+        assert hashlib.sha256(bad).hexdigest() not in stored_file_hashes(device)
     refused = [r for r in device.sim.reports.values() if r.state is InstallState.REFUSED]
     assert len(refused) == 1, "the operator hears why, once"
     assert refused[0].detail
@@ -61,12 +71,19 @@ def test_tampered_artifact_is_never_admitted(serving_a: Device) -> None:
 
 
 def test_artifact_longer_than_its_signed_length_is_cut_off(serving_a: Device) -> None:
+    """The server announces more than the signed length: not one byte is read or written."""
     sim = serving_a.sim
     release = release_of(sim, "b")
     path = release.targets[0].path
     sim.blobs[path] = sim.blobs[path] + b"\x00" * 10_000_000  # endless-data attack
     sim.assign(serving_a.device_id, release)
+    partial = serving_a.store.partial_path(release.targets[0].sha256)
+    on_disk: list[bool] = []
+    sim.before_each_chunk = lambda: on_disk.append(partial.exists())
+    pulled_before = len(sim.pulled)
     assert_refused(serving_a, "TamperedArtifactError", sim.blobs[path])
+    assert sim.pulled[pulled_before:] == [0, 0]  # one GET per poll, its body never read
+    assert on_disk == [] and not partial.exists()  # so nothing was written either
     assert list(serving_a.store.downloads_dir.iterdir()) == []
 
 
@@ -82,9 +99,20 @@ def test_artifact_longer_than_signed_without_content_length_is_cut_off(
     sim.blobs[path] = padded
     sim.hide_content_length = True
     sim.assign(serving_a.device_id, release)
+    partial = serving_a.store.partial_path(release.targets[0].sha256)
+    written: list[int] = []  # the partial file's size each time the device reads a chunk
+    sim.before_each_chunk = lambda: written.append(
+        partial.stat().st_size if partial.exists() else 0
+    )
+    pulled_before = len(sim.pulled)
     assert_refused(serving_a, "TamperedArtifactError", padded)
-    # the device stopped reading right after the signed length, on both polls
-    assert sim.streamed_bytes <= 2 * (signed_length + 2 * 8192)
+    # on both polls the device stopped reading within one chunk of the signed length...
+    pulled = sim.pulled[pulled_before:]
+    assert len(pulled) == 2
+    assert all(signed_length < n <= signed_length + 8192 for n in pulled), pulled
+    # ...and never wrote a byte past it (the partial file is gone afterwards)
+    assert written and max(written) <= signed_length
+    assert not partial.exists()
 
 
 def test_replayed_older_assignment_is_a_rollback(serving_a: Device) -> None:
@@ -118,10 +146,11 @@ def test_replay_is_refused_even_after_an_unfinished_newer_install(serving_a: Dev
 def test_expired_metadata_blocks_new_installs_but_not_serving(serving_a: Device) -> None:
     sim = serving_a.sim
     release = release_of(sim, "b")
+    requests_before = len(sim.target_requests)
     sim.assign(serving_a.device_id, release)
     sim.expire_timestamp()
     assert_refused(serving_a, "ExpiredUpdateError", sim.blobs[release.targets[0].path])
-    assert sim.target_requests[-1][0] != release.targets[0].path  # not even downloaded
+    assert sim.target_requests[requests_before:] == []  # not one target was even requested
 
 
 def test_expired_assignment_blocks_new_install(serving_a: Device) -> None:
@@ -212,3 +241,42 @@ def test_planted_partial_download_symlink_is_never_written_through(
     assert victim.read_bytes() == b"do not touch"
     assert serving_a.serving_version() == release.version
     serving_a.assert_store_holds_only_verified_releases()
+
+
+@pytest.fixture
+def stale_metadata(device: Device) -> dict[str, bytes]:
+    """Genuine image-repository metadata files as signed before release "a" was published."""
+    return dict(device.sim.files)
+
+
+def newest_snapshot(files: dict[str, bytes]) -> str:
+    """The name of the newest ``<version>.snapshot.json`` (consistent snapshots)."""
+    return max((n for n in files if n.endswith(".snapshot.json")), key=lambda n: int(n[:-14]))
+
+
+@pytest.mark.parametrize("role", ["timestamp", "snapshot"])
+def test_replayed_older_repository_metadata_is_a_rollback(
+    stale_metadata: dict[str, bytes], serving_a: Device, role: str
+) -> None:
+    """A mirror that replays an older, genuinely signed timestamp (or snapshot) cannot hide
+    newer targets or bring back older ones: the device has seen a higher version."""
+    sim = serving_a.sim
+    release = release_of(sim, "b")
+    sim.assign(serving_a.device_id, release)
+    if role == "timestamp":
+        sim.files["timestamp.json"] = stale_metadata["timestamp.json"]
+    else:  # the current timestamp names the newest snapshot; an older one is served for it
+        sim.files[newest_snapshot(sim.files)] = stale_metadata[newest_snapshot(stale_metadata)]
+    assert_refused(serving_a, "RollbackAttackError", sim.blobs[release.targets[0].path])
+
+
+def test_target_whose_path_does_not_start_with_its_hash_is_refused(serving_a: Device) -> None:
+    """Targets are content-addressed: a path under another hash is refused even when the
+    image repository signed it with the right hash and length."""
+    sim = serving_a.sim
+    data = b"GGUF" + b"\x07" * 70_000
+    elsewhere = hashlib.sha256(b"some other artifact").hexdigest()
+    rogue = sim.publish("model-misfiled", data, path=f"{elsewhere}/model-misfiled.gguf")
+    sim.assign(serving_a.device_id, Release("rel-misfiled", "demo", "misfiled", [rogue]))
+    assert_refused(serving_a, "BadUpdateError", data)
+    assert all(path != rogue.path for path, _ in sim.target_requests)

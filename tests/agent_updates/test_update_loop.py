@@ -82,15 +82,20 @@ def test_offline_the_device_keeps_serving_and_queues_reports(device: Device) -> 
     sim = device.sim
     sim.assign(device.device_id, release_of(sim, "a"))
     device.cycle()
-    sim.online = False
+    sim.assign(device.device_id, release_of(sim, "b"))
+    device.health.during = lambda: setattr(sim, "online", False)  # the link drops mid-install
+    assert device.cycle().result is CycleResult.INSTALLED
+    device.health.during = lambda: None
+    assert device.serving_version() == "b"
+    assert device.loop.status().pending_reports == 1  # "committed" could not be sent
     assert device.cycle().result is CycleResult.OFFLINE
-    assert device.serving_version() == "a"
-    device.loop._outbox.record(InstallState.ACTIVE, detail="queued while offline")
+    assert device.serving_version() == "b"
     assert device.loop.status().pending_reports == 1
     sim.online = True
     device.cycle()
     assert device.loop.status().pending_reports == 0
-    assert [r.detail for r in sim.reports.values()].count("queued while offline") == 1
+    committed = [r for r in sim.reports.values() if r.state is InstallState.COMMITTED]
+    assert [r.release_id for r in committed] == ["rel-a", "rel-b"]  # each exactly once
 
 
 def test_reports_whose_acks_were_lost_take_effect_exactly_once(device: Device) -> None:

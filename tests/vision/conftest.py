@@ -6,12 +6,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from edge_agent.errors import AgentError
+from edge_agent.api import create_local_api
 from edge_agent.release import InstalledArtifact, InstalledRelease
+from edge_agent.runtime import ModelRegistry
+from edge_agent.settings import AgentSettings
 from edge_agent.vision.api import vision_router
 from edge_agent.vision.provider import ReleaseVisionModels
 from edge_agent.vision.spec import PreprocessSpec, VisionModelSpec
@@ -19,6 +20,8 @@ from tests.vision.tiny_models import COLOUR_LABELS, colour_classifier
 
 MAX_UPLOAD = 200_000
 MAX_PIXELS = 1_000_000
+TOKEN = "vision-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 COLOUR_SPEC = VisionModelSpec(
     task="classify",
@@ -55,20 +58,16 @@ def colour_release(tmp: Path) -> InstalledRelease:
 
 
 def app_with(provider: ReleaseVisionModels, *, max_upload: int = MAX_UPLOAD) -> FastAPI:
-    """An app shaped like the local API: one handler maps agent errors to statuses."""
-    app = FastAPI()
-
-    @app.exception_handler(AgentError)
-    async def _agent_error(_: Request, exc: AgentError) -> JSONResponse:
-        return JSONResponse(
-            status_code=exc.http_status,
-            content={"error": {"message": str(exc), "type": exc.error_type}},
-        )
-
-    app.include_router(
-        vision_router(provider, max_upload_bytes=max_upload, max_image_pixels=MAX_PIXELS)
+    """The agent's real local API (token check, error handler) with the vision router."""
+    settings = AgentSettings(max_upload_bytes=max_upload, max_image_pixels=MAX_PIXELS)
+    return create_local_api(
+        ModelRegistry(settings),
+        settings,
+        api_token=TOKEN,
+        extra_routers=[
+            vision_router(provider, max_upload_bytes=max_upload, max_image_pixels=MAX_PIXELS)
+        ],
     )
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -78,5 +77,5 @@ def colour_provider(tmp_path_factory: pytest.TempPathFactory) -> ReleaseVisionMo
 
 @pytest.fixture(scope="module")
 def client(colour_provider: ReleaseVisionModels) -> Iterator[TestClient]:
-    with TestClient(app_with(colour_provider)) as c:
+    with TestClient(app_with(colour_provider), headers=AUTH) as c:
         yield c

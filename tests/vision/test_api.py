@@ -1,4 +1,7 @@
-"""The vision HTTP routes with a tiny real ONNX model: behaviour, bad input, keeps serving."""
+"""The vision HTTP routes with a tiny real ONNX model: behaviour, bad input, keeps serving.
+
+They are mounted in the agent's real local API (``create_local_api``), as the daemon does:
+its token check and its one error handler are part of what is tested."""
 
 from __future__ import annotations
 
@@ -30,6 +33,18 @@ def classify(client: TestClient, data: bytes, **fields: str) -> tuple[int, dict]
 def assert_still_serving(client: TestClient) -> None:
     status, body = classify(client, png_bytes(solid((0, 0, 255))))
     assert status == 200 and body["predictions"][0]["label"] == "red"
+
+
+def test_vision_routes_need_the_api_token(client: TestClient) -> None:
+    for path in ("/v1/vision/classify", "/v1/vision/detect"):
+        r = client.post(
+            path,
+            files={"file": ("x.png", png_bytes(solid((0, 0, 255))), "image/png")},
+            headers={"Authorization": "Bearer not-the-token-0123456789"},
+        )
+        assert r.status_code == 401, path
+        assert r.json()["error"]["type"] == "authentication_error"
+    assert_still_serving(client)
 
 
 def test_classify_returns_top_k_labels_with_scores(client: TestClient) -> None:

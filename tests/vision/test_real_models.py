@@ -16,7 +16,7 @@ from converters.demo import demo_release
 from converters.sources import cache_root
 from edge_agent.vision.decode import decode_image
 from edge_agent.vision.provider import ReleaseVisionModels
-from tests.vision.conftest import app_with
+from tests.vision.conftest import AUTH, app_with
 from tests.vision.live_server import serving
 
 pytestmark = pytest.mark.slow
@@ -93,7 +93,7 @@ def live(provider: ReleaseVisionModels) -> Iterator[str]:
 
 
 def test_http_classify_and_detect_over_loopback(live: str, model_cache: Path) -> None:
-    with httpx.Client(base_url=live, timeout=30) as client:
+    with httpx.Client(base_url=live, headers=AUTH, timeout=30) as client:
         r = client.post(
             "/v1/vision/classify",
             files={"file": ("chelsea.png", _image(model_cache, "chelsea.png"), "image/png")},
