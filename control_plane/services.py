@@ -15,6 +15,7 @@ from typing import Protocol
 
 from control_plane.artifacts.blob_store import BlobStore
 from control_plane.director.service import Director
+from control_plane.nudges import MqttNudgePublisher, NudgePublisher, NullNudgePublisher
 from control_plane.remote_config.service import RemoteConfigService
 from control_plane.repository.keyring import Keyring, OnlineKeySource
 from control_plane.repository.metadata_store import MetadataStore
@@ -88,6 +89,7 @@ class ControlPlane:
     blobs: BlobStore
     rollouts: RolloutService
     remote_config: RemoteConfigService
+    nudges: NudgePublisher
     clock: Clock
 
     @classmethod
@@ -100,7 +102,10 @@ class ControlPlane:
         db = Database.from_url(settings.resolved_database_url)
         blobs = BlobStore(settings.blobs_dir)
         blobs.prepare()
-        director = Director(db, online, settings.assignment_ttl)
+        nudges = _nudge_publisher(settings)
+        director = Director(db, online, settings.assignment_ttl, nudges=nudges)
+        remote_config = RemoteConfigService(db, director, settings.assignment_ttl)
+        remote_config.add_listener(lambda device_ids: nudges.publish(device_ids, "config"))
         return cls(
             settings=settings,
             db=db,
@@ -114,7 +119,8 @@ class ControlPlane:
                 director,
                 checkpoint=TestOnlyPause(settings.test_pause_at, settings.data_dir),
             ),
-            remote_config=RemoteConfigService(db, director, settings.assignment_ttl),
+            remote_config=remote_config,
+            nudges=nudges,
             clock=clock,
         )
 
@@ -132,4 +138,17 @@ class ControlPlane:
         return WorkerThreads(workers=workers, clock=self.clock)
 
     def close(self) -> None:
+        self.nudges.close()
         self.db.dispose()
+
+
+def _nudge_publisher(settings: ControlPlaneSettings) -> NudgePublisher:
+    if settings.mqtt_host is None:
+        return NullNudgePublisher()
+    password = settings.mqtt_password
+    return MqttNudgePublisher(
+        host=settings.mqtt_host,
+        port=settings.mqtt_port,
+        username=settings.mqtt_username,
+        password=None if password is None else password.get_secret_value(),
+    )

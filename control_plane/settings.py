@@ -6,7 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -41,6 +41,12 @@ class ControlPlaneSettings(BaseSettings):
     assignment_ttl_seconds: int = Field(default=7 * _DAY, ge=1)
 
     max_artifact_bytes: int = Field(default=8 * 1024**3, ge=1)
+
+    # MQTT nudges (docs/remote-config.md): off unless a broker host is set.
+    mqtt_host: str | None = None
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
 
     # Background workers (rollouts, cohort defaults). Off only for tests that drive them.
     workers_enabled: bool = True

@@ -23,6 +23,7 @@ from control_plane.errors import (
     ReleaseAwaitingSignatureError,
     ServiceUnavailableError,
 )
+from control_plane.nudges import NudgePublisher, nudge_after_commit
 from control_plane.releases.state import ReleaseState
 from control_plane.repository import sslib_key
 from control_plane.repository.keyring import OnlineKeySource
@@ -167,10 +168,18 @@ def root_trusts_director(session: Session, key: Ed25519KeyPair) -> bool:
 class Director:
     """Signs per-device assignments with the director key and stores them."""
 
-    def __init__(self, db: Database, keys: OnlineKeySource, ttl: timedelta) -> None:
+    def __init__(
+        self,
+        db: Database,
+        keys: OnlineKeySource,
+        ttl: timedelta,
+        *,
+        nudges: NudgePublisher | None = None,
+    ) -> None:
         self.db = db
         self.keys = keys
         self.ttl = ttl
+        self.nudges = nudges  # told (after commit) which devices got a new assignment
 
     @property
     def key(self) -> Ed25519KeyPair:
@@ -240,6 +249,8 @@ class Director:
             session.add(record)
             records[device_id] = record
         session.flush()
+        if self.nudges is not None:
+            nudge_after_commit(session, self.nudges, list(records), "assignment")
         return records
 
     def assign(
