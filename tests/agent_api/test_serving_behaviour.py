@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -13,7 +13,16 @@ import openai
 import pytest
 
 from edge_agent.api import create_local_api
-from edge_agent.runtime import ModelRegistry
+from edge_agent.release import InstalledArtifact
+from edge_agent.runtime import (
+    ChatTurn,
+    ModelOptions,
+    ModelRegistry,
+    Sampling,
+    TextGenerator,
+    TextPiece,
+)
+from edge_agent.runtime.llama import LlamaTextGenerator
 from tests.agent_api.conftest import (
     EMBEDDER,
     LLM,
@@ -152,25 +161,80 @@ def test_new_release_swaps_models_while_a_request_runs_on_the_old_one(served: Se
     assert {m.id for m in client.models.list()} == {LLM, EMBEDDER}
 
 
-def test_requests_beyond_the_running_one_wait_in_the_queue(served: Served) -> None:
-    """max_queue=4: three concurrent requests all succeed, one generation at a time."""
+class MeasuredGenerator:
+    """The real llama.cpp generator, recording when each generation starts and ends."""
+
+    def __init__(self, model: TextGenerator, lock: threading.Lock) -> None:
+        self._model = model
+        self._lock = lock
+        self.running = 0
+        self.peak = 0
+        self.generations = 0
+
+    @property
+    def context_length(self) -> int:
+        return self._model.context_length
+
+    def _measured(self, pieces: Iterator[TextPiece]) -> Iterator[TextPiece]:
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            self.generations += 1
+        try:
+            for piece in pieces:
+                time.sleep(0.01)  # widen the window in which an overlap would show
+                yield piece
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def chat(self, turns: Sequence[ChatTurn], sampling: Sampling) -> Iterator[TextPiece]:
+        return self._measured(self._model.chat(turns, sampling))
+
+    def complete(self, prompt: str, sampling: Sampling) -> Iterator[TextPiece]:
+        return self._measured(self._model.complete(prompt, sampling))
+
+    def close(self) -> None:
+        self._model.close()
+
+
+def test_requests_beyond_the_running_one_wait_in_the_queue(smollm2: Path) -> None:
+    """max_queue=4: four concurrent requests all succeed, one generation at a time."""
+    measured: list[MeasuredGenerator] = []
+    lock = threading.Lock()
+
+    def load(artifact: InstalledArtifact, options: ModelOptions) -> MeasuredGenerator:
+        measured.append(MeasuredGenerator(LlamaTextGenerator.load(artifact, options), lock))
+        return measured[-1]
+
+    settings = settings_for_tests(max_queue=4)
+    registry = ModelRegistry(settings, loaders={"llm": load})
+    registry.activate(release("q4", {LLM: ("llm", smollm2)}))
+    registry.warm()
     results: list[int] = []
+    start = threading.Barrier(4)
 
-    def ask() -> None:
-        with httpx.Client(base_url=served.url, timeout=60) as http:
-            r = http.post(
-                "/v1/completions",
-                headers=AUTH,
-                json={"model": LLM, "prompt": "Once upon a time", "max_tokens": 8},
-            )
-            results.append(r.status_code)
+    def ask(stream: bool) -> None:
+        body = {"model": LLM, "prompt": "Once upon a time", "max_tokens": 8, "stream": stream}
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            start.wait()
+            with http.stream("POST", "/v1/completions", headers=AUTH, json=body) as r:
+                r.read()
+                results.append(r.status_code)
 
-    threads = [threading.Thread(target=ask) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert results == [200, 200, 200]
+    try:
+        with LiveServer(create_local_api(registry, settings, api_token=TOKEN)) as server:
+            threads = [threading.Thread(target=ask, args=(i % 2 == 0,)) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        registry.close()
+    assert results == [200, 200, 200, 200]
+    [model] = measured
+    assert model.generations == 4
+    assert model.peak == 1, f"{model.peak} generations ran at the same time on one model"
 
 
 def test_completion_stream_is_server_sent_events_ending_in_done(served: Served) -> None:

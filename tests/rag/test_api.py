@@ -120,7 +120,15 @@ def test_query_answers_with_verified_span_citations(client: httpx.Client) -> Non
     assert citation["end"] - citation["start"] == len(citation["quote"])
 
 
-def test_query_with_the_chat_model_cites_or_abstains(client: httpx.Client) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug (issue 8): the handbook says 'between 2 and 8 degrees Celsius' and"
+    " retrieval ranks cold-chain-thresholds.md first (similarity 0.68, evidence sufficient),"
+    " yet /v1/rag/query abstains after generation ('the best-matching sentences do not mention"
+    " 'temperature range''), while grounded chat answers the same question supported",
+)
+def test_query_with_the_chat_model_answers_with_citations(client: httpx.Client) -> None:
+    """The handbook states the range: the (greedy) chat model answers, citing it."""
     response = client.post(
         "/v1/rag/query",
         json={
@@ -130,11 +138,12 @@ def test_query_with_the_chat_model_cites_or_abstains(client: httpx.Client) -> No
     )
     body = response.json()
     assert response.status_code == 200, body
-    assert body["answer"]
-    if not body["abstained"]:
-        assert body["citations"] and all(c["quote"] for c in body["citations"])
-    else:
-        assert body["reason"]
+    assert body["abstained"] is False, body["reason"]
+    assert body["answer"] and not body["answer"].startswith("I don't know")
+    assert body["citations"], body["answer"]
+    assert "cold-chain-thresholds.md" in {c["document"] for c in body["citations"]}
+    for c in body["citations"]:
+        assert c["quote"] and c["end"] - c["start"] == len(c["quote"]), c
 
 
 def test_an_unanswerable_question_is_abstained_on(client: httpx.Client) -> None:
@@ -213,9 +222,11 @@ def test_bad_files_get_a_clear_4xx(
     assert client.get("/v1/rag/status").json() == before
 
 
-def test_bad_queries_get_a_clear_4xx(client: httpx.Client) -> None:
-    assert client.post("/v1/rag/query", json={"question": ""}).status_code in (400, 422)
-    assert client.post("/v1/rag/query", json={"question": "x", "k": 500}).status_code in (400, 422)
+def test_bad_queries_get_a_clear_400(client: httpx.Client) -> None:
+    empty = client.post("/v1/rag/query", json={"question": ""})
+    assert empty.status_code == 400 and "question" in empty.json()["error"]["message"]
+    too_many = client.post("/v1/rag/query", json={"question": "x", "k": 500})
+    assert too_many.status_code == 400 and "k" in too_many.json()["error"]["param"]
     bad_filter = client.post("/v1/rag/query", json={"question": "battery", "filters": {"a'b": 1}})
     assert bad_filter.status_code == 400 and "filter key" in bad_filter.text
 

@@ -29,20 +29,35 @@ def test_chat_messages_get_numbered_sources_and_the_answer_gets_citations(
     answer = chat.complete(grounded, max_tokens=60)  # type: ignore[attr-defined]
     assert answer.strip()
     citations = cite_chat_answer(handbook, answer, sources)
-    text = handbook.index.document_text("pika-sensor-tags.md")
-    assert text is not None
+    assert citations, answer
+    assert "pika-sensor-tags.md" in {c.document for c in citations}
     for c in citations:
         source_text = handbook.index.document_text(c.document)
         assert source_text is not None and source_text[c.start : c.end] == c.quote
 
 
-def test_generated_answers_through_the_engine_are_grounded_or_abstained(
+@pytest.mark.xfail(
+    strict=True,
+    reason="product bug (issue 8): pika-sensor-tags.md says the battery 'lasts about 18"
+    " months' and ranks first (similarity 0.72, evidence sufficient), yet RagEngine.answer"
+    " abstains after generation with 'no retrieved sentence states a number'",
+)
+def test_a_generated_answer_through_the_engine_is_grounded(
+    handbook: RagEngine, chat: object
+) -> None:
+    """The handbook states the battery life: the engine answers (greedy) and cites it."""
+    handbook.chat = chat  # type: ignore[assignment]
+    answer = handbook.answer("How long does the Pika tag battery last?", k=3, max_tokens=60)
+    assert answer.abstained is False, answer.reason
+    assert answer.citations, answer.answer
+    assert "pika-sensor-tags.md" in {c.document for c in answer.citations}
+    assert all(handbook.verified([c]) for c in answer.citations)
+
+
+def test_a_question_the_handbook_does_not_answer_is_abstained_on(
     handbook: RagEngine, chat: object
 ) -> None:
     handbook.chat = chat  # type: ignore[assignment]
-    answer = handbook.answer("How long does the Pika tag battery last?", k=3, max_tokens=60)
-    if answer.abstained:
-        assert answer.reason
-    else:
-        assert answer.citations
-        assert all(handbook.verified([c]) for c in answer.citations)
+    answer = handbook.answer("Who won the football world cup in 1998?", k=3, max_tokens=60)
+    assert answer.abstained is True and answer.citations == []
+    assert answer.reason and answer.answer.startswith("I don't know")

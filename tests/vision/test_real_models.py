@@ -115,6 +115,7 @@ def test_huge_streamed_upload_is_refused_before_it_is_all_sent(live: str) -> Non
     header = (
         "POST /v1/vision/classify HTTP/1.1\r\n"
         f"Host: {host}\r\n"
+        f"Authorization: {AUTH['Authorization']}\r\n"
         "Content-Type: multipart/form-data; boundary=xyz\r\n"
         "Transfer-Encoding: chunked\r\n\r\n"
     ).encode()
