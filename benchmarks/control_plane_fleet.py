@@ -1262,7 +1262,7 @@ def poll_breakdown(setup: Setup, samples: int) -> dict[str, Any]:
         timed("mark_seen (write transaction, commit)", seen)
         app = create_app(setup.settings().model_copy(update={"workers_enabled": False}))
         with asyncio.Runner(loop_factory=_uvloop()) as runner:
-            authorizations: dict[str, str] = {}
+            authorizations: dict[str, list[str]] = {}  # one per call: each nonce is used once
 
             async def receive() -> dict[str, Any]:
                 return {"type": "http.request", "body": b"", "more_body": False}
@@ -1286,7 +1286,7 @@ def poll_breakdown(setup: Setup, samples: int) -> dict[str, Any]:
                     "root_path": "",
                     "headers": [
                         (b"host", b"127.0.0.1"),
-                        (b"authorization", authorizations[d.device_id].encode()),
+                        (b"authorization", authorizations[d.device_id].pop().encode()),
                     ],
                     "client": ("127.0.0.1", 50000),
                     "server": ("127.0.0.1", 8700),
@@ -1297,9 +1297,12 @@ def poll_breakdown(setup: Setup, samples: int) -> dict[str, Any]:
                     raise SystemExit(f"in-process poll answered {statuses}")
 
             for d in devices:
-                authorizations[d.device_id] = sign_device_request(
-                    d.key, d.device_id, "GET", paths.DEVICE_ASSIGNMENT, b"", time.time()
-                )
+                authorizations[d.device_id] = [
+                    sign_device_request(
+                        d.key, d.device_id, "GET", paths.DEVICE_ASSIGNMENT, b"", time.time()
+                    )
+                    for _ in range(2)  # the warm-up call and the timed one
+                ]
             timed("ASGI app, whole poll (FastAPI, both threadpool hops, the above)", asgi_poll)
 
             async def hop() -> None:

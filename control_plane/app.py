@@ -15,6 +15,7 @@ from control_plane.api import (
     rollout_routes,
 )
 from control_plane.api.errors import install_error_handlers
+from control_plane.api.http_surface import install_http_surface
 from control_plane.services import Clock, ControlPlane, utc_now
 from control_plane.settings import ControlPlaneSettings
 
@@ -39,11 +40,13 @@ def create_app(settings: ControlPlaneSettings, *, clock: Clock = utc_now) -> Fas
         title="Outpost control plane",
         version="1",
         lifespan=lifespan,
-        docs_url="/docs",
+        docs_url=None,  # the schema routes are added by install_http_surface
+        openapi_url=None,
         redoc_url=None,
     )
     app.state.control_plane = control_plane
     install_error_handlers(app)
+    install_http_surface(app, settings)
     app.include_router(operator_routes.router)
     app.include_router(rollout_routes.router)
     app.include_router(device_routes.router)

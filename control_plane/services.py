@@ -14,7 +14,9 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from control_plane.artifacts.blob_store import BlobStore
+from control_plane.artifacts.collector import BlobCollector
 from control_plane.director.service import Director
+from control_plane.fleet.request_nonces import NoncePruner
 from control_plane.nudges import MqttNudgePublisher, NudgePublisher, NullNudgePublisher
 from control_plane.remote_config.service import RemoteConfigService
 from control_plane.repository.keyring import Keyring, OnlineKeySource
@@ -135,6 +137,8 @@ class ControlPlane:
                     converge_seconds=self.settings.cohort_default_seconds,
                 )
             )
+            workers.append(NoncePruner(self.db))
+            workers.append(BlobCollector(self.db, self.blobs))
         return WorkerThreads(workers=workers, clock=self.clock)
 
     def close(self) -> None:

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from control_plane.repository import RepositoryLifetimes
+from protocol.http_limits import HttpLimits
 
 _DAY = 86_400
 
@@ -41,6 +42,19 @@ class ControlPlaneSettings(BaseSettings):
     assignment_ttl_seconds: int = Field(default=7 * _DAY, ge=1)
 
     max_artifact_bytes: int = Field(default=8 * 1024**3, ge=1)
+    # Any other request body (JSON), refused with 413 before authentication or parsing.
+    max_request_bytes: int = Field(default=1024**2, ge=1024, le=64 * 1024**2)
+
+    # The HTTP server (protocol.http_limits): header size and deadline, idle and
+    # half-open connections, open connections (LimitNOFILE in the unit must cover them).
+    http_max_header_bytes: int = Field(default=64 * 1024, ge=4096, le=1024**2)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    http_body_idle_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    http_keep_alive_seconds: int = Field(default=5, ge=1, le=300)
+    http_max_connections: int = Field(default=4096, ge=16, le=1_000_000)
+
+    # /docs and /openapi.json: off by default; when on they need an operator API token.
+    api_docs: bool = False
 
     # MQTT nudges (docs/remote-config.md): off unless a broker host is set.
     mqtt_host: str | None = None
@@ -86,6 +100,16 @@ class ControlPlaneSettings(BaseSettings):
     def root_file(self) -> Path:
         """The initial trusted root that devices are provisioned with."""
         return self.data_dir / "root.json"
+
+    @property
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(
+            max_header_bytes=self.http_max_header_bytes,
+            header_timeout_seconds=self.http_header_timeout_seconds,
+            body_idle_timeout_seconds=self.http_body_idle_timeout_seconds,
+            keep_alive_seconds=self.http_keep_alive_seconds,
+            max_connections=self.http_max_connections,
+        )
 
     @property
     def lifetimes(self) -> RepositoryLifetimes:

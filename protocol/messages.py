@@ -26,6 +26,10 @@ ArtifactKind = Literal[
 ]
 ArtifactFormat = Literal["gguf", "onnx", "tflite", "mlpackage", "sqlite", "json"]
 
+# Integers on the wire fit the signed 64-bit columns they are stored in (and SQLite's
+# integers): a larger value is a bad request, never an overflow inside the server.
+INT64_MAX = 2**63 - 1
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TARGET_PATH = re.compile(r"^[0-9a-f]{64}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -39,7 +43,7 @@ class HardwareFacts(_Message):
     arch: str = Field(max_length=32)
     os: str = Field(max_length=32)
     cpu_count: int = Field(ge=1, le=4096)
-    ram_mb: int = Field(ge=1)
+    ram_mb: int = Field(ge=1, le=INT64_MAX)
     accelerators: list[str] = Field(default_factory=list, max_length=16)
 
 
@@ -65,7 +69,7 @@ class TargetRef(_Message):
     name: str = Field(description="logical artifact name, e.g. the model id clients use")
     path: str = Field(description="TUF target path: '<sha256>/<file name>'")
     sha256: str
-    length: int = Field(ge=1)
+    length: int = Field(ge=1, le=INT64_MAX)
     kind: ArtifactKind
     format: ArtifactFormat
 
@@ -99,7 +103,7 @@ class Assignment(_Message):
 
     protocol_version: int = PROTOCOL_VERSION
     device_id: str
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=INT64_MAX)
     release_id: str
     release_name: str
     release_version: str
@@ -134,8 +138,8 @@ class StatusReport(_Message):
 
     report_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     device_id: str
-    assignment_version: int | None = None
-    release_id: str | None = None
+    assignment_version: int | None = Field(default=None, ge=1, le=INT64_MAX)
+    release_id: str | None = Field(default=None, max_length=64)
     state: InstallState
     detail: str = Field(default="", max_length=2000)
     at: datetime

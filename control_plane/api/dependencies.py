@@ -11,8 +11,9 @@ from control_plane.access.roles import Permission
 from control_plane.access.tokens import Principal, authenticate_api_token
 from control_plane.errors import AuthenticationError, InvalidRequestError
 from control_plane.fleet.devices import public_key_of
+from control_plane.fleet.request_nonces import remember_nonce
 from control_plane.services import ControlPlane
-from protocol.device_auth import DeviceAuthHeader, verify_device_request
+from protocol.device_auth import DeviceAuthHeader, nonce_expiry, verify_device_request
 from protocol.errors import ProtocolError
 from protocol.keys import public_key_from_hex
 
@@ -63,7 +64,8 @@ async def read_bounded_body(request: Request, limit: int) -> bytes:
 
 
 async def authenticate_device(request: Request, cp: CP) -> tuple[str, bytes]:
-    """Check the device-signed Authorization header; return (device id, raw body)."""
+    """Check the device-signed Authorization header (signature, freshness, a nonce not
+    seen before); return (device id, raw body)."""
     value = request.headers.get("authorization")
     if not value:
         raise AuthenticationError("missing 'Authorization: Outpost-Device ...' header")
@@ -72,24 +74,25 @@ async def authenticate_device(request: Request, cp: CP) -> tuple[str, bytes]:
     except ProtocolError as e:
         raise AuthenticationError(str(e)) from e
     body = await read_bounded_body(request, MAX_DEVICE_BODY_BYTES)
-
-    def lookup() -> str | None:
-        with cp.db.transaction() as session:
-            return public_key_of(session, header.device_id)
-
-    public_hex = await run_in_threadpool(lookup)
-    if public_hex is None:
-        raise AuthenticationError(f"device {header.device_id!r} is not enrolled here")
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-    try:
-        verify_device_request(
-            header,
-            public_key_from_hex(public_hex),
-            request.method,
-            path,
-            body,
-            cp.clock().timestamp(),
-        )
-    except ProtocolError as e:
-        raise AuthenticationError(f"device request rejected: {e}") from e
+
+    def check() -> None:
+        with cp.db.transaction() as session:
+            public_hex = public_key_of(session, header.device_id)
+        if public_hex is None:
+            raise AuthenticationError(f"device {header.device_id!r} is not enrolled here")
+        try:
+            verify_device_request(
+                header,
+                public_key_from_hex(public_hex),
+                request.method,
+                path,
+                body,
+                cp.clock().timestamp(),
+            )
+        except ProtocolError as e:
+            raise AuthenticationError(f"device request rejected: {e}") from e
+        remember_nonce(cp.db, header.device_id, header.nonce, nonce_expiry(header))
+
+    await run_in_threadpool(check)
     return header.device_id, body

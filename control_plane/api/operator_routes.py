@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control_plane import audit
 from control_plane.access.tokens import api_tokens, issue_api_token, revoke_api_token_audited
@@ -52,6 +53,8 @@ from control_plane.fleet.tags import retag_device
 from control_plane.releases import service as releases
 from control_plane.releases.offline_signing import accept_signed_targets, pending_targets
 from control_plane.rollouts.core import CohortSelector
+from protocol import paths
+from protocol.messages import INT64_MAX
 
 router = APIRouter(prefix="/api/v1")
 _UPLOAD_BUFFER = 1 << 20
@@ -105,6 +108,21 @@ def list_devices(
     """Every device, or a cohort's: ``?cohort=hw=rpi5,ram_mb>=4096`` (the rollout selector)."""
     selector = None if cohort is None else CohortSelector.parse(cohort)
     return [DevicePublic.of(v) for v in fleet_devices.list_devices(cp.db, cohort=selector)]
+
+
+@router.api_route(
+    paths.ENROLL.removeprefix("/api/v1"),
+    methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"],
+    include_in_schema=False,
+)
+def enroll_takes_post_only(request: Request) -> None:
+    """Before ``/devices/{device_id}``: "enroll" is no device id."""
+    raise StarletteHTTPException(
+        status.HTTP_405_METHOD_NOT_ALLOWED,
+        f"{request.method} {paths.ENROLL} is not a device: enrollment is"
+        f" POST {paths.ENROLL} with a one-time enrollment token",
+        headers={"Allow": "POST"},
+    )
 
 
 @router.get("/devices/{device_id}")
@@ -287,7 +305,7 @@ def read_audit_log(
     _admin: Admin,
     cp: CP,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    before_id: Annotated[int | None, Query(ge=1)] = None,
+    before_id: Annotated[int | None, Query(ge=1, le=INT64_MAX)] = None,
 ) -> list[AuditEntryPublic]:
     """Audit entries, newest first (admin). Page with ``before_id``."""
     return [AuditEntryPublic.of(e) for e in audit.entries(cp.db, limit=limit, before_id=before_id)]

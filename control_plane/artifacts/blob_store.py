@@ -3,10 +3,19 @@
 Uploads stream into ``<root>/tmp`` while being hashed and counted against a hard cap;
 a complete upload is fsynced and renamed into place, so a blob is either whole or
 absent.
+
+An upload holds an exclusive ``flock`` on its temp file until it is committed or
+discarded: a temp file nobody holds a lock on belongs to a process that died (killed
+mid-upload) and is removed at start-up and by the collector, whatever its age; replicas
+sharing the data dir keep theirs. A committed blob whose row never got written (a kill
+between the rename and the insert) is an orphan: :meth:`BlobStore.orphans` finds those
+past a grace period, for ``control_plane.artifacts.collector`` to delete.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import os
 import re
@@ -42,6 +51,9 @@ class Upload:
         self.temp_path = store.tmp_dir / f"upload-{uuid.uuid4().hex}"
         # the file outlives __init__: finish() or discard() closes it, so no `with` here
         self._file: BinaryIO | None = open(self.temp_path, "xb")  # noqa: SIM115
+        # held until commit() or discard(): "a live process owns this temp file"
+        self._lock_fd: int | None = os.open(self.temp_path, os.O_RDONLY)
+        _try_lock(self._lock_fd)
 
     def write(self, chunk: bytes) -> None:
         if self._file is None:
@@ -70,11 +82,14 @@ class Upload:
         """Move the finished upload to its content address (kept if already there)."""
         final = self._store.path(sha256)
         if final.exists():
+            os.utime(final)  # the collector's grace period starts again: a row follows
             self.discard()
             return final
         final.parent.mkdir(parents=True, exist_ok=True)
+        os.utime(self.temp_path)  # committed now (the collector's grace counts from here)
         os.replace(self.temp_path, final)
         _fsync_dir(final.parent)
+        self._unlock()
         return final
 
     def discard(self) -> None:
@@ -82,6 +97,41 @@ class Upload:
             self._file.close()
             self._file = None
         self.temp_path.unlink(missing_ok=True)
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+
+def _try_lock(fd: int) -> bool | None:
+    """Take an exclusive flock without waiting: True if taken, False if another open file
+    holds it, None where the file system has no locks."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as e:
+        if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+def _abandoned(path: Path, cutoff: float) -> bool:
+    """Whether no live upload owns this temp file (by its lock, else by its age)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        taken = _try_lock(fd)
+        if taken is None:
+            return os.fstat(fd).st_mtime < cutoff
+        return taken
+    finally:
+        os.close(fd)  # releases the lock if we took it
 
 
 class BlobStore:
@@ -90,10 +140,11 @@ class BlobStore:
         self.tmp_dir = root / "tmp"
 
     def prepare(self, *, now: float | None = None) -> list[Path]:
-        """Create the folders; delete upload temp files a crashed process left behind.
+        """Create the folders; delete upload temp files a dead process left behind.
 
-        Only files older than :data:`STALE_UPLOAD_SECONDS` go: replicas sharing the data
-        dir may have uploads in flight. Returns what was removed.
+        A temp file is abandoned when no process holds its lock (where the file system
+        has no locks: when untouched for :data:`STALE_UPLOAD_SECONDS`). Uploads in flight
+        on replicas sharing the data dir hold theirs. Returns what was removed.
         """
         (self.root / "sha256").mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -101,12 +152,32 @@ class BlobStore:
         removed = []
         for leftover in self.tmp_dir.iterdir():
             try:
-                if leftover.is_file() and leftover.stat().st_mtime < cutoff:
+                if leftover.is_file() and _abandoned(leftover, cutoff):
                     leftover.unlink()
                     removed.append(leftover)
             except FileNotFoundError:
                 continue  # another replica cleaned it up first
         return removed
+
+    def blob_names(self) -> list[str]:
+        """The sha256 of every committed blob."""
+        folder = self.root / "sha256"
+        return sorted(p.name for p in folder.iterdir() if _SHA256.match(p.name))
+
+    def orphans(self, known: set[str], *, now: float, grace_seconds: float) -> list[Path]:
+        """Committed blobs not in ``known`` and committed more than ``grace_seconds`` ago
+        (younger ones may be a live upload about to write its row)."""
+        found = []
+        for name in self.blob_names():
+            if name in known:
+                continue
+            path = self.path(name)
+            try:
+                if path.stat().st_mtime < now - grace_seconds:
+                    found.append(path)
+            except FileNotFoundError:
+                continue
+        return found
 
     def path(self, sha256: str) -> Path:
         if not _SHA256.match(sha256):

@@ -125,6 +125,7 @@ def _serve(ctx: Context) -> None:
     from control_plane.app import create_app
     from control_plane.repository.metadata_store import is_initialized
     from control_plane.storage.database import Database, migrate
+    from protocol.http_server import server_config
 
     settings = _settings(ctx.args)
     db = Database.from_url(settings.resolved_database_url)
@@ -140,4 +141,11 @@ def _serve(ctx: Context) -> None:
         db.dispose()
     app = create_app(settings)
     sys.stdout.flush()
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    config = server_config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        limits=settings.http_limits,
+        log_level=settings.log_level,
+    )
+    uvicorn.Server(config).run()

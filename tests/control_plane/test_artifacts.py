@@ -183,20 +183,20 @@ def test_real_smollm2_gguf_uploads(cp: ControlPlaneUnderTest) -> None:
     assert body["custom"]["facts"]["architecture"] == "llama"
 
 
-def test_startup_removes_only_stale_upload_leftovers(tmp_path: Path) -> None:
-    import os
-    import time
-
-    from control_plane.artifacts.blob_store import STALE_UPLOAD_SECONDS, BlobStore
+def test_startup_removes_upload_leftovers_that_no_live_upload_holds(tmp_path: Path) -> None:
+    """A temp file from a killed process goes at once, whatever its age; an upload in
+    flight (here, or on a replica sharing the data dir) holds its lock and stays."""
+    from control_plane.artifacts.blob_store import BlobStore
 
     store = BlobStore(tmp_path / "blobs")
     store.prepare()
-    stale = store.tmp_dir / "upload-crashed"
-    fresh = store.tmp_dir / "upload-in-flight-on-another-replica"
-    stale.write_bytes(b"x" * 10)
-    fresh.write_bytes(b"y" * 10)
-    old = time.time() - STALE_UPLOAD_SECONDS - 60
-    os.utime(stale, (old, old))
-    assert store.prepare() == [stale]
-    assert not stale.exists()
-    assert fresh.exists()
+    crashed = store.tmp_dir / "upload-of-a-killed-process"
+    crashed.write_bytes(b"x" * 10)  # just written: young, but nobody holds it
+    in_flight = store.start_upload(1 << 20)
+    in_flight.write(b"y" * 10)
+    assert store.prepare() == [crashed]
+    assert not crashed.exists()
+    assert in_flight.temp_path.exists()
+    in_flight.finish()
+    assert store.prepare() == [], "finished but not yet committed: still held"
+    in_flight.discard()

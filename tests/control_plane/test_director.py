@@ -142,7 +142,9 @@ def test_failed_install_leaves_the_installed_release(
     device = cp.enroll()
     art = cp.upload(small_gguf(tmp_path))
     rel = cp.publish([art["id"]])
-    device.report(release_id=rel["id"], assignment_version=1, state="refused", detail="hash")
+    cp.assign(device.id, rel["id"])
+    r = device.report(release_id=rel["id"], assignment_version=1, state="refused", detail="hash")
+    assert r.status_code == 200, r.text
     view = cp.client.get(f"/api/v1/devices/{device.id}", headers=cp.auth("viewer")).json()
     assert view["installed_release"] is None
     assert (view["last_status"]["state"], view["last_status"]["detail"]) == ("refused", "hash")
