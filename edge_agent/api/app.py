@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
@@ -21,7 +22,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from edge_agent.api.disconnect import unless_client_leaves, until_cancelled
 from edge_agent.api.grounded_chat import ChatGrounding, GroundedChat
 from edge_agent.api.streaming import PieceStream
 from edge_agent.api.wire import (
@@ -51,6 +54,7 @@ from edge_agent.api.wire import (
 from edge_agent.errors import (
     AgentError,
     BadRequestError,
+    ClientGoneError,
     ConfigError,
     NotFoundError,
     PayloadTooLargeError,
@@ -61,6 +65,8 @@ from edge_agent.errors import (
 from edge_agent.rag.api import RagChatOptions
 from edge_agent.runtime import (
     ChatTurn,
+    Embedder,
+    Embeddings,
     GeneratedText,
     ModelRegistry,
     Sampling,
@@ -113,6 +119,8 @@ def _as_agent_error(exc: Exception) -> AgentError:
     if isinstance(exc, RequestValidationError):
         message, param = _describe_validation(exc.errors(), skip_body=True)
         return InvalidParameterError(message, param)
+    if isinstance(exc, ClientDisconnect):  # hung up while sending its request body
+        return ClientGoneError("the client went away while sending its request")
     log.exception("unexpected error in the local API", exc_info=exc)
     return AgentError(f"internal error ({type(exc).__name__}); see the agent log")
 
@@ -128,6 +136,9 @@ async def _error_response(request: Request, exc: Exception) -> Response:
             ErrorBody(error=detail).model_dump(), exc.status_code, headers=exc.headers
         )
     error = _as_agent_error(exc)
+    if isinstance(error, ClientGoneError):  # any local client can do this at will: no traceback
+        log.debug("%s", error)
+        return Response(status_code=error.http_status)  # nobody reads it
     headers: dict[str, str] = {}
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = "Bearer"
@@ -267,14 +278,20 @@ def _completion_prompt(request: CompletionRequest) -> str:
     if request.echo or request.suffix is not None or request.logprobs is not None:
         raise InvalidParameterError("echo, suffix and logprobs are not supported by this agent")
     if isinstance(request.prompt, str):
-        return request.prompt
-    if len(request.prompt) != 1:
+        prompt = request.prompt
+    elif len(request.prompt) != 1:
         raise InvalidParameterError(
             f"prompt must be one string (got a list of {len(request.prompt)}); "
             "send one request per prompt",
             "prompt",
         )
-    return request.prompt[0]
+    else:
+        prompt = request.prompt[0]
+    if not prompt:
+        raise InvalidParameterError(
+            "prompt is empty: send at least one character of text to continue", "prompt"
+        )
+    return prompt
 
 
 def _sampling(
@@ -289,6 +306,56 @@ def _sampling(
         presence_penalty=request.presence_penalty,
         frequency_penalty=request.frequency_penalty,
     )
+
+
+EMBEDDING_BATCH = 32  # inputs per llama.cpp call: a client that leaves is noticed between them
+
+
+def check_embedding_inputs(texts: Sequence[str], settings: AgentSettings) -> None:
+    """Refuse an embedding request beyond the per-request caps, before any work is queued."""
+    if not texts:
+        raise InvalidParameterError("input must not be empty", "input")
+    if len(texts) > settings.max_embedding_inputs:
+        raise InvalidParameterError(
+            f"input has {len(texts)} items; this agent embeds at most"
+            f" {settings.max_embedding_inputs} per request (setting max_embedding_inputs):"
+            " split them over several requests",
+            "input",
+        )
+    chars = sum(len(t) for t in texts)
+    if chars > settings.max_embedding_chars:
+        raise InvalidParameterError(
+            f"input totals {chars} characters; this agent embeds at most"
+            f" {settings.max_embedding_chars} per request (setting max_embedding_chars):"
+            " split them over several requests",
+            "input",
+        )
+
+
+def embed_in_batches(
+    model: Embedder, texts: Sequence[str], cancelled: threading.Event, max_tokens: int
+) -> Embeddings:
+    """Embed ``texts`` on the model's thread, a batch at a time, stopping between batches
+    once ``cancelled`` is set (the client left); refuse more than ``max_tokens`` tokens in
+    all before any is embedded."""
+    if cancelled.is_set():  # the client left while this job was queued
+        raise ClientGoneError("the client went away; its embedding was cancelled")
+    total = model.count_tokens(texts)
+    if total > max_tokens:
+        raise InvalidParameterError(
+            f"input totals {total} tokens; this agent embeds at most {max_tokens} tokens per"
+            " request (setting max_embedding_tokens): split them over several requests",
+            "input",
+        )
+    vectors: list[list[float]] = []
+    tokens = 0
+    for start in range(0, len(texts), EMBEDDING_BATCH):
+        if cancelled.is_set():
+            raise ClientGoneError("the client went away; its embedding was cancelled")
+        batch = model.embed(texts[start : start + EMBEDDING_BATCH])
+        vectors += batch.vectors
+        tokens += batch.prompt_tokens
+    return Embeddings(vectors, tokens)
 
 
 ChatBody = Annotated[ChatCompletionRequest, Depends(_json_body(ChatCompletionRequest))]
@@ -327,7 +394,14 @@ def create_local_api(
         redoc_url=None,
         openapi_url=None,
     )
-    for exc_class in (AgentError, RequestValidationError, StarletteHTTPException, Exception):
+    exception_classes = (
+        AgentError,
+        RequestValidationError,
+        StarletteHTTPException,
+        ClientDisconnect,  # by name: an `Exception` handler would log it and re-raise
+        Exception,
+    )
+    for exc_class in exception_classes:
         app.add_exception_handler(exc_class, _error_response)
 
     @app.get("/healthz", tags=["health"])
@@ -369,26 +443,41 @@ def create_local_api(
         return body
 
     async def generate(
+        request: Request,
         model: str,
         stream: bool,
         produce: Callable[[TextGenerator], Iterator[TextPiece]],
     ) -> tuple[PieceStream | None, GeneratedText | None, TextPiece | None]:
+        """Run one generation on the model's thread; it stops (between tokens, or before
+        it starts if still queued) as soon as the client goes away, streamed or not."""
         lease = registry.lease_generator(model)
         if not stream:
-            whole = lease.run(lambda m: join_pieces(produce(m)))
+            cancelled = threading.Event()
+
+            def whole_text(m: TextGenerator) -> GeneratedText:
+                if cancelled.is_set():  # the client left while this job was queued
+                    return GeneratedText("", "stop", 0, 0)
+                return join_pieces(until_cancelled(produce(m), cancelled))
+
+            whole = lease.run(whole_text)
             lease.release_when_done(whole)
-            return None, await asyncio.wrap_future(whole), None
+            result = await unless_client_leaves(
+                request, asyncio.wrap_future(whole), cancelled.set, "its generation was cancelled"
+            )
+            return None, result, None
         pieces = PieceStream(asyncio.get_running_loop())
         lease.release_when_done(lease.run(lambda m: pieces.pump(lambda: produce(m))))
-        try:
-            first = await pieces.next()  # errors before the first token become 4xx here
+        try:  # errors before the first token become 4xx here
+            first = await unless_client_leaves(
+                request, pieces.next(), pieces.cancel, "its generation was cancelled"
+            )
         except BaseException:
             pieces.cancel()
             raise
         return pieces, None, first
 
     async def grounded_generate(
-        body: ChatCompletionRequest, options: RagChatOptions, sampling: Sampling
+        request: Request, body: ChatCompletionRequest, options: RagChatOptions, sampling: Sampling
     ) -> tuple[GroundedChat, PieceStream | None, GeneratedText | None, TextPiece | None]:
         if chat_grounding is None:
             raise InvalidParameterError(
@@ -402,6 +491,7 @@ def create_local_api(
         )
         if not grounded.abstains:
             pieces, whole, first = await generate(
+                request,
                 body.model,
                 body.stream,
                 lambda m: grounded.recording(m.chat(grounded.turns, sampling)),
@@ -413,17 +503,21 @@ def create_local_api(
         return grounded, None, GeneratedText(said.text, "stop", 0, 0), None
 
     @v1.post("/chat/completions", response_model=None)
-    async def chat_completions(body: ChatBody) -> ChatCompletion | StreamingResponse:
+    async def chat_completions(
+        request: Request, body: ChatBody
+    ) -> ChatCompletion | StreamingResponse:
         turns = _chat_turns(body)
         max_tokens = body.max_completion_tokens or body.max_tokens
         sampling = _sampling(body, max_tokens)
         grounded: GroundedChat | None = None
         if body.rag is None:
             pieces, whole, first = await generate(
-                body.model, body.stream, lambda m: m.chat(turns, sampling)
+                request, body.model, body.stream, lambda m: m.chat(turns, sampling)
             )
         else:
-            grounded, pieces, whole, first = await grounded_generate(body, body.rag, sampling)
+            grounded, pieces, whole, first = await grounded_generate(
+                request, body, body.rag, sampling
+            )
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if whole is not None:
             grounding = None
@@ -504,11 +598,11 @@ def create_local_api(
         return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @v1.post("/completions", response_model=None)
-    async def completions(body: CompletionBody) -> Completion | StreamingResponse:
+    async def completions(request: Request, body: CompletionBody) -> Completion | StreamingResponse:
         prompt = _completion_prompt(body)
         sampling = _sampling(body, body.max_tokens)
         pieces, whole, first = await generate(
-            body.model, body.stream, lambda m: m.complete(prompt, sampling)
+            request, body.model, body.stream, lambda m: m.complete(prompt, sampling)
         )
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if whole is not None:
@@ -571,14 +665,17 @@ def create_local_api(
         return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
     @v1.post("/embeddings")
-    async def embeddings(body: EmbeddingBody) -> EmbeddingList:
+    async def embeddings(request: Request, body: EmbeddingBody) -> EmbeddingList:
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        if not texts:
-            raise InvalidParameterError("input must not be empty", "input")
+        check_embedding_inputs(texts, settings)
         lease = registry.lease_embedder(body.model)
-        future = lease.run(lambda m: m.embed(texts))
+        cancelled = threading.Event()
+        max_tokens = settings.max_embedding_tokens
+        future = lease.run(lambda m: embed_in_batches(m, texts, cancelled, max_tokens))
         lease.release_when_done(future)
-        result = await asyncio.wrap_future(future)
+        result = await unless_client_leaves(
+            request, asyncio.wrap_future(future), cancelled.set, "its embedding was cancelled"
+        )
         dims = len(result.vectors[0]) if result.vectors else 0
         if body.dimensions is not None and body.dimensions != dims:
             raise InvalidParameterError(

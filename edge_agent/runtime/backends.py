@@ -117,6 +117,10 @@ class Embedder(LoadedModel, Protocol):
     @property
     def dimensions(self) -> int: ...
 
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        """How many tokens embedding ``texts`` would take (cheap: no model evaluation)."""
+        ...
+
     def embed(self, texts: Sequence[str]) -> Embeddings: ...
 
 

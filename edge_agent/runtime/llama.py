@@ -69,6 +69,10 @@ class _GuardedLlama(llama_cpp.Llama):
             n_prompt = len(self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
         else:
             n_prompt = len(prompt)
+        if n_prompt == 0:  # llama.cpp asserts on an empty batch and takes the process down
+            raise BadRequestError(
+                f"the prompt for model {self.served_name!r} is empty (0 tokens); send some text"
+            )
         n_ctx = self.usable_context
         if n_prompt >= n_ctx:
             raise ContextOverflowError(
@@ -245,6 +249,10 @@ class LlamaEmbedder:
     @property
     def dimensions(self) -> int:
         return int(self._llama.n_embd())
+
+    def count_tokens(self, texts: Sequence[str]) -> int:
+        tokenize = self._llama.tokenize
+        return sum(len(tokenize(t.encode("utf-8"), add_bos=True, special=True)) for t in texts)
 
     def embed(self, texts: Sequence[str]) -> Embeddings:
         counts = []
