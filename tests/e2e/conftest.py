@@ -163,11 +163,20 @@ class ControlPlane:
 class Agent:
     """An enrolled device: ``python -m edge_agent enroll`` once, ``run`` as often as needed."""
 
-    def __init__(self, cp: ControlPlane, state_dir: Path, tags: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        cp: ControlPlane,
+        state_dir: Path,
+        tags: list[str] | None = None,
+        *,
+        server_url: str | None = None,
+    ) -> None:
+        """``server_url``: where the device reaches the control plane (default: directly)."""
         self.cp = cp
         self.state_dir = state_dir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.enrollment_token = cp.enrollment_token()
         out = subprocess.run(
             [
                 sys.executable,
@@ -175,9 +184,9 @@ class Agent:
                 "edge_agent",
                 "enroll",
                 "--server",
-                cp.url,
+                server_url or cp.url,
                 "--token",
-                cp.enrollment_token(),
+                self.enrollment_token,
                 "--root-sha256",
                 cp.init["root_sha256"],
                 "--state-dir",
@@ -195,12 +204,19 @@ class Agent:
             timeout=120,
         )
         assert out.returncode == 0, out.stderr
+        self.enroll_output = out.stdout + out.stderr
         self.device_id = str(json.loads(out.stdout)["device_id"])
         self.token = (state_dir / "api-token").read_text().strip()
         self.log_path = state_dir.parent / f"{state_dir.name}-agent.log"
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, *, pause_at: str | None = None, env: dict[str, str] | None = None) -> None:
+    def start(
+        self,
+        *,
+        pause_at: str | None = None,
+        env: dict[str, str] | None = None,
+        log_level: str = "INFO",
+    ) -> None:
         extra = {
             "OUTPOST_AGENT_MAX_BACKOFF_SECONDS": "1",
             "OUTPOST_AGENT_N_CTX": "512",
@@ -222,6 +238,8 @@ class Agent:
                 str(self.port),
                 "--poll-interval",
                 "0.3",
+                "--log-level",
+                log_level,
             ],
             cwd=REPO,
             env=_env(extra),

@@ -9,8 +9,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from cryptography.hazmat.primitives import serialization
 
 from edge_agent.updates import marker_path
+from protocol.keys import load_private_key
 from tests.e2e.conftest import (
     MODEL_NAME,
     Agent,
@@ -26,20 +28,55 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
 @pytest.fixture(scope="module")
-def agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
-    device = Agent(control_plane, tmp_path_factory.mktemp("device") / "state")
-    yield device
-    stop_agent(device)
-
-
-@pytest.fixture(scope="module")
 def first_release(control_plane: ControlPlane, smollm2_artifact: dict[str, Any]) -> str:
     return control_plane.release("spine", "1.0.0", [smollm2_artifact["id"]])
 
 
+@pytest.fixture(scope="module")
+def device(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Agent]:
+    """The module's enrolled device; ``serving`` starts it and installs a release."""
+    enrolled = Agent(control_plane, tmp_path_factory.mktemp("device") / "state")
+    yield enrolled
+    stop_agent(enrolled)
+
+
+@pytest.fixture
+def serving(control_plane: ControlPlane, device: Agent, first_release: str) -> Agent:
+    """The device running and serving a committed release, whatever ran before."""
+    if control_plane.process is None:  # a test that stopped it failed before restarting
+        control_plane.start()
+    if device.process is not None and device.process.poll() is not None:
+        device.process = None
+    if device.process is None:
+        device.start(log_level="DEBUG")  # the most an operator can log: no secret in it
+    if device.status()["updates"]["release_id"] is None:
+        device.wait_installed(control_plane.assign(device.device_id, first_release))
+    wait_until(
+        lambda: (
+            (control_plane.device(device.device_id)["last_status"] or {})["state"] == "committed"
+        ),
+        timeout=60,
+        what="the device's release to be committed",
+    )
+    return device
+
+
+@pytest.fixture
+def new_device(
+    control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Agent]:
+    """A device just enrolled, not started, with nothing installed."""
+    enrolled = Agent(control_plane, tmp_path_factory.mktemp("new-device") / "state")
+    yield enrolled
+    stop_agent(enrolled)
+
+
 def test_enroll_publish_install_and_chat(
-    control_plane: ControlPlane, agent: Agent, first_release: str
+    control_plane: ControlPlane, new_device: Agent, first_release: str
 ) -> None:
+    agent = new_device
     agent.start()
     assert agent.status()["updates"]["release_id"] is None
     version = control_plane.assign(agent.device_id, first_release)
@@ -79,7 +116,8 @@ def test_enroll_publish_install_and_chat(
     assert device["installed_assignment_version"] == version
 
 
-def test_a_wrong_token_on_the_device_api_is_refused(agent: Agent) -> None:
+def test_a_wrong_token_on_the_device_api_is_refused(serving: Agent) -> None:
+    agent = serving
     response = httpx.get(
         f"{agent.url}/v1/models", headers={"Authorization": "Bearer not-the-token-000000"}
     )
@@ -92,10 +130,12 @@ def test_a_wrong_token_on_the_device_api_is_refused(agent: Agent) -> None:
 
 def test_offline_the_agent_serves_and_queued_reports_arrive_exactly_once(
     control_plane: ControlPlane,
-    agent: Agent,
+    serving: Agent,
     smollm2_artifact: dict[str, Any],
     tmp_path: Path,
 ) -> None:
+    agent = serving
+    before = agent.status()["updates"]["release_version"]
     pack = control_plane.upload(
         prompt_pack(tmp_path / "pack.json", "offline"), name="prompts", kind="config", fmt="json"
     )
@@ -118,7 +158,7 @@ def test_offline_the_agent_serves_and_queued_reports_arrive_exactly_once(
         timeout=30,
         what="the agent to notice it is offline",
     )
-    assert status["updates"]["release_version"] == "1.0.0"
+    assert status["updates"]["release_version"] == before
     assert status["updates"]["pending_reports"] >= 2
     client = openai.OpenAI(base_url=f"{agent.url}/v1", api_key=agent.token)
     offline = client.chat.completions.create(
@@ -140,11 +180,35 @@ def test_offline_the_agent_serves_and_queued_reports_arrive_exactly_once(
     assert control_plane.device(agent.device_id)["installed_release"]["id"] == second
 
 
-def test_shutdown_is_clean_and_logs_hold_no_secrets(agent: Agent) -> None:
+def test_shutdown_is_clean_and_logs_hold_no_secrets(serving: Agent) -> None:
+    """Nothing the device holds secret reaches its output or any file but its own: not the
+    API token, not the one-time enrollment token, not the device's private key."""
+    agent = serving
     assert agent.terminate() == 0
-    log = agent.log_path.read_text(errors="replace")
-    assert "stopped" in log
-    assert agent.token not in log
-    key_body = "".join((agent.state_dir / "device.key").read_text().splitlines()[1:-1])
-    assert key_body not in log
-    assert "PRIVATE KEY" not in log
+    log = agent.log_path.read_bytes()
+    assert b"stopped" in log
+    assert b"DEBUG" in log, "the agent did not run at its most talkative level"
+    key_file = agent.state_dir / "device.key"
+    key_pem = key_file.read_bytes()
+    raw_key = load_private_key(key_file).private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    secrets = {
+        "API token": agent.token.encode(),
+        "enrollment token": agent.enrollment_token.encode(),
+        "private key PEM body": b"".join(key_pem.splitlines()[1:-1]),
+        "private key raw hex": raw_key.hex().encode(),
+        "private key marker": b"PRIVATE KEY",
+    }
+    sources = {"agent log": log, "enroll output": agent.enroll_output.encode()}
+    for path in sorted(agent.state_dir.rglob("*")):
+        if path.is_file() and path not in (key_file, agent.state_dir / "api-token"):
+            sources[str(path.relative_to(agent.state_dir))] = path.read_bytes()
+    assert "state.db" in sources, "the state database was not searched"
+    leaks = [
+        f"{name} appears in {where}"
+        for name, secret in secrets.items()
+        for where, content in sources.items()
+        if secret in content
+    ]
+    assert leaks == []
