@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,7 @@ class RequestBodyTooLarge(Exception):
 
 def _describe(limit: int) -> str:
     if limit >= MIB and limit % MIB == 0:
-        return f"{limit // MIB} MiB"
+        return f"{limit} bytes ({limit // MIB} MiB)"
     return f"{limit} bytes"
 
 
@@ -114,7 +114,8 @@ class BodySizeLimit:
     one (chunked) is counted while the app reads it, and the 413 goes out as soon as it
     passes the limit (the app's ``receive`` then raises :class:`RequestBodyTooLarge`, and
     anything the app still sends is dropped). The answer carries ``Connection: close``
-    so the server stops reading the rest.
+    so the server stops reading the rest. The error body is
+    ``{"error": {"message", "type", **error_fields}}`` (each server's own error shape).
     """
 
     def __init__(
@@ -124,6 +125,7 @@ class BodySizeLimit:
         default_max_bytes: int = MIB,
         routes: Sequence[RouteBodyLimit] = (),
         error_type: str = "request_too_large",
+        error_fields: Mapping[str, object] | None = None,
     ) -> None:
         if default_max_bytes < 0:
             raise ValueError("default_max_bytes must not be negative")
@@ -131,6 +133,7 @@ class BodySizeLimit:
         self.default_max_bytes = default_max_bytes
         self.routes = tuple(routes)
         self.error_type = error_type
+        self.error_fields = dict(error_fields or {})
 
     def limit_for(self, method: str, path: str) -> int:
         """The body limit of one request (the first matching route, else the default)."""
@@ -191,7 +194,8 @@ class BodySizeLimit:
                 raise
 
     async def _refuse(self, send: Send, status: int, message: str) -> None:
-        body = json.dumps({"error": {"message": message, "type": self.error_type}}).encode()
+        error = {"message": message, "type": self.error_type, **self.error_fields}
+        body = json.dumps({"error": error}).encode()
         await send(
             {
                 "type": "http.response.start",

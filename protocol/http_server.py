@@ -95,17 +95,30 @@ def limited_http_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
         def data_received(self, data: bytes) -> None:
             if self.parser is None:
                 return
-            if self._in_headers:
+            if not self._in_headers:
+                if self._body_timer is not None:
+                    self._arm_body_timer()
+                super().data_received(data)
+                return
+            room = limits.max_header_bytes - self._header_bytes
+            if len(data) <= room:
                 self._header_bytes += len(data)
-                if self._header_bytes > limits.max_header_bytes:
-                    self._reject(
-                        b"431 Request Header Fields Too Large",
-                        f"request line and headers exceed {limits.max_header_bytes} bytes",
-                    )
-                    return
-            elif self._body_timer is not None:
-                self._arm_body_timer()
-            super().data_received(data)
+                super().data_received(data)
+                return
+            # feed no more than the cap: the headers end within it, or the client is refused
+            head, rest = data[:room], data[room:]
+            self._header_bytes += len(head)
+            if head:
+                super().data_received(head)
+            if self.transport.is_closing():
+                return
+            if self._in_headers and self._header_bytes >= limits.max_header_bytes:
+                self._reject(
+                    b"431 Request Header Fields Too Large",
+                    f"request line and headers exceed {limits.max_header_bytes} bytes",
+                )
+                return
+            self.data_received(rest)  # a body, or the next request's headers
 
         # --- parser callbacks ------------------------------------------------------
 
