@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import StateDatabaseCorruptError
-from edge_agent.store import StateDB
+from edge_agent.store import ReleaseStore, StateDB
 from edge_agent.updates import CycleResult
 from tests.agent_updates.conftest import Device, open_device
 from tests.agent_updates.simulator import release_of
@@ -62,7 +62,6 @@ def test_the_recovery_says_what_happened_and_names_the_runbook(device: Device) -
     device.cycle()
     device.store.close()
     corrupt_after_first_page(device.state_dir / "state.db")
-    from edge_agent.store import ReleaseStore
 
     store = ReleaseStore.open(device.state_dir)
     recovery = store.recover()
