@@ -75,6 +75,7 @@ from edge_agent.runtime import (
     join_pieces,
 )
 from edge_agent.settings import AgentSettings
+from protocol.http_limits import MIB, BodySizeLimit, RouteBodyLimit
 
 __all__ = ["InvalidParameterError", "create_local_api"]
 
@@ -409,6 +410,15 @@ def create_local_api(
         return Health()
 
     app.state.max_request_bytes = settings.max_request_bytes
+    app.add_middleware(  # every body capped before auth and parsing (uploads: their own cap)
+        BodySizeLimit,
+        default_max_bytes=settings.max_request_bytes,
+        routes=[
+            RouteBodyLimit("POST", r"/v1/(vision/.+|rag/ingest)", settings.max_upload_bytes + MIB)
+        ],
+        error_type="invalid_request_error",
+        error_fields={"param": None, "code": "payload_too_large"},
+    )
     auth = [Depends(_bearer_check(api_token))]
     v1 = APIRouter(prefix="/v1")
 

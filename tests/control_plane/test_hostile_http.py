@@ -204,6 +204,27 @@ def test_agent_local_api_refuses_a_64_mib_header(tmp_path: Path) -> None:
         assert agent.healthz_seconds() < 1.0
 
 
+def test_agent_local_api_refuses_a_big_body_before_authentication(tmp_path: Path) -> None:
+    from edge_agent.api import create_local_api
+    from edge_agent.daemon import LOCAL_API_HTTP_LIMITS
+    from edge_agent.runtime import ModelRegistry
+    from edge_agent.settings import AgentSettings
+
+    settings = AgentSettings(state_dir=tmp_path / "agent")
+    app = create_local_api(ModelRegistry(settings, loaders={}), settings, api_token="t" * 24)
+    with LimitedServer(app, LOCAL_API_HTTP_LIMITS) as agent, agent.connect() as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+            b"\r\nContent-Length: 268435456\r\n\r\n"
+        )
+        reply = read_until_closed(sock, 5)
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), reply[:200]
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"}  # the agent's error shape
+    assert str(settings.max_request_bytes) in error["message"]
+
+
 def test_headers_sent_slowly_are_cut_at_the_deadline(live: LimitedServer) -> None:
     with live.connect() as sock:
         t0 = time.monotonic()
