@@ -56,11 +56,14 @@ from edge_agent.updates import (
 )
 from edge_agent.updates.downloader import Checkpoint
 from protocol import InstallState, paths
+from protocol.http_limits import HttpLimits
 
 if TYPE_CHECKING:
     from edge_agent.runtime import ModelRegistry
 
 log = logging.getLogger("edge_agent")
+# the local API serves a few local clients: fewer connections than the control plane
+LOCAL_API_HTTP_LIMITS = HttpLimits(max_connections=512)
 
 TUF_METADATA_DIR = "tuf"
 
@@ -201,6 +204,7 @@ def run_agent(settings: AgentSettings) -> int:
     from edge_agent.api import create_local_api
     from edge_agent.runtime import ModelRegistry
     from edge_agent.serving import ReleaseServing
+    from protocol.http_server import server_config
 
     stop = threading.Event()
     servers: list[uvicorn.Server] = []
@@ -309,10 +313,11 @@ def run_agent(settings: AgentSettings) -> int:
         updates.loop.run(stop)
 
     worker = threading.Thread(target=update_thread, name="update-loop", daemon=True)
-    config = uvicorn.Config(
+    config = server_config(  # header, connection and idle limits: protocol.http_limits
         app,
         host=settings.api_host,
         port=settings.api_port,
+        limits=LOCAL_API_HTTP_LIMITS,
         log_level="info",
         access_log=False,
         lifespan="off",
