@@ -27,6 +27,7 @@ import httpx
 
 from edge_agent.errors import StoreError
 from edge_agent.release import InstalledRelease
+from edge_agent.remote_config.agent import RemoteConfigAgent
 from edge_agent.settings import AgentSettings
 from edge_agent.store import (
     STATE_DB,
@@ -248,6 +249,9 @@ def run_agent(settings: AgentSettings) -> int:
         log.info("no verified release installed yet; waiting for an assignment")
     http = new_http_client(identity.server_url)
     updates = _Updates(opened)
+    remote = RemoteConfigAgent(settings, serving)
+    if opened.store is not None:  # the config in force applies before the API serves
+        remote.restore(identity=identity, db=opened.store.db, http=http, loop=None)
 
     def start_updates(store: ReleaseStore, recovery: Recovery | None) -> UpdateLoop:
         loop = compose_update_loop(
@@ -290,6 +294,7 @@ def run_agent(settings: AgentSettings) -> int:
             "device_id": identity.device_id,
             "store": updates.store_condition(),
             "updates": updates.status(registry.release),
+            "config": remote.status(),
         }
 
     app = create_local_api(
@@ -300,6 +305,7 @@ def run_agent(settings: AgentSettings) -> int:
         extra_routers=serving.routers(),
         chat_grounding=serving.rag,
     )
+    remote.install(app)
 
     def update_thread() -> None:
         if release is not None:
@@ -310,6 +316,10 @@ def run_agent(settings: AgentSettings) -> int:
         if updates.store is None:
             return
         updates.loop = start_updates(updates.store, recovery)
+        if remote.sync is None:
+            remote.restore(identity=identity, db=updates.store.db, http=http, loop=None)
+        remote.attach_loop(updates.loop)
+        remote.start(identity=identity, stop=stop)
         updates.loop.run(stop)
 
     worker = threading.Thread(target=update_thread, name="update-loop", daemon=True)
@@ -333,6 +343,7 @@ def run_agent(settings: AgentSettings) -> int:
         log.info("shutting down: stopping the update loop")
         stop.set()
         worker.join(timeout=30)
+        remote.close()
         serving.close()
         http.close()
         if updates.store is not None:

@@ -29,6 +29,12 @@ class AgentSettings(BaseSettings):
 
     # update loop
     poll_interval_seconds: float = Field(default=30.0, gt=0)
+    # MQTT nudges (docs/remote-config.md): off unless a broker host is set. The user name
+    # defaults to the device id (the broker's ACL lets it read only its own topic).
+    mqtt_host: str | None = None
+    mqtt_port: int = Field(default=1883, ge=1, le=65535)
+    mqtt_username: str | None = None
+    mqtt_password: SecretStr | None = None
     max_backoff_seconds: float = Field(default=600.0, gt=0)
     download_chunk_bytes: int = Field(default=1 << 20, ge=4096)
     # free space a download must leave on the state dir's filesystem beyond the signed

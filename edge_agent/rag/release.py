@@ -9,11 +9,12 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from edge_agent.errors import BadUpdateError, NoModelError, StoreError
 from edge_agent.rag.engine import ChatModel, EmbeddingModel, RagEngine
+from edge_agent.rag.grounding import EvidencePolicy
 from edge_agent.rag.index import EmbeddingIdentity, RagIndex, read_identity
 from edge_agent.release import InstalledArtifact, InstalledRelease
 from edge_agent.runtime import ChatTurn, ModelRegistry, Sampling
@@ -163,7 +164,14 @@ class ReleaseRagEngines:
         self._registry = registry
         self._state_dir = state_dir
         self._lock = threading.Lock()
-        self._current: tuple[str, RagEngine] | None = None
+        self._current: tuple[str, RagEngine, EvidencePolicy] | None = None
+        # the remote config's thresholds over the engine's own (set by the agent)
+        self.evidence_override: Callable[[EvidencePolicy], EvidencePolicy] | None = None
+
+    def _live(self, engine: RagEngine, base: EvidencePolicy) -> RagEngine:
+        if self.evidence_override is not None:
+            engine.evidence = self.evidence_override(base)
+        return engine
 
     def __call__(self) -> RagEngine:
         release = self._registry.release
@@ -171,7 +179,7 @@ class ReleaseRagEngines:
             raise NoModelError("no verified release is installed; RAG is not available yet")
         with self._lock:
             if self._current is not None and self._current[0] == release.release_id:
-                return self._current[1]
+                return self._live(self._current[1], self._current[2])
             model = _one(release, EMBEDDING_KIND)
             if model is None:
                 raise NoModelError(f"release {release.release_id} has no embedding model")
@@ -184,8 +192,8 @@ class ReleaseRagEngines:
             )
             if self._current is not None:
                 self._current[1].index.close()
-            self._current = (release.release_id, engine)
-            return engine
+            self._current = (release.release_id, engine, engine.evidence)
+            return self._live(engine, engine.evidence)
 
     def close(self) -> None:
         with self._lock:

@@ -1,9 +1,11 @@
 """The config health check: does the active release still answer under a new config?
 
-It sends the requests a config can break: for each chat model, a smoke chat with the
-config's system prompt and sampling defaults (a system prompt that overflows the
+It sends the requests a config can break: when the system prompt changed, a smoke chat
+per chat model with it and the sampling defaults (a system prompt that overflows the
 context, or breaks the chat template, fails here); with RAG thresholds set, the
-release's RAG smoke query.
+release's RAG smoke query. Settings the schema bounds and no request can trip over
+(token and temperature defaults, log level, intervals) need no request, so most
+changes apply in milliseconds.
 """
 
 from __future__ import annotations
@@ -25,14 +27,20 @@ class ServingConfigHealth:
 
     def __init__(self, serving: ReleaseServing) -> None:
         self._serving = serving
+        self._passed: tuple[str, str | None] | None = None  # (release, prompt) that passed
 
     def check(self, config: RemoteConfig) -> str | None:
         release = self._serving.registry.release
         if release is None:
             return None  # nothing serves: nothing a config could break
         problems: list[str] = []
+        prompt_checked = (release.release_id, config.chat.system_prompt)
         for check in smoke_checks(release):
-            if check.kind == "chat" and config.chat != ChatSettings():
+            if (
+                check.kind == "chat"
+                and config.chat.system_prompt
+                and prompt_checked != self._passed
+            ):
                 problem = self._chat(check.artifact, config.chat)
                 if problem:
                     problems.append(f"chat smoke request on {check.artifact!r}: {problem}")
@@ -40,7 +48,10 @@ class ServingConfigHealth:
                 result = self._serving.smoke(release, check)
                 if not result.ok:
                     problems.append(f"{check}: {result.error}")
-        return "; ".join(problems) or None
+        if problems:
+            return "; ".join(problems)
+        self._passed = prompt_checked
+        return None
 
     def _chat(self, name: str, chat: ChatSettings) -> str | None:
         turns = [ChatTurn("user", SMOKE_USER)]

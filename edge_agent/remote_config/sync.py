@@ -175,7 +175,8 @@ class ConfigSync:
     def set_poll_interval(self, seconds: float | None, default: float) -> None:
         interval = seconds or default
         if interval != self._schedule.interval:
-            self._schedule = PollSchedule(interval, self._schedule.max_backoff)
+            # the backoff cap must not make polls more frequent than the interval asked for
+            self._schedule = PollSchedule(interval, max(self._schedule.max_backoff, interval))
             self._wake.set()  # the next wait uses the new interval
 
     # --- the loop -----------------------------------------------------------------------

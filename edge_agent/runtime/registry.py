@@ -189,11 +189,21 @@ class ModelRegistry:
         self._slots: dict[str, _Slot] = {}
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
+        self._idle_unload_seconds = settings.idle_unload_seconds
         if settings.idle_unload_seconds > 0:
-            self._reaper = threading.Thread(
-                target=self._reap, name="model-idle-unloader", daemon=True
-            )
-            self._reaper.start()
+            self._start_reaper()
+
+    def _start_reaper(self) -> None:
+        self._reaper = threading.Thread(target=self._reap, name="model-idle-unloader", daemon=True)
+        self._reaper.start()
+
+    def set_idle_unload(self, seconds: float) -> None:
+        """Unload models idle for ``seconds`` from now on (0: never; remote config)."""
+        with self._lock:
+            self._idle_unload_seconds = seconds
+            start = seconds > 0 and self._reaper is None
+        if start:
+            self._start_reaper()
 
     # --- release lifecycle -------------------------------------------------------------
 
@@ -355,7 +365,7 @@ class ModelRegistry:
     def unload_idle(self, now: float | None = None) -> list[str]:
         """Unload every model idle for ``idle_unload_seconds``; returns their names."""
         at = self._clock() if now is None else now
-        idle_after = self._settings.idle_unload_seconds
+        idle_after = self._idle_unload_seconds
         with self._lock:
             idle = [
                 s
@@ -373,9 +383,9 @@ class ModelRegistry:
         return [s.artifact.name for s in idle]
 
     def _reap(self) -> None:
-        interval = min(max(self._settings.idle_unload_seconds / 4, 0.05), 5.0)
-        while not self._closed.wait(interval):
-            self.unload_idle()
+        while not self._closed.wait(min(max(self._idle_unload_seconds / 4, 0.05), 5.0)):
+            if self._idle_unload_seconds > 0:
+                self.unload_idle()
 
     # --- blocking conveniences for other parts of the agent -----------------------------
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
@@ -150,6 +151,7 @@ class UpdateLoop:
         self._rng = rng
         self._checkpoint = checkpoint or (lambda step: None)
         self._stop = stop or threading.Event()  # set: the agent is shutting down
+        self._woken = threading.Event()  # set: check now, don't wait out the delay
         self._lock = threading.Lock()
         self._status = UpdateStatus()
         self._failures = 0
@@ -189,7 +191,26 @@ class UpdateLoop:
             self._set(consecutive_failures=self._failures)
             delay = self._schedule.delay(self._failures, self._rng())
             log.debug("update cycle: %s; next check in %.1f s", outcome.result.value, delay)
-            stop.wait(delay)
+            self._wait(stop, delay)
+
+    def wake(self) -> None:
+        """Check now (an MQTT nudge); wakes during a cycle coalesce into one more cycle."""
+        self._woken.set()
+
+    def set_poll_interval(self, seconds: float) -> None:
+        """Poll every ``seconds`` from the next wait on (the remote config's setting)."""
+        if seconds != self._schedule.interval:
+            self._schedule = PollSchedule(seconds, max(self._schedule.max_backoff, seconds))
+            self._woken.set()
+
+    def _wait(self, stop: threading.Event, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while not stop.is_set() and not self._woken.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._woken.wait(min(remaining, 0.25))
+        self._woken.clear()
 
     def deliver_reports(self) -> int:
         """Send queued status reports; a lost link leaves them queued."""
