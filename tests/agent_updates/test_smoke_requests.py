@@ -5,7 +5,6 @@ release config that breaks serving makes its smoke request fail with the reason.
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator, Mapping
@@ -21,6 +20,7 @@ from edge_agent.serving import ReleaseServing
 from edge_agent.settings import AgentSettings
 from edge_agent.store import sha256_file
 from edge_agent.updates import Acceptance, SmokeCheck, judge, smoke_checks
+from tests.requirements import smollm2_gguf_path
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +46,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, InstalledArtif
     import llama_cpp  # noqa: F401  (the llm extra; make setup installs it: missing is a failure)
 
     from converters.minilm_gguf import cached_gguf
-    from converters.sources import smollm2_gguf
     from edge_agent.rag.cli import main as rag_cli
     from tests.vision.tiny_models import colour_classifier
 
-    try:
-        smollm2 = smollm2_gguf()
-    except FileNotFoundError as e:
-        if os.environ.get("CI") == "true":
-            raise  # under CI a missing model is a failure, never a skip
-        pytest.skip(f"needs the SmolLM2 model package (make setup): {e}")
+    smollm2 = smollm2_gguf_path()  # a skip on a developer's box, a failure under CI
     minilm = cached_gguf()
     tmp = tmp_path_factory.mktemp("smoke-models")
     docs = tmp / "docs"

@@ -27,6 +27,7 @@ from control_plane.settings import ControlPlaneSettings
 from protocol import paths
 from protocol.device_auth import sign_device_request
 from protocol.keys import Ed25519KeyPair, generate_key_pair
+from tests.requirements import require_postgres, smollm2_gguf_path
 
 PG_ADMIN_DSN = "host=127.0.0.1 port=5432 user=postgres dbname=test"
 
@@ -51,11 +52,8 @@ class ManualClock:
 def postgres_url() -> Iterator[str]:
     """A uniquely named database for this test session, dropped afterwards."""
     name = f"outpost_cp_test_{uuid.uuid4().hex[:12]}"
-    try:
-        admin = psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as e:
-        pytest.skip(f"needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust auth): {e}")
-    with admin:
+    require_postgres(PG_ADMIN_DSN)  # a skip on a developer's box, a failure under CI
+    with psycopg.connect(PG_ADMIN_DSN, autocommit=True, connect_timeout=3) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
         yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
@@ -71,7 +69,7 @@ def reset_postgres(url: str) -> None:
         conn.execute("CREATE SCHEMA public")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def database_url(request: pytest.FixtureRequest) -> str | None:
     """None means the default SQLite file in the data dir; else an emptied PostgreSQL db."""
     if request.param == "sqlite":
@@ -298,12 +296,7 @@ def small_gguf(tmp_path: Path, name: str = "tiny", values: int = 64, seed: int =
 
 
 def smollm2_path() -> Path:
-    from converters.sources import smollm2_gguf
-
-    try:
-        return smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return smollm2_gguf_path()
 
 
 def sha256_hex(data: bytes) -> str:

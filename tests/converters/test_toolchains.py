@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch", reason="the convert extra (torch) is not installed")
+from tests.requirements import require_installed, require_module
+
+torch = require_module("torch", "torch (the 'convert' extra)", "make setup installs it")
 
 from converters.efficientnet_lite import same_padding  # noqa: E402
 
@@ -50,7 +52,7 @@ def test_efficientnet_onnx_export_matches_pytorch(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def mlpackage(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("coremltools", reason="the convert extra (coremltools) is not installed")
+    require_installed("coremltools", "coremltools (the 'convert' extra)", "make setup installs it")
     from converters.coreml import convert_to_mlpackage
 
     torch.manual_seed(0)

@@ -10,24 +10,24 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
+import sqlalchemy
+
+from tests.requirements import POSTGRES_ADMIN_DSN, require_postgres, smollm2_gguf_path
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL_NAME = "smollm2"
 
 
 def smollm2_path() -> Path:
-    from converters.sources import smollm2_gguf
-
-    try:
-        return smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return smollm2_gguf_path()
 
 
 def free_port() -> int:
@@ -59,14 +59,27 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class ControlPlane:
-    """``python -m control_plane`` on a loopback port, with an operator's HTTP client."""
+    """``python -m control_plane`` on a loopback port, with an operator's HTTP client.
 
-    def __init__(self, data_dir: Path) -> None:
+    ``database_url`` None: the default SQLite file in the data dir; else that database
+    (PostgreSQL), given to ``init`` and ``serve`` as an operator would.
+    """
+
+    def __init__(self, data_dir: Path, database_url: str | None = None) -> None:
         self.data_dir = data_dir
+        self.database_url = database_url
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         out = subprocess.run(
-            [sys.executable, "-m", "control_plane", "init", "--data-dir", str(data_dir)],
+            [
+                sys.executable,
+                "-m",
+                "control_plane",
+                "init",
+                "--data-dir",
+                str(data_dir),
+                *self._database_args(),
+            ],
             cwd=REPO,
             env=_env(),
             capture_output=True,
@@ -95,6 +108,7 @@ class ControlPlane:
                 str(self.data_dir),
                 "--port",
                 str(self.port),
+                *self._database_args(),
             ],
             cwd=REPO,
             env=_env(),
@@ -106,6 +120,19 @@ class ControlPlane:
             timeout=60,
             what="the control plane to answer /healthz",
         )
+
+    def _database_args(self) -> list[str]:
+        return [] if self.database_url is None else ["--database-url", self.database_url]
+
+    def query(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+        """Rows of ``sql`` (named ``:params``) from the control plane's own database."""
+        url = self.database_url or f"sqlite:///{self.data_dir / 'control-plane.db'}"
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sqlalchemy.text(sql), params)]
+        finally:
+            engine.dispose()
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -150,13 +177,10 @@ class ControlPlane:
 
     def stored_report_ids(self, device_id: str) -> list[str]:
         """Status reports as stored in the control plane's database (one row each)."""
-        db = sqlite3.connect(self.data_dir / "control-plane.db")
-        try:
-            rows = db.execute(
-                "SELECT report_id FROM status_reports WHERE device_id = ?", (device_id,)
-            ).fetchall()
-        finally:
-            db.close()
+        rows = self.query(
+            "SELECT report_id FROM status_reports WHERE device_id = :device_id",
+            device_id=device_id,
+        )
         return [str(r[0]) for r in rows]
 
 
@@ -297,8 +321,41 @@ class Agent:
 
 
 @pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
-    cp = ControlPlane(tmp_path_factory.mktemp("cp") / "data")
+def fresh_postgres_database() -> Iterator[Callable[[], str]]:
+    """Makes an empty PostgreSQL database per call; all are dropped at the end."""
+    require_postgres()
+    names: list[str] = []
+
+    def make() -> str:
+        name = f"outpost_e2e_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        names.append(name)
+        return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+    yield make
+    with psycopg.connect(POSTGRES_ADMIN_DSN, autocommit=True) as admin:
+        for name in names:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(
+    scope="session", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+def control_plane(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ControlPlane]:
+    """The real control plane, once on its default SQLite file, once on a new PostgreSQL db.
+
+    Every real-process test runs against both; pytest groups the tests by database, so
+    each control plane (and the agents the modules enroll in it) starts once.
+    """
+    database_url: str | None = None
+    if request.param == "postgresql":
+        database_url = request.getfixturevalue("fresh_postgres_database")()
+    cp = ControlPlane(tmp_path_factory.mktemp(f"cp-{request.param}") / "data", database_url)
+    # the schema is in the database under test (not in a SQLite file beside it)
+    assert cp.query("SELECT count(*) FROM alembic_version") == [(1,)]
     yield cp
     cp.stop()
     cp.admin.close()

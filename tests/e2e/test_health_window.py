@@ -9,7 +9,6 @@ but makes every reply empty.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -63,15 +62,12 @@ def final_report(cp: ControlPlane, device_id: str, version: int) -> dict[str, An
 
 
 def stored_states(cp: ControlPlane, device_id: str, version: int) -> list[str]:
-    db = sqlite3.connect(cp.data_dir / "control-plane.db")
-    try:
-        rows = db.execute(
-            "SELECT state FROM status_reports WHERE device_id = ? AND assignment_version = ?"
-            " ORDER BY at",
-            (device_id, version),
-        ).fetchall()
-    finally:
-        db.close()
+    rows = cp.query(
+        "SELECT state FROM status_reports WHERE device_id = :device_id"
+        " AND assignment_version = :version ORDER BY at",
+        device_id=device_id,
+        version=version,
+    )
     return [str(r[0]) for r in rows]
 
 

