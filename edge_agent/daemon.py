@@ -307,20 +307,24 @@ def run_agent(settings: AgentSettings) -> int:
     )
     remote.install(app)
 
+    if updates.store is not None:
+        updates.loop = start_updates(updates.store, opened.recovery)
+
     def update_thread() -> None:
         if release is not None:
             _warm_or_roll_back(registry, updates.store)
-        recovery = opened.recovery
-        if updates.store is None:
-            updates.store, recovery = reopen_store(), None
-        if updates.store is None:
-            return
-        updates.loop = start_updates(updates.store, recovery)
+        store, loop = updates.store, updates.loop
+        if store is None or loop is None:  # read-only: wait until the store can be written
+            store = reopen_store()
+            if store is None:
+                return
+            loop = start_updates(store, None)
+            updates.store, updates.loop = store, loop
         if remote.sync is None:
-            remote.restore(identity=identity, db=updates.store.db, http=http, loop=None)
-        remote.attach_loop(updates.loop)
+            remote.restore(identity=identity, db=store.db, http=http, loop=None)
+        remote.attach_loop(loop)
         remote.start(identity=identity, stop=stop)
-        updates.loop.run(stop)
+        loop.run(stop)
 
     worker = threading.Thread(target=update_thread, name="update-loop", daemon=True)
     config = server_config(  # header, connection and idle limits: protocol.http_limits

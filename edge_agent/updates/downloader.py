@@ -69,7 +69,7 @@ class ArtifactDownloader:
                 continue
             part = self._store.partial_path(target.sha256)
             have = part.stat().st_size if part.is_file() and not part.is_symlink() else 0
-            missing += max(0, target.length - have) if have <= target.length else target.length
+            missing += target.length - have if have <= target.length else target.length
         return missing
 
     def ensure_space(self, targets: Sequence[TargetRef]) -> None:
