@@ -173,6 +173,7 @@ def control_plane_spec(cp: ControlPlaneUnderTest) -> dict[str, Any]:
     return spec
 
 
+@pytest.mark.slow  # about a minute: not in the quick loop (make unit), always in make test
 def test_fuzz_every_operation_no_5xx_and_answers_match_the_schema(
     world: tuple[World, str],
 ) -> None:
