@@ -170,6 +170,19 @@ def open_store(settings: AgentSettings) -> OpenedStore:
     return OpenedStore(None, release, None, problem)
 
 
+def serving_summary(release: InstalledRelease | None) -> dict[str, object] | None:
+    """The release the models are served from right now. It differs from the update loop's
+    installed release while a new one is in its health window (serving, not yet committed)."""
+    if release is None:
+        return None
+    return {
+        "release_id": release.release_id,
+        "release_name": release.release_name,
+        "release_version": release.release_version,
+        "assignment_version": release.assignment_version,
+    }
+
+
 class _Updates:
     """The store and the update loop once the store can be written; what status shows."""
 
@@ -292,6 +305,7 @@ def run_agent(settings: AgentSettings) -> int:
     def status() -> dict[str, object]:
         return {
             "device_id": identity.device_id,
+            "serving": serving_summary(registry.release),
             "store": updates.store_condition(),
             "updates": updates.status(registry.release),
             "config": remote.status(),

@@ -111,7 +111,8 @@ def assert_store_as_the_kill_left_it(
 def served_models(agent: Agent) -> tuple[str | None, set[str]]:
     """(release id, model names) from one status answer: which release serves, by its model."""
     status = agent.status()
-    return status["updates"]["release_id"], {m["name"] for m in status["models"]}
+    serving = status["serving"]
+    return (serving["release_id"] if serving else None), {m["name"] for m in status["models"]}
 
 
 @pytest.mark.parametrize("step", ["download", "verified", "activate", "health"])
