@@ -27,6 +27,7 @@ from edge_agent.errors import NoModelError
 from edge_agent.rag.api import rag_router
 from edge_agent.rag.release import ReleaseRagEngines, check_release_index
 from edge_agent.release import InstalledRelease
+from edge_agent.remote_config.release_defaults import ReleaseDefaults, check_release_prompts
 from edge_agent.runtime import ChatTurn, ModelRegistry, Sampling, join_pieces
 from edge_agent.settings import AgentSettings
 from edge_agent.updates.health import SmokeCheck, SmokeResult
@@ -90,6 +91,7 @@ class ReleaseServing:
         """Check, switch and load; raises (changing nothing) if the release cannot be served."""
         vision_entries(release)  # every vision artifact has a valid spec
         check_release_index(release)  # the index was built with the shipped embedding model
+        check_release_prompts(release)  # its prompt pack and policy bundle fit their schema
         self.registry.activate(release)
         self.registry.warm()
 
@@ -131,12 +133,16 @@ class ReleaseServing:
         except FutureTimeout as e:
             raise SmokeFailed(f"{what} did not finish within {timeout:g} s") from e
 
-    def _smoke_chat(self, _release: InstalledRelease, name: str) -> float:
+    def _smoke_chat(self, release: InstalledRelease, name: str) -> float:
+        pack, _ = ReleaseDefaults().of(release)
+        turns: tuple[ChatTurn, ...] = SMOKE_CHAT
+        if pack is not None and pack.system_prompt:  # what a chat without one gets
+            turns = (ChatTurn("system", pack.system_prompt), *SMOKE_CHAT)
         with self.registry.lease_generator(name) as lease:
             self._wait(lease.run(lambda _m: None), "loading the model")
             started = time.perf_counter()
             reply = self._wait(
-                lease.run(lambda m: join_pieces(m.chat(SMOKE_CHAT, SMOKE_SAMPLING))),
+                lease.run(lambda m: join_pieces(m.chat(turns, SMOKE_SAMPLING))),
                 "a chat completion",
             )
             elapsed = _ms_since(started)

@@ -18,11 +18,27 @@ ASSIGNMENT_PAYLOAD_TYPE = "application/vnd.outpost.assignment+json;v=1"
 DIRECTOR_ROOT_FIELD = "x-outpost-director"
 
 # What an artifact is for, and how it is stored.
-ARTIFACT_KINDS = ("llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config")
+ARTIFACT_KINDS = (
+    "llm",
+    "embedding",
+    "vision-classify",
+    "vision-detect",
+    "rag-index",
+    "config",
+    "prompt-pack",
+    "policy",
+)
 ARTIFACT_FORMATS = ("gguf", "onnx", "tflite", "mlpackage", "sqlite", "json")
 
 ArtifactKind = Literal[
-    "llm", "embedding", "vision-classify", "vision-detect", "rag-index", "config"
+    "llm",
+    "embedding",
+    "vision-classify",
+    "vision-detect",
+    "rag-index",
+    "config",
+    "prompt-pack",
+    "policy",
 ]
 ArtifactFormat = Literal["gguf", "onnx", "tflite", "mlpackage", "sqlite", "json"]
 

@@ -40,6 +40,7 @@ __all__ = [
     "config_problems",
     "effective_config",
     "merge_patch",
+    "problems_of",
     "remote_config_json_schema",
 ]
 
@@ -132,8 +133,8 @@ def _pointer(loc: Iterable[int | str]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in loc)
 
 
-def _allowed_keys(loc: tuple[int | str, ...]) -> list[str]:
-    model: type[BaseModel] = RemoteConfig
+def _allowed_keys(loc: tuple[int | str, ...], root: type[BaseModel]) -> list[str]:
+    model: type[BaseModel] = root
     for part in loc[:-1]:
         annotation = model.model_fields[str(part)].annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
@@ -147,17 +148,22 @@ def config_problems(document: Mapping[str, Any]) -> list[ConfigProblem]:
     try:
         RemoteConfig.model_validate(dict(document))
     except ValidationError as e:
-        problems = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            if err["type"] == "extra_forbidden":
-                allowed = ", ".join(_allowed_keys(loc))
-                rule = f"unknown key (allowed here: {allowed})"
-            else:
-                rule = f"{err['msg']} ({err['type']})"
-            problems.append(ConfigProblem(_pointer(loc), rule))
-        return problems
+        return problems_of(e, RemoteConfig)
     return []
+
+
+def problems_of(error: ValidationError, root: type[BaseModel]) -> list[ConfigProblem]:
+    """A pydantic error of ``root`` as JSON pointers and rules."""
+    problems = []
+    for err in error.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(_allowed_keys(loc, root))
+            rule = f"unknown key (allowed here: {allowed})"
+        else:
+            rule = f"{err['msg']} ({err['type']})"
+        problems.append(ConfigProblem(_pointer(loc), rule))
+    return problems
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

@@ -16,12 +16,13 @@ from control_plane import audit
 from control_plane.access.tokens import new_id
 from control_plane.artifacts.blob_store import Upload
 from control_plane.artifacts.formats import file_name, inspect_artifact
-from control_plane.errors import InvalidRequestError, NotFoundError
+from control_plane.errors import InvalidArtifactError, InvalidRequestError, NotFoundError
 from control_plane.releases.state import ReleaseState
 from control_plane.repository import ImageRepository
 from control_plane.storage.database import Database
 from control_plane.storage.models import Artifact, Release, ReleaseArtifact
 from protocol.messages import ARTIFACT_FORMATS, ARTIFACT_KINDS
+from protocol.release_artifacts import POLICY_KIND, PROMPT_PACK_KIND, release_artifact_problems
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
@@ -98,7 +99,17 @@ def target_file(artifact: Artifact) -> TargetFile:
 def check_upload(upload: Upload, spec: ArtifactSpec) -> dict[str, Any]:
     """Type-check the finished upload on disk; return facts about it."""
     with open(upload.temp_path, "rb", buffering=1 << 20) as stream:
-        return inspect_artifact(stream, spec.format, upload.length)
+        facts = inspect_artifact(stream, spec.format, upload.length)
+    if spec.kind in (PROMPT_PACK_KIND, POLICY_KIND):
+        if spec.format != "json":
+            raise InvalidArtifactError(f"a {spec.kind} artifact is JSON (format json)")
+        problems = release_artifact_problems(spec.kind, upload.temp_path.read_bytes())
+        if problems:
+            listed = "; ".join(str(p) for p in problems[:10])
+            raise InvalidArtifactError(
+                f"not a valid {spec.kind}: {listed} (see docs/remote-config.md)"
+            )
+    return facts
 
 
 def register_artifact(

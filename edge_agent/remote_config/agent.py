@@ -37,7 +37,7 @@ class RemoteConfigAgent:
     def __init__(self, settings: AgentSettings, serving: ReleaseServing) -> None:
         self.settings = settings
         self.serving = serving
-        self.live = LiveConfig()
+        self.live = LiveConfig(release=lambda: serving.registry.release)
         self.sync: ConfigSync | None = None
         self.nudges: NudgeSession | None = None
         self.loop: UpdateLoop | None = None

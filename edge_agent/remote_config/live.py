@@ -4,7 +4,8 @@
 (thread-safe) and tells listeners when it changes. Readers ask for the value they need
 at the moment they need it (chat defaults per request, the evidence policy per RAG
 question), so a change takes effect at the next request, without a restart. A setting
-the remote config leaves out falls back to the agent's local setting.
+the remote config leaves out falls back to the active release's prompt pack or policy
+bundle where those have it, else to the agent's local setting.
 """
 
 from __future__ import annotations
@@ -15,13 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from edge_agent.errors import ResourceExhaustedError
+from edge_agent.errors import BadUpdateError, ResourceExhaustedError
 from edge_agent.rag.grounding import EvidencePolicy
+from edge_agent.release import InstalledRelease
+from edge_agent.remote_config.release_defaults import ReleaseDefaults
+from protocol.release_artifacts import PolicyBundle, PromptPack
 from protocol.remote_config import RemoteConfig
 
 __all__ = ["ChatDefaults", "LiveConfig", "RateLimitedError", "RequestRateLimiter"]
 
 Listener = Callable[[RemoteConfig], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,16 @@ class RequestRateLimiter:
 class LiveConfig:
     """The remote config in force and the version it came in (None: none yet)."""
 
-    def __init__(self, rate_limiter: RequestRateLimiter | None = None) -> None:
+    def __init__(
+        self,
+        rate_limiter: RequestRateLimiter | None = None,
+        *,
+        release: Callable[[], InstalledRelease | None] | None = None,
+    ) -> None:
+        """``release``: the active release, whose prompt pack and policy bundle give the
+        defaults under the remote config."""
+        self._release = release or (lambda: None)
+        self._release_defaults = ReleaseDefaults()
         self._lock = threading.Lock()
         self._config = RemoteConfig()
         self._version: int | None = None
@@ -120,30 +134,43 @@ class LiveConfig:
         for listener in listeners:
             listener(config)
 
+    def _from_release(self) -> tuple[PromptPack | None, PolicyBundle | None]:
+        try:
+            return self._release_defaults.of(self._release())
+        except BadUpdateError as e:  # activation checked it; a file gone bad since
+            log.warning("ignoring the release's prompt pack / policy: %s", e)
+            return None, None
+
     def chat_defaults(self) -> ChatDefaults:
+        """The remote config's chat defaults; the system prompt falls back to the
+        release's prompt pack."""
         chat = self.config.chat
+        pack, _ = self._from_release()
         return ChatDefaults(
             max_tokens=chat.max_tokens_default,
             temperature=chat.temperature_default,
             top_p=chat.top_p_default,
-            system_prompt=chat.system_prompt,
+            system_prompt=chat.system_prompt or (pack.system_prompt if pack else None),
         )
 
     def evidence_policy(self, base: EvidencePolicy | None = None) -> EvidencePolicy:
         """``base`` (the release's or the built-in policy) with the remote thresholds."""
-        rag = self.config.rag
         policy = base or EvidencePolicy()
-        changes = {
-            name: value
-            for name, value in (
-                ("min_similarity", rag.min_similarity),
-                ("confident_similarity", rag.confident_similarity),
-                ("paraphrase_similarity", rag.paraphrase_similarity),
-                ("min_term_coverage", rag.min_term_coverage),
-            )
-            if value is not None
-        }
-        return replace(policy, **changes) if changes else policy
+        _, bundle = self._from_release()
+        layers = [bundle.abstention] if bundle else []
+        for rag in (*layers, self.config.rag):
+            changes = {
+                name: value
+                for name, value in (
+                    ("min_similarity", rag.min_similarity),
+                    ("confident_similarity", rag.confident_similarity),
+                    ("paraphrase_similarity", rag.paraphrase_similarity),
+                    ("min_term_coverage", rag.min_term_coverage),
+                )
+                if value is not None
+            }
+            policy = replace(policy, **changes) if changes else policy
+        return policy
 
 
 def log_level_listener(logger_name: str, local_level: str) -> Listener:

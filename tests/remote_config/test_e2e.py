@@ -5,8 +5,10 @@ comes back by itself; a config that breaks the chat health check is reverted."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -189,3 +191,46 @@ def test_a_config_that_breaks_the_chat_health_check_is_reverted_and_reported(
         )
     assert r.status_code == 200, r.text
     assert b.status()["config"]["version"] == good
+
+
+def test_a_release_prompt_pack_is_used_and_one_that_breaks_chat_is_rolled_back(
+    cp: ControlPlane, agents: tuple[Agent, Agent], tmp_path: Path
+) -> None:
+    a, _ = agents
+    model = cp.upload(smollm2_path(), name=MODEL_NAME, kind="llm", fmt="gguf")["id"]
+    before = a.status()["updates"]["release_id"]
+
+    def chat_prompt_tokens(system: str | None = None) -> int:
+        messages = [{"role": "user", "content": "Hi."}]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        with a.api() as api:
+            r = api.post("/v1/chat/completions", json={"model": MODEL_NAME, "messages": messages})
+        assert r.status_code == 200, r.text
+        return int(r.json()["usage"]["prompt_tokens"])
+
+    plain = chat_prompt_tokens()
+    broken = tmp_path / "broken.json"  # far more than the agents' 512-token context
+    broken.write_text(json.dumps({"system_prompt": "Be helpful. " * 600}))
+    pack = cp.upload(broken, name="prompts-broken", kind="prompt-pack", fmt="json")["id"]
+    version = cp.assign(a.device_id, cp.release("config-e2e", "2.0.0", [model, pack]))
+    last = wait_until(
+        lambda: (
+            (s := cp.device(a.device_id)["last_status"])
+            and s["assignment_version"] == version
+            and s["state"] == "rolled_back"
+            and s
+        ),
+        timeout=90,
+        what="the release with the broken prompt pack to be rolled back",
+    )
+    assert "health window failed" in last["detail"]
+    assert a.status()["updates"]["release_id"] == before
+
+    good = tmp_path / "good.json"
+    kiosk = "You are the Lisbon store kiosk. Answer in one short sentence, in Portuguese."
+    good.write_text(json.dumps({"system_prompt": kiosk}))
+    pack = cp.upload(good, name="prompts", kind="prompt-pack", fmt="json")["id"]
+    a.wait_installed(cp.assign(a.device_id, cp.release("config-e2e", "3.0.0", [model, pack])), 90)
+    # a chat without a system message now gets the pack's, exactly as if it sent it
+    assert chat_prompt_tokens() == chat_prompt_tokens(system=kiosk) != plain
