@@ -68,7 +68,8 @@ def report(device: FakeDevice, version: int, state: str, detail: str = "") -> An
     )
 
 
-def test_fleet_tag_device_layers_merge_per_device(cp: ControlPlaneUnderTest) -> None:
+def test_fleet_tag_device_layers_merge_per_device(cp_any_db: ControlPlaneUnderTest) -> None:
+    cp = cp_any_db
     lisbon = cp.enroll("lisbon-1", tags=["store=lisbon"])
     porto = cp.enroll("porto-1", tags=["store=porto"])
     assert set_config(cp, "fleet", {"chat": {"max_tokens_default": 256}}).status_code == 200
@@ -144,8 +145,9 @@ def test_only_operators_change_config(cp: ControlPlaneUnderTest) -> None:
 
 
 def test_the_device_gets_its_config_signed_with_a_monotonic_version(
-    cp: ControlPlaneUnderTest,
+    cp_any_db: ControlPlaneUnderTest,
 ) -> None:
+    cp = cp_any_db
     device = cp.enroll()
     assert fetch(device).status_code == 204  # no layer applies yet
     set_config(cp, "fleet", {"chat": {"max_tokens_default": 256}})
