@@ -45,6 +45,8 @@ __all__ = [
 ]
 
 CONFIG_PAYLOAD_TYPE = "application/vnd.outpost.remote-config+json;v=1"
+# Config versions are stored as INTEGER on SQLite and PostgreSQL alike.
+MAX_CONFIG_VERSION = 2**31 - 1
 MAX_SYSTEM_PROMPT_CHARS = 8000
 
 
@@ -212,7 +214,7 @@ class ConfigDocument(_Message):
 
     protocol_version: int = PROTOCOL_VERSION
     device_id: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=1)
+    version: int = Field(ge=1, le=MAX_CONFIG_VERSION)
     settings: dict[str, Any]
     digest: str = Field(pattern=r"^[0-9a-f]{64}$")
     issued_at: datetime
@@ -227,7 +229,7 @@ class ConfigReport(_Message):
 
     report_id: str = Field(pattern=r"^[0-9a-f]{32}$")
     device_id: str
-    config_version: int = Field(ge=1)
+    config_version: int = Field(ge=1, le=MAX_CONFIG_VERSION)
     state: ConfigState
     detail: str = Field(default="", max_length=2000)
     at: datetime

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from protocol import paths
 from protocol.device_auth import sign_device_request
 from protocol.keys import generate_key_pair
-from protocol.messages import ARTIFACT_FORMATS, ARTIFACT_KINDS, INT64_MAX, StatusReport
+from protocol.messages import ARTIFACT_FORMATS, ARTIFACT_KINDS, StatusReport
 from protocol.remote_config import ConfigReport
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
@@ -53,26 +53,8 @@ DEVICE_PREFIX = "/api/v1/device/"
 MOSTLY = st.sampled_from([True, True, True, False])
 
 
-def _config_version_past_int64(label: str, case: Any) -> bool:
-    body = json_body(case)
-    version = body.get("config_version") if body is not None else None
-    return (
-        label == f"POST {paths.DEVICE_CONFIG_STATUS}"
-        and isinstance(version, int)
-        and not isinstance(version, bool)
-        and version > INT64_MAX
-    )
-
-
-# Found by this fuzz, reported, being fixed elsewhere; each has its xfail test below.
-CONFIG_VERSION_OVERFLOW = KnownIssue(
-    issue="issue 8 row 8, protocol/remote_config.py (remote config): ConfigReport.config_version"
-    " has no int64 bound",
-    what="a signed config report with config_version past 2^63-1 is a 500 (OverflowError"
-    " writing it), not a 4xx",
-    matches=_config_version_past_int64,
-)
-KNOWN: list[KnownIssue] = [CONFIG_VERSION_OVERFLOW]
+# Found by this fuzz and fixed (each known issue gets a KnownIssue here and an xfail test).
+KNOWN: list[KnownIssue] = []
 
 
 class Bearer(requests.auth.AuthBase):
@@ -188,11 +170,6 @@ def test_fuzz_every_operation_no_5xx_and_answers_match_the_schema(
     assert not report.findings, report.failure_message()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,  # the test client re-raises the server's exception
-    reason=f"{CONFIG_VERSION_OVERFLOW.issue}: {CONFIG_VERSION_OVERFLOW.what}",
-)
 def test_a_config_report_whose_version_is_past_int64_is_refused_with_a_4xx(
     tmp_path: Path,
 ) -> None:
