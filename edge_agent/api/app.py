@@ -367,6 +367,26 @@ EmbeddingBody = Annotated[EmbeddingRequest, Depends(_json_body(EmbeddingRequest)
 # --- the app ----------------------------------------------------------------------------
 
 
+# What a generation route answers, for the schema: a JSON body, or with "stream": true
+# server-sent events (one "data: <chunk JSON>" line per piece, then "data: [DONE]").
+_GENERATION_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": 'The whole answer, or with "stream": true a stream of server-sent'
+        ' events ("data: <chunk JSON>" per piece, ending with "data: [DONE]")',
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "text/event-stream": {  # each event: its "data" line (a chunk's JSON, [DONE])
+                "schema": {
+                    "type": "object",
+                    "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+                    "required": ["data"],
+                }
+            },
+        },
+    }
+}
+
+
 def create_local_api(
     registry: ModelRegistry,
     settings: AgentSettings,
@@ -512,7 +532,7 @@ def create_local_api(
             return grounded, PieceStream(asyncio.get_running_loop()), None, said
         return grounded, None, GeneratedText(said.text, "stop", 0, 0), None
 
-    @v1.post("/chat/completions", response_model=None)
+    @v1.post("/chat/completions", response_model=None, responses=_GENERATION_RESPONSES)
     async def chat_completions(
         request: Request, body: ChatBody
     ) -> ChatCompletion | StreamingResponse:
@@ -607,7 +627,7 @@ def create_local_api(
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
 
-    @v1.post("/completions", response_model=None)
+    @v1.post("/completions", response_model=None, responses=_GENERATION_RESPONSES)
     async def completions(request: Request, body: CompletionBody) -> Completion | StreamingResponse:
         prompt = _completion_prompt(body)
         sampling = _sampling(body, body.max_tokens)
