@@ -33,7 +33,7 @@ from edge_agent.remote_config.live import LiveConfig
 from edge_agent.remote_config.verify import verify_config_document
 from edge_agent.store.state_db import StateDB
 from edge_agent.trust import DirectorTrust
-from edge_agent.updates.control_plane_client import ControlPlaneClient
+from edge_agent.updates.control_plane_client import ControlPlaneClient, RequestRejectedError
 from edge_agent.updates.schedule import PollSchedule
 from protocol import SignedEnvelope, paths
 from protocol.remote_config import ConfigReport, ConfigReportAck, ConfigState, RemoteConfig
@@ -48,6 +48,8 @@ _HIGHEST = "remote_config.highest_accepted"
 _REFUSED = "remote_config.refused"
 _PENDING = "remote_config.pending_reports"
 MAX_PENDING_REPORTS = 50
+# refusals worth retrying: the device's credentials may be renewed, a rate limit lifts
+_RETRY_STATUSES = frozenset({401, 429})
 
 
 class ConfigSource(Protocol):
@@ -289,6 +291,20 @@ class ConfigSync:
         for body in self._pending():
             try:
                 self._source.send_config_report(ConfigReport.model_validate(body))
+            except RequestRejectedError as e:
+                if e.status_code in _RETRY_STATUSES:
+                    log.info("config reports stay queued: %s", e)
+                    break
+                # a refusal is final: the same report would be refused every cycle
+                log.error(
+                    "dropping config report %s (v%s %s): the control plane refused it for"
+                    " good with %d: %s",
+                    body.get("report_id"),
+                    body.get("config_version"),
+                    body.get("state"),
+                    e.status_code,
+                    e,
+                )
             except TransportError as e:
                 log.info("config reports stay queued: %s", e)
                 break

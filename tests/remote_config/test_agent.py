@@ -299,3 +299,46 @@ def test_a_burst_of_wakes_during_a_check_causes_one_more_check(
     sync.wake()
     worker.join(5)
     assert cp.fetches == 2  # the first, and one for the whole burst
+
+
+class Refusing(SimulatedControlPlane):
+    """A control plane that answers config reports with one fixed 4xx."""
+
+    def __init__(self, envelope: SignedEnvelope, status: int) -> None:
+        super().__init__(envelope)
+        self.status = status
+        self.refused = 0
+
+    def send_config_report(self, report: ConfigReport) -> ConfigReportAck:
+        from edge_agent.updates.control_plane_client import RequestRejectedError
+
+        self.refused += 1
+        raise RequestRejectedError(f"HTTP {self.status}: refused", self.status)
+
+
+@pytest.mark.parametrize("status", [400, 404, 409, 413, 422])
+def test_a_config_report_the_control_plane_refuses_for_good_is_dropped_not_retried(
+    db: StateDB, director: Ed25519KeyPair, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    cp = Refusing(signed(director, 1, {"log_level": "DEBUG"}), status)
+    sync, _ = make_sync(db, cp, director)
+    with caplog.at_level("ERROR", logger="edge_agent.remote_config.sync"):
+        assert sync.check_once().result == "applied"
+    assert cp.refused == 1 and sync.status()["pending_reports"] == 0
+    dropped = [r.getMessage() for r in caplog.records if "dropping config report" in r.message]
+    assert len(dropped) == 1 and f"refused it for good with {status}" in dropped[0]
+    sync.check_once()
+    sync.deliver_reports()
+    assert cp.refused == 1  # not sent again every cycle
+
+
+@pytest.mark.parametrize("status", [401, 429])
+def test_a_config_report_refused_for_credentials_or_rate_stays_queued(
+    db: StateDB, director: Ed25519KeyPair, status: int
+) -> None:
+    cp = Refusing(signed(director, 1, {"log_level": "DEBUG"}), status)
+    sync, _ = make_sync(db, cp, director)
+    assert sync.check_once().result == "applied"
+    assert sync.status()["pending_reports"] == 1
+    sync.deliver_reports()
+    assert cp.refused == 2 and sync.status()["pending_reports"] == 1
