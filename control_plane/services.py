@@ -120,6 +120,7 @@ class ControlPlane:
                 db,
                 director,
                 checkpoint=TestOnlyPause(settings.test_pause_at, settings.data_dir),
+                on_config_change=lambda device_ids: nudges.publish(device_ids, "config"),
             ),
             remote_config=remote_config,
             nudges=nudges,

@@ -16,9 +16,11 @@ router = APIRouter(prefix="/api/v1/rollouts")
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_rollout(body: RolloutCreate, operator: Assigner, cp: CP) -> RolloutPublic:
-    """Start a staged rollout of a release to a cohort; stage 1 is assigned at once."""
+    """Start a staged rollout of a release, or of a config patch, to a cohort; stage 1 is
+    assigned at once."""
     request = RolloutRequest.of(
         release=body.release,
+        config=body.config,
         cohort=body.cohort,
         stages=body.stages,
         max_failure_rate=body.max_failure_rate,

@@ -14,7 +14,17 @@ from control_plane.rollouts.service import RolloutView
 class RolloutCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    release: str = Field(min_length=1, max_length=200, description="release id or name@version")
+    release: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="release id or name@version (a release rollout)",
+    )
+    config: dict[str, Any] | None = Field(
+        default=None,
+        description="a config merge patch (a config rollout; give it or release, not both):"
+        " each stage's devices get it as a layer between the tag and device layers",
+    )
     cohort: str = Field(
         min_length=1,
         max_length=500,
@@ -68,7 +78,10 @@ class RolloutEventPublic(BaseModel):
 
 class RolloutPublic(BaseModel):
     id: str
-    release: ReleaseRef
+    kind: str = Field(description="release or config")
+    release: ReleaseRef | None = Field(description="what a release rollout moves")
+    config: dict[str, Any] | None = Field(description="what a config rollout moves")
+    config_scope: str | None = Field(description="where a config rollout's patch goes at the end")
     cohort: str
     state: str
     stage: int = Field(description="1-based current stage")
@@ -92,9 +105,14 @@ class RolloutPublic(BaseModel):
         r, c = view.rollout, view.counts
         return cls(
             id=r.id,
-            release=ReleaseRef(
+            kind=r.kind,
+            release=None
+            if view.release is None
+            else ReleaseRef(
                 id=view.release.id, name=view.release.name, version=view.release.version
             ),
+            config=r.config_patch,
+            config_scope=r.config_scope,
             cohort=r.cohort,
             state=r.state,
             stage=r.stage + 1,

@@ -1,18 +1,21 @@
 """``outpost-cp rollout create|status|list|pause|resume|approve|abort``: staged rollouts of
-a release to a cohort (operator)."""
+a release, or of a config patch, to a cohort (operator)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from control_plane.cli.command import (
     Context,
     Subcommands,
+    UsageError,
     add_group,
     add_remote_command,
     duration_seconds,
+    json_object,
 )
 from control_plane.cli.output import fields, table, when
 
@@ -39,11 +42,24 @@ def stage_list(text: str) -> list[float]:
 
 
 def register(sub: Subcommands) -> None:
-    rollouts = add_group(sub, "rollout", help="staged rollouts of a release to a cohort")
+    rollouts = add_group(
+        sub, "rollout", help="staged rollouts of a release or a config patch to a cohort"
+    )
     cmd = add_remote_command(
         rollouts, "create", help="start a staged rollout (operator)", handler=_create
     )
-    cmd.add_argument("--release", required=True, metavar="NAME@VERSION|ID")
+    what = cmd.add_mutually_exclusive_group(required=True)
+    what.add_argument("--release", metavar="NAME@VERSION|ID", help="roll out a release")
+    what.add_argument(
+        "--config",
+        type=json_object,
+        metavar="JSON",
+        help='roll out a config merge patch, e.g. \'{"chat": {"max_tokens_default": 256}}\';'
+        " the cohort is '*' or one tag key=value, whose layer takes the patch at the end",
+    )
+    what.add_argument(
+        "--config-file", metavar="PATH", help="roll out the config merge patch in this file"
+    )
     cmd.add_argument(
         "--cohort",
         required=True,
@@ -95,12 +111,23 @@ def register(sub: Subcommands) -> None:
     cmd.set_defaults(action="abort")
 
 
+def moves(rollout: Mapping[str, Any]) -> str:
+    """What a rollout moves: ``release name@version`` or ``config {...}``."""
+    release = rollout.get("release")
+    if rollout.get("kind") == "config" or release is None:
+        patch = json.dumps(rollout.get("config"), separators=(",", ":"), sort_keys=True)
+        return f"config {patch}"
+    return f"release {release['name']}@{release['version']}"
+
+
 def rollout_text(rollout: Mapping[str, Any]) -> str:
-    release = rollout["release"]
+    config = rollout.get("kind") == "config"
     summary = fields(
         [
             ("id", rollout["id"]),
-            ("release", f"{release['name']}@{release['version']}"),
+            ("kind", rollout.get("kind", "release")),
+            ("moves", moves(rollout)),
+            *([("folds into", rollout.get("config_scope") or "-")] if config else []),
             ("cohort", rollout["cohort"]),
             ("state", rollout["state"]),
             ("stage", f"{rollout['stage']} of {len(rollout['stages'])}"),
@@ -144,7 +171,6 @@ def rollout_text(rollout: Mapping[str, Any]) -> str:
 def _create(ctx: Context) -> None:
     args = ctx.args
     body: dict[str, Any] = {
-        "release": args.release,
         "cohort": args.cohort,
         "stages": args.stages,
         "max_failure_rate": args.max_failure_rate,
@@ -154,6 +180,15 @@ def _create(ctx: Context) -> None:
     }
     if args.max_failures is not None:
         body["max_failures"] = args.max_failures
+    if args.release is not None:
+        body["release"] = args.release
+    elif args.config is not None:
+        body["config"] = args.config
+    else:
+        try:
+            body["config"] = json_object(f"@{args.config_file}")
+        except argparse.ArgumentTypeError as e:
+            raise UsageError(f"--config-file: {e}") from e
     rollout = ctx.client().request("POST", "/rollouts", json_body=body).json()
     ctx.out.emit(rollout, rollout_text(rollout))
 
@@ -169,7 +204,8 @@ def _list(ctx: Context) -> None:
         rollouts,
         [
             ("ID", lambda r: r["id"]),
-            ("RELEASE", lambda r: f"{r['release']['name']}@{r['release']['version']}"),
+            ("KIND", lambda r: r.get("kind", "release")),
+            ("MOVES", lambda r: moves(r).partition(" ")[2][:60]),
             ("COHORT", lambda r: r["cohort"]),
             ("STATE", lambda r: r["state"]),
             ("STAGE", lambda r: f"{r['stage']}/{len(r['stages'])}"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -108,15 +108,35 @@ def apply_change(scope: Scope, layer: Mapping[str, Any], patch: Any) -> dict[str
 
 @dataclass(frozen=True)
 class Layers:
-    """The current layers of the fleet (each scope's newest version)."""
+    """The current layers of the fleet (each scope's newest version), and the patches of
+    the config rollouts that have reached each device (oldest rollout first).
+
+    Merge order: fleet < tag layers (sorted) < rollout patches < device layer, so a
+    rollout patch reaches what a tag layer sets, and a device's own layer still wins."""
 
     fleet: Mapping[str, Any]
     tags: Mapping[str, Mapping[str, Any]]
     devices: Mapping[str, Mapping[str, Any]]
+    rollouts: Mapping[str, Sequence[Mapping[str, Any]]] = field(default_factory=dict)
 
-    def effective(self, device_id: str, tags: Sequence[str]) -> dict[str, Any]:
+    def layer(self, scope: Scope) -> Mapping[str, Any]:
+        """The newest settings of one scope's layer (empty when it has none)."""
+        if scope.kind == "fleet":
+            return self.fleet
+        source = self.tags if scope.kind == "tag" else self.devices
+        return source.get(scope.key, {})
+
+    def effective(
+        self, device_id: str, tags: Sequence[str], *, extra: Sequence[Mapping[str, Any]] = ()
+    ) -> dict[str, Any]:
+        """The device's effective config; ``extra`` patches go after its rollout patches
+        (what the device would get if one more rollout reached it)."""
         matching = {tag: self.tags[tag] for tag in tags if tag in self.tags}
-        return effective_config(self.fleet, matching, self.devices.get(device_id))
+        result = effective_config(self.fleet, matching, None)
+        for patch in [*self.rollouts.get(device_id, ()), *extra]:
+            result = merge_patch(result, patch)
+        device = self.devices.get(device_id)
+        return merge_patch(result, device) if device else result
 
 
 def needs_issue(

@@ -4,7 +4,7 @@ devices report back."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,6 +30,8 @@ from control_plane.storage.models import (
     ConfigReportRecord,
     Device,
     DeviceConfigRecord,
+    Rollout,
+    RolloutDevice,
 )
 from protocol.remote_config import ConfigReport, ConfigReportAck, config_digest
 
@@ -74,7 +76,47 @@ def _newest_layers(session: Session) -> list[ConfigLayer]:
     )
 
 
-def current_layers(session: Session) -> Layers:
+def rollout_patches(
+    session: Session, device_id: str | None = None
+) -> dict[str, list[dict[str, Any]]]:
+    """The patches of the config rollouts that reached each device and are still in force
+    there: not rolled back, not yet folded into their scope (oldest rollout first)."""
+    query = (
+        select(RolloutDevice.device_id, Rollout.config_patch)
+        .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
+        .where(
+            Rollout.kind == "config",
+            Rollout.state != "completed",
+            RolloutDevice.rollback_assignment_version.is_(None),
+        )
+        .order_by(Rollout.created_at, Rollout.id)
+    )
+    if device_id is not None:
+        query = query.where(RolloutDevice.device_id == device_id)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for member, patch in session.execute(query):
+        if patch:
+            out.setdefault(member, []).append(patch)
+    return out
+
+
+def _rollout_layers_of(session: Session, device_id: str) -> list[tuple[str, dict[str, Any]]]:
+    rows = session.execute(
+        select(Rollout.id, Rollout.config_patch)
+        .join(RolloutDevice, Rollout.id == RolloutDevice.rollout_id)
+        .where(
+            RolloutDevice.device_id == device_id,
+            Rollout.kind == "config",
+            Rollout.state != "completed",
+            RolloutDevice.rollback_assignment_version.is_(None),
+        )
+        .order_by(Rollout.created_at, Rollout.id)
+    )
+    return [(rollout_id, patch) for rollout_id, patch in rows if patch]
+
+
+def current_layers(session: Session, device_id: str | None = None) -> Layers:
+    """Every scope's newest layer, and the rollout patches (of one device, or all)."""
     fleet: dict[str, Any] = {}
     tags: dict[str, dict[str, Any]] = {}
     devices: dict[str, dict[str, Any]] = {}
@@ -85,7 +127,51 @@ def current_layers(session: Session) -> Layers:
             tags[layer.key] = layer.settings
         else:
             devices[layer.key] = layer.settings
-    return Layers(fleet=fleet, tags=tags, devices=devices)
+    return Layers(
+        fleet=fleet, tags=tags, devices=devices, rollouts=rollout_patches(session, device_id)
+    )
+
+
+def set_layer(
+    session: Session, scope: Scope, patch: Any, *, actor: str, now: datetime
+) -> ConfigLayer:
+    """Merge ``patch`` into ``scope``'s layer as its next version, in ``session``
+    (audited as ``config.set``); refused whole, naming each pointer and rule, if invalid."""
+    previous = session.scalars(
+        select(ConfigLayer)
+        .where(ConfigLayer.scope == scope.kind, ConfigLayer.key == scope.key)
+        .order_by(ConfigLayer.version.desc())
+        .limit(1)
+    ).first()
+    settings = apply_change(scope, previous.settings if previous else {}, patch)
+    layer = ConfigLayer(
+        scope=scope.kind,
+        key=scope.key,
+        version=1 if previous is None else previous.version + 1,
+        settings=settings,
+        patch=dict(patch),
+        changed_at=now,
+        changed_by=actor,
+    )
+    session.add(layer)
+    session.flush()
+    audit.record(
+        session,
+        actor=actor,
+        action="config.set",
+        target=str(scope),
+        now=now,
+        details={"version": layer.version, "patch": dict(patch)},
+    )
+    return layer
+
+
+def reached_devices(session: Session, scope: Scope) -> list[str]:
+    """The enrolled devices a scope's layer applies to."""
+    if scope.kind == "device":
+        return [scope.key]
+    rows = session.execute(select(Device.id, Device.tags)).all()
+    return [device_id for device_id, tags in rows if scope.matches(device_id, tags or [])]
 
 
 def _latest_issued(session: Session, device_id: str) -> DeviceConfigRecord | None:
@@ -139,43 +225,12 @@ class RemoteConfigService:
         def work(session: Session) -> LayerChange:
             if scope.kind == "device" and session.get(Device, scope.key) is None:
                 raise NotFoundError(f"no device with id {scope.key!r}")
-            previous = session.scalars(
-                select(ConfigLayer)
-                .where(ConfigLayer.scope == scope.kind, ConfigLayer.key == scope.key)
-                .order_by(ConfigLayer.version.desc())
-                .limit(1)
-            ).first()
-            settings = apply_change(scope, previous.settings if previous else {}, patch)
-            layer = ConfigLayer(
-                scope=scope.kind,
-                key=scope.key,
-                version=1 if previous is None else previous.version + 1,
-                settings=settings,
-                patch=dict(patch),
-                changed_at=now,
-                changed_by=actor,
-            )
-            session.add(layer)
-            session.flush()
-            audit.record(
-                session,
-                actor=actor,
-                action="config.set",
-                target=str(scope),
-                now=now,
-                details={"version": layer.version, "patch": dict(patch)},
-            )
-            return LayerChange(layer=layer, device_ids=tuple(self._reached(session, scope)))
+            layer = set_layer(session, scope, patch, actor=actor, now=now)
+            return LayerChange(layer=layer, device_ids=tuple(reached_devices(session, scope)))
 
         change = retrying(self.db, work)
         self._notify(change.device_ids)
         return change
-
-    def _reached(self, session: Session, scope: Scope) -> Iterable[str]:
-        if scope.kind == "device":
-            return [scope.key]
-        rows = session.execute(select(Device.id, Device.tags)).all()
-        return [device_id for device_id, tags in rows if scope.matches(device_id, tags or [])]
 
     def history(self, scope: Scope | None = None, *, limit: int = 100) -> list[ConfigLayer]:
         """Layer versions, newest first (one scope, or all)."""
@@ -198,7 +253,12 @@ class RemoteConfigService:
                 scope = Scope(layer.scope, layer.key)  # type: ignore[arg-type]
                 if scope.matches(device_id, tags):
                     applied.append((str(scope), layer.version, layer.settings))
-            effective = current_layers(session).effective(device_id, tags)
+            at = next((i for i, a in enumerate(applied) if a[0].startswith("device:")), None)
+            applied[at if at is not None else len(applied) : at] = [
+                (f"rollout:{rollout_id}", 0, patch)
+                for rollout_id, patch in _rollout_layers_of(session, device_id)
+            ]
+            effective = current_layers(session, device_id).effective(device_id, tags)
             return DeviceConfigView(
                 device_id=device_id,
                 effective=effective,
@@ -218,7 +278,8 @@ class RemoteConfigService:
             device = session.get(Device, device_id)
             if device is None:
                 raise NotFoundError(f"no device with id {device_id!r}")
-            effective = current_layers(session).effective(device_id, list(device.tags or []))
+            layers = current_layers(session, device_id)
+            effective = layers.effective(device_id, list(device.tags or []))
             digest = config_digest(effective)
             latest = _latest_issued(session, device_id)
             if not needs_issue(

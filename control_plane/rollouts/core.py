@@ -128,6 +128,38 @@ def tag_dict(tags: Sequence[str]) -> dict[str, str]:
     return out
 
 
+# --- what a rollout moves --------------------------------------------------------------
+
+
+class RolloutKind(StrEnum):
+    RELEASE = "release"  # devices are assigned a release; judged by their install reports
+    CONFIG = "config"  # devices get a config patch as a layer; judged by their config reports
+
+
+def config_target_scope(cohort: CohortSelector) -> str:
+    """The config scope a completed config rollout folds its patch into: ``fleet`` for
+    ``*``, ``tag:key=value`` for a cohort of one tag. Any other cohort has no scope that
+    names exactly its devices, so it is refused."""
+    if not cohort.terms:
+        return "fleet"
+    if len(cohort.terms) == 1:
+        term = cohort.terms[0]
+        if term.op == "=" and term.key not in HARDWARE_KEYS:
+            return f"tag:{term.key}={term.value}"
+    raise InvalidRolloutError(
+        "cohort",
+        f"a config rollout's cohort is '*' (the patch then joins the fleet layer) or one tag"
+        f" 'key=value' (it joins that tag's layer), not {cohort.text!r}; for a narrower set"
+        " of devices, tag them first ('outpost-cp devices tag')",
+    )
+
+
+def config_outcome(state: str) -> Outcome:
+    """A config report judged like an install report: ``applied`` is a success, a
+    ``rejected`` or ``reverted`` version a failure."""
+    return Outcome.COMMITTED if state == "applied" else Outcome.FAILED
+
+
 # --- stages and buckets ----------------------------------------------------------------
 
 

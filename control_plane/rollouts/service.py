@@ -10,6 +10,7 @@ has one writer anyway).
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -25,6 +26,8 @@ from control_plane.access.tokens import new_id
 from control_plane.director.service import Director, latest_assignments
 from control_plane.errors import ConflictError, NotFoundError, ReleaseAwaitingSignatureError
 from control_plane.releases.state import ReleaseState
+from control_plane.remote_config.core import ConfigValidationError, Scope, apply_change
+from control_plane.remote_config.service import current_layers, reached_devices, set_layer
 from control_plane.rollouts.core import (
     ACTIVE_STATES,
     Action,
@@ -35,12 +38,15 @@ from control_plane.rollouts.core import (
     InvalidRolloutError,
     ManualApproval,
     Outcome,
+    RolloutKind,
     RolloutState,
     StageCounts,
     StagePlan,
     Step,
     after_action,
     bucket_of,
+    config_outcome,
+    config_target_scope,
     decide,
     gate_from_spec,
     halt_summary,
@@ -49,7 +55,9 @@ from control_plane.rollouts.core import (
 from control_plane.storage.database import Database, retrying
 from control_plane.storage.models import (
     CohortDefault,
+    ConfigReportRecord,
     Device,
+    DeviceConfigRecord,
     Release,
     Rollout,
     RolloutDevice,
@@ -57,6 +65,7 @@ from control_plane.storage.models import (
     StatusReportRecord,
 )
 from protocol.messages import FINAL_INSTALL_STATES, InstallState
+from protocol.remote_config import config_digest
 
 WORKER_ACTOR = "rollout-worker"
 MAX_OVERLAP_NAMED = 10
@@ -68,18 +77,25 @@ _CREATE_LOCK_ID = _CONVERGE_LOCK_ID + 1  # rollout creation (the overlap check) 
 class RolloutRequest:
     """A validated ``rollout create``."""
 
-    release: str  # a release id or name@version
+    release: str | None  # a release id or name@version (a release rollout)
     cohort: CohortSelector
     plan: StagePlan
     gate: Gate
     stage_timeout: timedelta
     manual_approval: bool
+    config: Mapping[str, Any] | None = None  # a merge patch (a config rollout)
+    config_scope: str | None = None  # where a config rollout's patch goes on completion
+
+    @property
+    def kind(self) -> RolloutKind:
+        return RolloutKind.RELEASE if self.config is None else RolloutKind.CONFIG
 
     @classmethod
     def of(
         cls,
         *,
-        release: str,
+        release: str | None = None,
+        config: Any = None,
         cohort: str,
         stages: Sequence[float],
         max_failure_rate: float,
@@ -103,13 +119,25 @@ class RolloutRequest:
             raise InvalidRolloutError(
                 "stage_timeout_seconds", f"{stage_timeout_seconds} is not in [1, 2592000] (30 days)"
             )
+        if (release is None) == (config is None):
+            raise InvalidRolloutError(
+                "release", "a rollout moves either a release or a config patch: give exactly one"
+            )
+        selector = CohortSelector.parse(cohort)
+        scope: str | None = None
+        if config is not None:
+            scope = config_target_scope(selector)
+            # the patch must be a valid layer on its own (it sits between tag and device)
+            apply_change(Scope.parse(scope), {}, config)
         return cls(
             release=release,
-            cohort=CohortSelector.parse(cohort),
+            cohort=selector,
             plan=StagePlan.parse(stages),
             gate=AllOf(gates=tuple(gates)),
             stage_timeout=timedelta(seconds=stage_timeout_seconds),
             manual_approval=manual_approval,
+            config=None if config is None else dict(config),
+            config_scope=scope,
         )
 
 
@@ -127,7 +155,7 @@ class StageView:
 @dataclass(frozen=True)
 class RolloutView:
     rollout: Rollout
-    release: Release
+    release: Release | None  # None for a config rollout
     counts: StageCounts
     stages: list[StageView]
     events: list[RolloutEvent]
@@ -183,14 +211,19 @@ def _members(session: Session, rollout_id: str) -> dict[str, RolloutDevice]:
     return {r.device_id: r for r in rows}
 
 
-def _active_rollouts(session: Session) -> list[Rollout]:
-    return list(
-        session.scalars(
-            select(Rollout)
-            .where(Rollout.state.in_([s.value for s in ACTIVE_STATES]))
-            .order_by(Rollout.created_at, Rollout.id)
-        )
-    )
+def _active_rollouts(session: Session, kind: str | None = None) -> list[Rollout]:
+    query = select(Rollout).where(Rollout.state.in_([s.value for s in ACTIVE_STATES]))
+    if kind is not None:
+        query = query.where(Rollout.kind == kind)
+    return list(session.scalars(query.order_by(Rollout.created_at, Rollout.id)))
+
+
+def subject(rollout: Rollout) -> str:
+    """What a rollout moves, for messages: ``name@version`` or ``config {...}``."""
+    if rollout.kind == RolloutKind.CONFIG.value:
+        return f"config {json.dumps(rollout.config_patch, sort_keys=True)[:200]}"
+    release = rollout.release
+    return "?" if release is None else f"{release.name}@{release.version}"
 
 
 def _event(
@@ -225,9 +258,12 @@ class RolloutService:
         director: Director,
         *,
         checkpoint: Callable[[str], None] | None = None,
+        on_config_change: Callable[[Sequence[str]], None] | None = None,
     ) -> None:
         self.db = db
         self.director = director
+        # called after commit with the devices a config rollout may have changed (nudges)
+        self.on_config_change = on_config_change
         # TEST ONLY (see control_plane.rollouts.fault_injection): called at named steps
         # inside a pass's locked transaction; a no-op unless a test freezes a replica there.
         self.checkpoint = checkpoint or _no_checkpoint
@@ -236,7 +272,10 @@ class RolloutService:
 
     def create(self, request: RolloutRequest, *, actor: str, now: datetime) -> Rollout:
         def work(session: Session) -> Rollout:
-            release = resolve_release(session, request.release)
+            release = None if request.release is None else resolve_release(session, request.release)
+            if request.config_scope is not None:  # the fold must be valid too, checked now
+                scope = Scope.parse(request.config_scope)
+                apply_change(scope, current_layers(session).layer(scope), request.config)
             _wait_lock(session, _CREATE_LOCK_ID)  # two replicas never both pass the overlap check
             fleet = _fleet(session)
             cohort = [d for d in fleet if request.cohort.matches(d.tags, d.hardware)]
@@ -244,10 +283,13 @@ class RolloutService:
                 raise InvalidRolloutError(
                     "cohort", f"{request.cohort.text!r} matches no enrolled device"
                 )
-            self._refuse_overlap(session, request.cohort, cohort, fleet)
+            self._refuse_overlap(session, request.kind, request.cohort, cohort, fleet)
             rollout = Rollout(
                 id=new_id("ro"),
-                release_id=release.id,
+                kind=request.kind.value,
+                release_id=None if release is None else release.id,
+                config_patch=request.config,
+                config_scope=request.config_scope,
                 cohort=request.cohort.text,
                 plan={
                     "stages": list(request.plan.percents),
@@ -276,7 +318,7 @@ class RolloutService:
                 actor=actor,
                 now=now,
                 message=f"stage 1 ({request.plan.percents[0]:g}%): assigned {moved} of"
-                f" {len(cohort)} cohort devices {release.name}@{release.version}",
+                f" {len(cohort)} cohort devices {subject(rollout)}",
                 numbers={"cohort": len(cohort), "moved": moved},
             )
             audit.record(
@@ -286,8 +328,10 @@ class RolloutService:
                 target=rollout.id,
                 now=now,
                 details={
-                    "release": f"{release.name}@{release.version}",
-                    "release_id": release.id,
+                    "kind": rollout.kind,
+                    "what": subject(rollout),
+                    "release_id": rollout.release_id,
+                    "config_scope": rollout.config_scope,
                     "cohort": rollout.cohort,
                     "plan": rollout.plan,
                     "cohort_devices": len(cohort),
@@ -295,17 +339,35 @@ class RolloutService:
             )
             return rollout
 
-        return retrying(self.db, work)
+        rollout = retrying(self.db, work)
+        self._notify_config(rollout.id)
+        return rollout
+
+    def _notify_config(self, rollout_id: str, *, also: Sequence[str] = ()) -> None:
+        """Tell the devices of a config rollout (after commit) that their config may have
+        changed: a nudge carries no authority, so telling too many is harmless."""
+        if self.on_config_change is None:
+            return
+        with self.db.transaction() as session:
+            rollout = session.get(Rollout, rollout_id)
+            if rollout is None or rollout.kind != RolloutKind.CONFIG.value:
+                return
+            ids = set(_members(session, rollout_id)) | set(also)
+            if rollout.state == RolloutState.COMPLETED.value and rollout.config_scope:
+                ids |= set(reached_devices(session, Scope.parse(rollout.config_scope)))
+        if ids:
+            self.on_config_change(sorted(ids))
 
     def _refuse_overlap(
         self,
         session: Session,
+        kind: RolloutKind,
         selector: CohortSelector,
         cohort: Sequence[_FleetDevice],
         fleet: Sequence[_FleetDevice],
     ) -> None:
         ids = {d.id for d in cohort}
-        for other in _active_rollouts(session):
+        for other in _active_rollouts(session, kind.value):  # a release and a config may overlap
             theirs = CohortSelector.parse(other.cohort)
             claimed = {d.id for d in fleet if theirs.matches(d.tags, d.hardware)}
             claimed |= set(_members(session, other.id))
@@ -314,7 +376,8 @@ class RolloutService:
                 named = ", ".join(both[:MAX_OVERLAP_NAMED])
                 more = f" and {len(both) - MAX_OVERLAP_NAMED} more" if len(both) > 10 else ""
                 raise ConflictError(
-                    f"cohort: {selector.text!r} overlaps rollout {other.id} ({other.cohort!r},"
+                    f"cohort: {selector.text!r} overlaps {kind.value} rollout {other.id}"
+                    f" ({other.cohort!r},"
                     f" {other.state}) on {len(both)} devices: {named}{more}; wait for it to"
                     " finish, abort it, or narrow the cohort"
                 )
@@ -344,7 +407,10 @@ class RolloutService:
                 self.checkpoint("rollout-advanced")
             return decision.step
 
-        return retrying(self.db, work)
+        step = retrying(self.db, work)
+        if step in (Step.ADVANCE, Step.HALT, Step.COMPLETE):
+            self._notify_config(rollout_id)
+        return step
 
     def active_ids(self) -> list[str]:
         with self.db.transaction() as session:
@@ -356,7 +422,11 @@ class RolloutService:
         return session.scalars(query).first()
 
     def _record_outcomes(self, session: Session, rollout: Rollout, now: datetime) -> None:
-        """Take each undecided device's first final report about this rollout's release."""
+        """Take each undecided device's first final report about this rollout's release
+        (a config rollout: its first config report about a version carrying the patch)."""
+        if rollout.kind == RolloutKind.CONFIG.value:
+            self._record_config_outcomes(session, rollout, now)
+            return
         open_rows = {
             r.device_id: r
             for r in session.scalars(
@@ -399,6 +469,43 @@ class RolloutService:
             row.outcome_at = now
             row.detail = f"{state}: {detail}"[:2000] if not committed else ""
 
+    def _record_config_outcomes(self, session: Session, rollout: Rollout, now: datetime) -> None:
+        undecided = [Outcome.PENDING.value, Outcome.TIMED_OUT.value]
+        reports = session.execute(
+            select(
+                ConfigReportRecord.device_id,
+                ConfigReportRecord.state,
+                ConfigReportRecord.detail,
+                ConfigReportRecord.config_version,
+            )
+            .join(
+                RolloutDevice,
+                (RolloutDevice.device_id == ConfigReportRecord.device_id)
+                & (RolloutDevice.rollout_id == rollout.id),
+            )
+            .where(
+                RolloutDevice.outcome.in_(undecided),
+                ConfigReportRecord.config_version >= RolloutDevice.assignment_version,
+                # a version issued after the layer was removed says nothing about the patch
+                RolloutDevice.rollback_assignment_version.is_(None)
+                | (ConfigReportRecord.config_version < RolloutDevice.rollback_assignment_version),
+            )
+            .order_by(ConfigReportRecord.id)
+        ).all()
+        if not reports:
+            return
+        open_rows = _members(session, rollout.id)
+        decided: set[str] = set()
+        for device_id, state, detail, version in reports:
+            row = open_rows.get(device_id)
+            if row is None or device_id in decided or row.outcome not in undecided:
+                continue
+            decided.add(device_id)
+            outcome = config_outcome(state)
+            row.outcome = outcome.value
+            row.outcome_at = now
+            row.detail = "" if outcome is Outcome.COMMITTED else f"v{version} {detail}"[:2000]
+
     def _time_out(self, session: Session, rollout: Rollout, now: datetime) -> None:
         timeout = timedelta(seconds=int(rollout.plan["stage_timeout_seconds"]))
         for row in session.scalars(
@@ -416,14 +523,14 @@ class RolloutService:
         self,
         session: Session,
         rollout: Rollout,
-        release: Release,
+        release: Release | None,
         now: datetime,
         *,
         fleet: Sequence[_FleetDevice] | None = None,
     ) -> int:
         """Move every cohort device whose bucket the current stage covers and that this
         rollout has not moved yet (late enrollers and re-tagged devices too); a device
-        another running rollout holds is left to it. Returns how many moved."""
+        another running rollout of its kind holds is left to it. Returns how many moved."""
         fleet = _fleet(session) if fleet is None else fleet
         selector = CohortSelector.parse(rollout.cohort)
         plan = plan_of(rollout)
@@ -434,6 +541,7 @@ class RolloutService:
                 .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
                 .where(
                     Rollout.id != rollout.id,
+                    Rollout.kind == rollout.kind,
                     Rollout.state.in_([s.value for s in ACTIVE_STATES]),
                 )
             )
@@ -449,6 +557,8 @@ class RolloutService:
                 joining.append((device, bucket))
         if not joining:
             return 0
+        if release is None:
+            return self._join_config(session, rollout, joining, now)
         latest = latest_assignments(session, [d.id for d, _ in joining])
         moves: list[tuple[str, Release]] = []
         for device, _bucket in joining:
@@ -484,6 +594,46 @@ class RolloutService:
         session.flush()
         return len(joining)
 
+    def _join_config(
+        self,
+        session: Session,
+        rollout: Rollout,
+        joining: Sequence[tuple[_FleetDevice, int]],
+        now: datetime,
+    ) -> int:
+        """Give each joining device the patch as a layer of its effective config. A device
+        whose effective config the patch does not change has nothing to apply and counts
+        as a success at once; the others are judged by the first config report about a
+        version newer than the one they were issued before joining."""
+        patch = rollout.config_patch or {}
+        for device, bucket in joining:
+            layers = current_layers(session, device.id)
+            before = config_digest(layers.effective(device.id, device.tags))
+            after = config_digest(layers.effective(device.id, device.tags, extra=[patch]))
+            changes = before != after
+            issued = session.scalar(
+                select(func.max(DeviceConfigRecord.version)).where(
+                    DeviceConfigRecord.device_id == device.id
+                )
+            )
+            session.add(
+                RolloutDevice(
+                    rollout_id=rollout.id,
+                    device_id=device.id,
+                    bucket=bucket,
+                    stage=rollout.stage,
+                    prior_release_id=None,
+                    assignment_version=int(issued or 0) + 1,
+                    assigned_at=now,
+                    outcome=(Outcome.PENDING if changes else Outcome.COMMITTED).value,
+                    outcome_at=None if changes else now,
+                    detail="" if changes else "the patch does not change its effective config",
+                    rollback_assignment_version=None,
+                )
+            )
+        session.flush()
+        return len(joining)
+
     def counts(self, session: Session, rollout: Rollout) -> StageCounts:
         by_outcome: Counter[str] = Counter(
             dict(
@@ -510,7 +660,7 @@ class RolloutService:
         self,
         session: Session,
         rollout: Rollout,
-        release: Release,
+        release: Release | None,
         counts: StageCounts,
         decision: Decision,
         now: datetime,
@@ -547,7 +697,10 @@ class RolloutService:
             rollout.finished_at = now
             self._decided(session, rollout, "halted", rollout.reason, now, numbers)
             return
-        if step is Step.COMPLETE:
+        if step is Step.COMPLETE and release is None:
+            self._complete_config(session, rollout, counts, now, numbers)
+            return
+        if step is Step.COMPLETE and release is not None:
             rollout.state = RolloutState.COMPLETED.value
             rollout.finished_at = now
             rollout.reason = (
@@ -570,6 +723,39 @@ class RolloutService:
         moved = self._join(session, rollout, release, now)
         rollout.reason = f"{passed}; stage {rollout.stage + 1} assigned {moved} more devices"
         self._decided(session, rollout, "advanced", rollout.reason, now, numbers)
+
+    def _complete_config(
+        self,
+        session: Session,
+        rollout: Rollout,
+        counts: StageCounts,
+        now: datetime,
+        numbers: Mapping[str, Any],
+    ) -> None:
+        """Fold the patch into the scope it targets (a new version of that layer, audited
+        as ``config.set`` by the rollout); the rollout's own layer then stops applying, so
+        the devices it reached keep the same settings and later cohort devices get them."""
+        scope = Scope.parse(rollout.config_scope or "")
+        rollout.finished_at = now
+        try:
+            layer = set_layer(
+                session, scope, rollout.config_patch or {}, actor=f"rollout:{rollout.id}", now=now
+            )
+        except ConfigValidationError as e:  # the scope's layer changed since create
+            moved_back, left = self._roll_back(session, rollout, now)
+            rollout.state = RolloutState.HALTED.value
+            rollout.reason = (
+                f"every stage passed, but the patch no longer fits {scope}'s layer: {e};"
+                f" {_rollback_phrase(moved_back, left)} (see docs/runbooks/cp-rollout-halted.md)"
+            )
+            self._decided(session, rollout, "halted", rollout.reason, now, numbers)
+            return
+        rollout.state = RolloutState.COMPLETED.value
+        rollout.reason = (
+            f"completed: {counts.committed} of {counts.moved} devices applied"
+            f" {subject(rollout)}; it is now part of the {scope} layer (v{layer.version})"
+        )
+        self._decided(session, rollout, "completed", rollout.reason, now, numbers)
 
     def _decided(
         self,
@@ -602,7 +788,10 @@ class RolloutService:
         self, session: Session, rollout: Rollout, now: datetime
     ) -> tuple[Counter[str], int]:
         """Re-assign every moved device the release it ran before; returns how many went
-        back to which release (by name@version) and how many had none to go back to."""
+        back to which release (by name@version) and how many had none to go back to. A
+        config rollout removes its layer from every device it reached instead."""
+        if rollout.kind == RolloutKind.CONFIG.value:
+            return self._remove_layer(session, rollout), 0
         rows = list(
             session.scalars(
                 select(RolloutDevice).where(
@@ -634,6 +823,30 @@ class RolloutService:
             by_device[device_id].rollback_assignment_version = issued[device_id].version
             back[f"{prior.name}@{prior.version}"] += 1
         return back, left
+
+    def _remove_layer(self, session: Session, rollout: Rollout) -> Counter[str]:
+        """The patch stops applying to the devices it reached: their next signed config is
+        the one they had before (a newer version), which they apply and report."""
+        rows = list(
+            session.scalars(
+                select(RolloutDevice).where(
+                    RolloutDevice.rollout_id == rollout.id,
+                    RolloutDevice.rollback_assignment_version.is_(None),
+                )
+            )
+        )
+        back: Counter[str] = Counter()
+        for row in rows:
+            issued = session.scalar(
+                select(func.max(DeviceConfigRecord.version)).where(
+                    DeviceConfigRecord.device_id == row.device_id
+                )
+            )
+            # the version that takes the layer away is newer than any issued so far
+            row.rollback_assignment_version = int(issued or 0) + 1
+            if row.outcome != Outcome.COMMITTED.value or row.detail == "":
+                back["their prior config"] += 1
+        return back
 
     # --- operator actions ----------------------------------------------------------------
 
@@ -691,7 +904,10 @@ class RolloutService:
             )
             return rollout
 
-        return retrying(self.db, work)
+        rollout = retrying(self.db, work)
+        if action is Action.ABORT:
+            self._notify_config(rollout_id)
+        return rollout
 
     # --- reading -------------------------------------------------------------------------
 
@@ -776,10 +992,16 @@ class RolloutService:
                 session.scalars(
                     select(RolloutDevice.device_id)
                     .join(Rollout, Rollout.id == RolloutDevice.rollout_id)
-                    .where(Rollout.state.in_([s.value for s in ACTIVE_STATES]))
+                    .where(
+                        Rollout.kind == RolloutKind.RELEASE.value,
+                        Rollout.state.in_([s.value for s in ACTIVE_STATES]),
+                    )
                 )
             )
-            active_cohorts = [CohortSelector.parse(r.cohort) for r in _active_rollouts(session)]
+            active_cohorts = [
+                CohortSelector.parse(r.cohort)
+                for r in _active_rollouts(session, RolloutKind.RELEASE.value)
+            ]
             latest = latest_assignments(session)
             wanted: dict[str, CohortDefault] = {}
             for default in sorted(newest.values(), key=lambda d: d.id):

@@ -189,13 +189,18 @@ class TufMetadataFile(Base):
 
 
 class Rollout(Base):
-    """A staged rollout of one release to a cohort (see ``control_plane.rollouts``)."""
+    """A staged rollout of one release, or of one config patch, to a cohort (see
+    ``control_plane.rollouts``)."""
 
     __tablename__ = "rollouts"
     __table_args__ = (Index("ix_rollouts_state", "state"),)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    release_id: Mapped[str] = mapped_column(String(64), ForeignKey("releases.id"))
+    kind: Mapped[str] = mapped_column(String(16), default="release", server_default="release")
+    release_id: Mapped[str | None] = mapped_column(String(64), ForeignKey("releases.id"))
+    # a config rollout: the merge patch, and the scope it is folded into on completion
+    config_patch: Mapped[dict[str, Any] | None]
+    config_scope: Mapped[str | None] = mapped_column(String(200))
     cohort: Mapped[str] = mapped_column(String(500))
     # {"stages": [...], "gate": {...}, "stage_timeout_seconds": n, "manual_approval": b}
     plan: Mapped[dict[str, Any]]
@@ -210,7 +215,7 @@ class Rollout(Base):
     updated_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
 
-    release: Mapped[Release] = relationship(lazy="selectin")
+    release: Mapped[Release | None] = relationship(lazy="selectin")
 
 
 class RolloutDevice(Base):
