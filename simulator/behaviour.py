@@ -8,9 +8,10 @@ may also be given in seconds of the driver's clock.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from protocol import Assignment
 from simulator.errors import SetupError
@@ -50,7 +51,11 @@ class Behaviour:
     ``install_rounds`` / ``install_seconds``: how long it stays ``active`` (the health
     window) before it commits or rolls back; both must have passed. ``failing_releases``:
     with :attr:`Health.FAILS_HEALTH`, only releases whose id or version is listed fail
-    (empty: every release it does not already serve fails).
+    (empty: every release it does not already serve fails). ``syncs_config``: the device
+    also fetches its signed remote config each round it is online and reports on it
+    (``applied``; ``reverted`` when the config sets one of the dotted settings in
+    ``reverts_config``, e.g. ``chat.system_prompt`` on a device whose model cannot take
+    one). A config that fails verification is refused and not reported.
     """
 
     health: Health = Health.HEALTHY
@@ -59,6 +64,8 @@ class Behaviour:
     install_rounds: int = 0
     install_seconds: float = 0.0
     failing_releases: frozenset[str] = field(default_factory=frozenset)
+    syncs_config: bool = False
+    reverts_config: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         if self.enroll_at < 0 or self.install_rounds < 0 or self.install_seconds < 0:
@@ -80,6 +87,17 @@ class Behaviour:
             return False
         names = {assignment.release_id, assignment.release_version}
         return not names & self.failing_releases
+
+    def keeps_config(self, settings: Mapping[str, Any]) -> str | None:
+        """None when a config with ``settings`` passes this device's health check, else
+        the setting that fails it."""
+        for dotted in sorted(self.reverts_config):
+            value: Any = settings
+            for part in dotted.split("."):
+                value = value.get(part) if isinstance(value, Mapping) else None
+            if value is not None:
+                return dotted
+        return None
 
     @property
     def reports(self) -> bool:

@@ -13,10 +13,12 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from edge_agent.errors import BadUpdateError
 from edge_agent.trust import DirectorTrust, verify_assignment
 from protocol import Assignment, Ed25519KeyPair, InstallState, SignedEnvelope, StatusReport
+from protocol.remote_config import ConfigReport, ConfigState
 from simulator.behaviour import Behaviour
 from simulator.profiles import DeviceProfile
 
@@ -68,6 +70,11 @@ class SimDevice:
     pending: PendingInstall | None = None
     outbox: list[StatusReport] = field(default_factory=list)
     refusals_reported: set[str] = field(default_factory=set)
+    # remote config (with Behaviour.syncs_config; not saved by simulator.state)
+    config_version: int | None = None  # in force
+    config_settings: dict[str, Any] = field(default_factory=dict)
+    config_highest: int | None = None
+    config_outbox: list[ConfigReport] = field(default_factory=list)
 
     @property
     def enrolled(self) -> bool:
@@ -81,6 +88,64 @@ class SimDevice:
         if self.device_id is None:
             raise ValueError(f"device {self.index} has not enrolled yet")
         return self.device_id
+
+    # --- remote config ------------------------------------------------------------------
+
+    def observe_config(
+        self, envelope: SignedEnvelope | None, *, director: DirectorTrust, now: datetime
+    ) -> str:
+        """Act on one config fetch, as the agent's config sync does (verify with its code,
+        keep or revert by the behaviour, report once per new version): ``none``,
+        ``up_to_date``, ``applied``, ``reverted`` or ``rejected``."""
+        if envelope is None:
+            return "none"
+        # imported here: the agent's remote-config package loads its live-config parts,
+        # which a fleet that does not sync config should not pay for
+        from edge_agent.remote_config.verify import verify_config_document
+
+        try:
+            verdict = verify_config_document(
+                envelope,
+                director=director,
+                device_id=self._id(),
+                applied_version=self.config_version,
+                highest_accepted_version=self.config_highest,
+                now=now,
+            )
+        except BadUpdateError:
+            return "rejected"  # the config in force stays; the simulator does not report it
+        document = verdict.document
+        if not verdict.is_new:
+            return "up_to_date"
+        self.config_highest = document.version
+        failing = self.behaviour.keeps_config(document.settings)
+        if failing is not None:
+            self._config_report(
+                document.version,
+                "reverted",
+                f"reverted: config v{document.version} made the simulated health check fail"
+                f" ({failing}); v{self.config_version or 0} is back in force",
+                now,
+            )
+            return "reverted"
+        self.config_version = document.version
+        self.config_settings = dict(document.settings)
+        self._config_report(document.version, "applied", f"config applied v{document.version}", now)
+        return "applied"
+
+    def _config_report(self, version: int, state: ConfigState, detail: str, now: datetime) -> None:
+        if not self.behaviour.reports:
+            return
+        self.config_outbox.append(
+            ConfigReport(
+                report_id=secrets.token_hex(16),
+                device_id=self._id(),
+                config_version=version,
+                state=state,
+                detail=detail[:2000],
+                at=now,
+            )
+        )
 
     # --- the state machine --------------------------------------------------------------
 

@@ -66,6 +66,8 @@ class RoundOutcome:
     polled: bool = False
     outcome: PollOutcome | None = None
     reports: list[InstallState] = field(default_factory=list)
+    config: str | None = None  # what the config fetch meant (devices that sync config)
+    config_reports: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
 
@@ -114,7 +116,41 @@ def device_round(
             break  # it stays queued for the next round
         device.outbox.pop(0)
         result.reports.append(report.state)
+    if behaviour.syncs_config:
+        yield from _config_round(device, result, director, now)
     return result
+
+
+def _config_round(
+    device: SimDevice, result: RoundOutcome, director: DirectorTrust, now: datetime
+) -> Generator[Call, Answer, None]:
+    """Fetch the signed config, act on it, deliver the config reports it caused."""
+    answer = yield _signed(device, "config", "GET", paths.DEVICE_CONFIG, b"", now)
+    if answer.error is not None or answer.status_code not in (200, 204):
+        result.errors.append(_describe(device, "config", answer))
+        return
+    envelope = None
+    if answer.status_code == 200 and answer.content:
+        try:
+            envelope = SignedEnvelope.model_validate_json(answer.content)
+        except ValidationError:
+            result.config = "rejected"
+            return
+    result.config = device.observe_config(envelope, director=director, now=now)
+    while device.config_outbox:
+        report = device.config_outbox[0]
+        body = report.model_dump_json().encode()
+        answer = yield _signed(
+            device, "config_report", "POST", paths.DEVICE_CONFIG_STATUS, body, now
+        )
+        if not answer.ok:
+            refused = answer.error is None and 400 <= answer.status_code < 500
+            if refused and answer.status_code not in (401, 429):  # for good: drop it
+                device.config_outbox.pop(0)
+            result.errors.append(_describe(device, "config_report", answer))
+            break
+        device.config_outbox.pop(0)
+        result.config_reports.append(report.state)
 
 
 def enrollment(device: SimDevice, *, operator_token: str | None) -> Exchange:
