@@ -7,6 +7,9 @@ Revises: 0005
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -15,9 +18,30 @@ down_revision: str | None = "0005"
 branch_labels: str | None = None
 depends_on: str | None = None
 
+# the tables whose rows point at rollouts.id
+_CHILDREN = ("rollout_devices", "rollout_events", "cohort_defaults")
+
+
+@contextmanager
+def _children_set_aside() -> Iterator[None]:
+    """SQLite changes a column's nullability by rebuilding the table (copy, drop, rename),
+    and with foreign keys on (they cannot be turned off inside the migration's
+    transaction) the drop fails while rows point at it. So the rows that point at
+    rollouts wait in copies meanwhile and come back unchanged. PostgreSQL alters in place."""
+    sqlite = op.get_bind().dialect.name == "sqlite"
+    if sqlite:
+        for table in _CHILDREN:
+            op.execute(f"CREATE TABLE _aside_{table} AS SELECT * FROM {table}")
+            op.execute(f"DELETE FROM {table}")
+    yield
+    if sqlite:
+        for table in _CHILDREN:
+            op.execute(f"INSERT INTO {table} SELECT * FROM _aside_{table}")
+            op.execute(f"DROP TABLE _aside_{table}")
+
 
 def upgrade() -> None:
-    with op.batch_alter_table("rollouts") as batch:
+    with _children_set_aside(), op.batch_alter_table("rollouts") as batch:
         batch.add_column(sa.Column("kind", sa.String(16), nullable=False, server_default="release"))
         batch.alter_column("release_id", existing_type=sa.String(64), nullable=True)
         batch.add_column(sa.Column("config_patch", sa.JSON(), nullable=True))
@@ -25,16 +49,11 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute(
-        "DELETE FROM rollout_events WHERE rollout_id IN"
-        " (SELECT id FROM rollouts WHERE kind = 'config')"
-    )
-    op.execute(
-        "DELETE FROM rollout_devices WHERE rollout_id IN"
-        " (SELECT id FROM rollouts WHERE kind = 'config')"
-    )
+    config = "SELECT id FROM rollouts WHERE kind = 'config'"
+    for table in _CHILDREN:
+        op.execute(f"DELETE FROM {table} WHERE rollout_id IN ({config})")
     op.execute("DELETE FROM rollouts WHERE kind = 'config'")
-    with op.batch_alter_table("rollouts") as batch:
+    with _children_set_aside(), op.batch_alter_table("rollouts") as batch:
         batch.drop_column("config_scope")
         batch.drop_column("config_patch")
         batch.alter_column("release_id", existing_type=sa.String(64), nullable=False)
