@@ -68,6 +68,7 @@ from protocol.messages import FINAL_INSTALL_STATES, InstallState
 from protocol.remote_config import config_digest
 
 WORKER_ACTOR = "rollout-worker"
+_NO_CHANGE = "the patch does not change its effective config"
 MAX_OVERLAP_NAMED = 10
 _CONVERGE_LOCK_ID = 0x6F7574706F7374  # "outpost": one replica converges defaults at a time
 _CREATE_LOCK_ID = _CONVERGE_LOCK_ID + 1  # rollout creation (the overlap check) is serial
@@ -627,7 +628,7 @@ class RolloutService:
                     assigned_at=now,
                     outcome=(Outcome.PENDING if changes else Outcome.COMMITTED).value,
                     outcome_at=None if changes else now,
-                    detail="" if changes else "the patch does not change its effective config",
+                    detail="" if changes else _NO_CHANGE,
                     rollback_assignment_version=None,
                 )
             )
@@ -844,7 +845,7 @@ class RolloutService:
             )
             # the version that takes the layer away is newer than any issued so far
             row.rollback_assignment_version = int(issued or 0) + 1
-            if row.outcome != Outcome.COMMITTED.value or row.detail == "":
+            if row.detail != _NO_CHANGE:  # a device the patch did not change has nothing back
                 back["their prior config"] += 1
         return back
 
