@@ -377,6 +377,73 @@ def fleet_act(
         sim_http.close()
 
 
+def broker_up(host: str = "127.0.0.1", port: int = 1883) -> bool:
+    """Whether an MQTT broker listens here (the machine's Mosquitto); the demo uses it for
+    nudges when it does and falls back to polling when it does not."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def config_act(
+    cp: ControlPlane,
+    *,
+    device_id: str,
+    client: OpenAI,
+    model: str,
+    mqtt: bool,
+    summary: list[str],
+) -> None:
+    """Act 12: a device-scope remote config change, signed by the director, applied live by
+    the real agent without a restart; then a bad one that the schema refuses."""
+    banner("12. Change the kiosk's behaviour remotely (signed config, applied live)")
+    token_file = WORK / "operator-role.token"
+    started = time.monotonic()
+    outpost_cp(
+        cp,
+        token_file,
+        "config",
+        "set",
+        "--scope",
+        f"device:{device_id}",
+        '{"chat": {"max_tokens_default": 8}}',
+        "--json",
+    )
+
+    def applied() -> bool:
+        view = cp.get(f"/api/v1/devices/{device_id}/config")
+        return (
+            bool(view["in_sync"])
+            and view["effective"].get("chat", {}).get("max_tokens_default") == 8
+        )
+
+    wait_for("the device to apply config chat.max_tokens_default=8", applied, timeout=60)
+    took = time.monotonic() - started
+    view = cp.get(f"/api/v1/devices/{device_id}/config")
+    how = "an MQTT nudge" if mqtt else "its next poll (no broker on 127.0.0.1:1883)"
+    info(
+        f"config version {view['issued']['version']} applied in {took:.2f} s via {how}:"
+        f" device says {view['status']['state']}"
+    )
+    after = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Tell me about the sea."}]
+    )
+    tokens = after.usage.completion_tokens if after.usage else None
+    if tokens is None or tokens > 8:
+        raise SystemExit(f"demo: the new default max_tokens did not apply ({tokens} tokens)")
+    info(f"after: the same chat got {tokens} tokens (no restart)")
+    refused = cp.http.patch(
+        f"/api/v1/config/scopes/device:{device_id}", json={"chat": {"max_token_default": 8}}
+    )
+    if refused.status_code != 422:
+        raise SystemExit(f"demo: a misspelt key was not refused: {refused.status_code}")
+    message = refused.json()["error"]["message"]
+    info(f"a misspelt key is refused before it reaches any device: {message}")
+    summary.append(f"remote config applied live in {took:.2f} s ({'MQTT' if mqtt else 'polling'})")
+
+
 def main() -> int:
     summary: list[str] = []
     shutil.rmtree(WORK, ignore_errors=True)
@@ -384,6 +451,10 @@ def main() -> int:
     cp_dir, agent_dir = WORK / "control-plane", WORK / "agent"
     cp_port, api_port = free_port(), free_port()
     model_file = smollm2_path()
+    mqtt = broker_up()
+
+    def mqtt_env(side: str) -> dict[str, str]:
+        return {f"OUTPOST_{side}_MQTT_HOST": "127.0.0.1"} if mqtt else {}
 
     banner("0. Prepare the artifacts (cached after the first run)")
     from converters.demo import demo_sample_images, demo_vision_artifacts
@@ -428,7 +499,7 @@ def main() -> int:
     cp_proc = Process(
         "control-plane",
         [PY, "-m", "control_plane", "serve", "--data-dir", str(cp_dir), "--port", str(cp_port)],
-        env={**os.environ, "OUTPOST_CP_ROLLOUT_TICK_SECONDS": "1"},
+        env={**os.environ, "OUTPOST_CP_ROLLOUT_TICK_SECONDS": "1", **mqtt_env("CP")},
     )
     agent_proc = Process(
         "agent",
@@ -444,6 +515,7 @@ def main() -> int:
             "--poll-interval",
             "1",
         ],
+        env={**os.environ, **mqtt_env("AGENT")},
     )
     try:
         cp_proc.start()
@@ -629,6 +701,7 @@ def main() -> int:
             model=model,
             summary=summary,
         )
+        config_act(cp, device_id=device_id, client=client, model=model, mqtt=mqtt, summary=summary)
     finally:
         agent_proc.stop()
         cp_proc.stop()
