@@ -11,18 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from pydantic import ValidationError
-
 from edge_agent.errors import (
     BadUpdateError,
     ExpiredUpdateError,
     RollbackAttackError,
-    UntrustedSignatureError,
-    WrongDeviceError,
 )
-from edge_agent.trust import DirectorTrust
-from protocol import PROTOCOL_VERSION, EnvelopeFormatError, SignatureError, SignedEnvelope
-from protocol.envelope import verify_envelope
+from edge_agent.trust import DirectorTrust, open_director_document
+from protocol import SignedEnvelope
 from protocol.remote_config import (
     CONFIG_PAYLOAD_TYPE,
     ConfigDocument,
@@ -66,37 +61,16 @@ def verify_config_document(
     version again is "nothing new" and not subject to expiry (an expired config
     stops new changes, never the one in force).
     """
-    try:
-        payload = verify_envelope(
-            envelope,
-            payload_type=CONFIG_PAYLOAD_TYPE,
-            trusted_keys=director.keys,
-            threshold=director.threshold,
-        )
-    except SignatureError as e:
-        raise UntrustedSignatureError(
-            f"the config is not signed by the director keys the trusted root names ({e});"
-            " refusing it and keeping the current config"
-        ) from e
-    except EnvelopeFormatError as e:
-        raise BadUpdateError(f"the config envelope is malformed: {e}") from e
-    try:
-        document = ConfigDocument.model_validate(payload)
-    except ValidationError as e:
-        raise BadUpdateError(
-            f"the signed config is not a valid protocol v{PROTOCOL_VERSION} config document:"
-            f" {e.error_count()} field error(s)"
-        ) from e
-    if document.protocol_version != PROTOCOL_VERSION:
-        raise BadUpdateError(
-            f"the config speaks protocol v{document.protocol_version}; this agent speaks"
-            f" v{PROTOCOL_VERSION}: upgrade the agent"
-        )
-    if document.device_id != device_id:
-        raise WrongDeviceError(
-            f"the config is for device {document.device_id!r}, not this device"
-            f" ({device_id!r}); refusing it"
-        )
+    document = open_director_document(
+        envelope,
+        director=director,
+        device_id=device_id,
+        payload_type=CONFIG_PAYLOAD_TYPE,
+        model=ConfigDocument,
+        what="config",
+        document="config document",
+        keeping="config",
+    )
     floor = max(v for v in (applied_version, highest_accepted_version, 0) if v is not None)
     if document.version < floor:
         raise RollbackAttackError(

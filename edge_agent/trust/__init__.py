@@ -14,6 +14,7 @@ Order of checks for an assignment (see docs/security-model.md):
 from edge_agent.trust.director import (
     AssignmentVerdict,
     DirectorTrust,
+    open_director_document,
     verify_assignment,
 )
 from edge_agent.trust.targets import SignedTarget, check_targets_signed
@@ -23,5 +24,6 @@ __all__ = [
     "DirectorTrust",
     "SignedTarget",
     "check_targets_signed",
+    "open_director_document",
     "verify_assignment",
 ]

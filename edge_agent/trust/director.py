@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from edge_agent.errors import (
     BadUpdateError,
@@ -109,37 +109,16 @@ def verify_assignment(
     version than either is a rollback; the installed version again is "nothing new"
     (and is not subject to expiry: an expired assignment never stops serving).
     """
-    try:
-        payload = verify_envelope(
-            envelope,
-            payload_type=ASSIGNMENT_PAYLOAD_TYPE,
-            trusted_keys=director.keys,
-            threshold=director.threshold,
-        )
-    except SignatureError as e:
-        raise UntrustedSignatureError(
-            f"the assignment is not signed by the director keys the trusted root names ({e});"
-            " refusing it and keeping the current release"
-        ) from e
-    except EnvelopeFormatError as e:
-        raise BadUpdateError(f"the assignment envelope is malformed: {e}") from e
-    try:
-        assignment = Assignment.model_validate(payload)
-    except ValidationError as e:
-        raise BadUpdateError(
-            f"the signed assignment is not a valid protocol v{PROTOCOL_VERSION} assignment:"
-            f" {e.error_count()} field error(s)"
-        ) from e
-    if assignment.protocol_version != PROTOCOL_VERSION:
-        raise BadUpdateError(
-            f"the assignment speaks protocol v{assignment.protocol_version}; this agent"
-            f" speaks v{PROTOCOL_VERSION}: upgrade the agent"
-        )
-    if assignment.device_id != device_id:
-        raise WrongDeviceError(
-            f"the assignment is for device {assignment.device_id!r}, not this device"
-            f" ({device_id!r}); refusing it"
-        )
+    assignment = open_director_document(
+        envelope,
+        director=director,
+        device_id=device_id,
+        payload_type=ASSIGNMENT_PAYLOAD_TYPE,
+        model=Assignment,
+        what="assignment",
+        document="assignment",
+        keeping="release",
+    )
     floor = max(v for v in (installed_version, highest_accepted_version, 0) if v is not None)
     if assignment.version < floor:
         raise RollbackAttackError(
@@ -155,3 +134,64 @@ def verify_assignment(
             " re-signs it; the device keeps serving its current release"
         )
     return AssignmentVerdict(assignment=assignment, is_new=True)
+
+
+class DirectorDocument(Protocol):
+    """What every director-signed per-device document carries (assignment, config)."""
+
+    protocol_version: int
+    device_id: str
+
+
+D = TypeVar("D", bound=BaseModel)
+
+
+def open_director_document(
+    envelope: SignedEnvelope,
+    *,
+    director: DirectorTrust,
+    device_id: str,
+    payload_type: str,
+    model: type[D],
+    what: str,
+    document: str,
+    keeping: str,
+) -> D:
+    """The checks every director document gets first, in this order: signature by the
+    director keys the trusted root names, the payload parsed as ``model``, its protocol
+    version, and its binding to this device. ``what`` names it in messages ("assignment"),
+    ``document`` its kind ("config document"), ``keeping`` what stays in force ("release").
+    Raises a :class:`BadUpdateError` subclass that says why."""
+    try:
+        payload = verify_envelope(
+            envelope,
+            payload_type=payload_type,
+            trusted_keys=director.keys,
+            threshold=director.threshold,
+        )
+    except SignatureError as e:
+        raise UntrustedSignatureError(
+            f"the {what} is not signed by the director keys the trusted root names ({e});"
+            f" refusing it and keeping the current {keeping}"
+        ) from e
+    except EnvelopeFormatError as e:
+        raise BadUpdateError(f"the {what} envelope is malformed: {e}") from e
+    try:
+        parsed = model.model_validate(payload)
+    except ValidationError as e:
+        raise BadUpdateError(
+            f"the signed {what} is not a valid protocol v{PROTOCOL_VERSION} {document}:"
+            f" {e.error_count()} field error(s)"
+        ) from e
+    bound = cast(DirectorDocument, parsed)
+    if bound.protocol_version != PROTOCOL_VERSION:
+        raise BadUpdateError(
+            f"the {what} speaks protocol v{bound.protocol_version}; this agent"
+            f" speaks v{PROTOCOL_VERSION}: upgrade the agent"
+        )
+    if bound.device_id != device_id:
+        raise WrongDeviceError(
+            f"the {what} is for device {bound.device_id!r}, not this device"
+            f" ({device_id!r}); refusing it"
+        )
+    return parsed
