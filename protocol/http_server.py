@@ -66,6 +66,8 @@ def limited_http_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
 
         # --- connection ------------------------------------------------------------
 
+        # uvicorn declares the base with BaseTransport, which asyncio calls it with for a
+        # stream socket only as a Transport; the narrower type is what this code uses.
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             if len(self.connections) >= limits.max_connections:
                 log.warning(
@@ -82,6 +84,8 @@ def limited_http_protocol(limits: HttpLimits) -> type[asyncio.Protocol]:
                 )
                 transport.close()
                 self.transport = transport
+                # no parser: a refused connection never parses (uvicorn's own
+                # connection_lost drops the parser the same way, with the same ignore)
                 self.parser = None  # type: ignore[assignment]
                 return
             super().connection_made(transport)

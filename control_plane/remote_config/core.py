@@ -64,6 +64,11 @@ class Scope:
             f"scope {text!r} is not one of 'fleet', 'tag:<key>=<value>' or 'device:<device id>'"
         )
 
+    @classmethod
+    def stored(cls, kind: str, key: str) -> Scope:
+        """A scope as a layer row holds it (kind and key apart), checked like typed text."""
+        return cls.parse(kind if kind == "fleet" else f"{kind}:{key}")
+
     def __str__(self) -> str:
         return self.kind if self.kind == "fleet" else f"{self.kind}:{self.key}"
 

@@ -250,7 +250,7 @@ class RemoteConfigService:
             tags = list(device.tags or [])
             applied: list[tuple[str, int, dict[str, Any]]] = []
             for layer in sorted(_newest_layers(session), key=_layer_order):
-                scope = Scope(layer.scope, layer.key)  # type: ignore[arg-type]
+                scope = Scope.stored(layer.scope, layer.key)
                 if scope.matches(device_id, tags):
                     applied.append((str(scope), layer.version, layer.settings))
             at = next((i for i, a in enumerate(applied) if a[0].startswith("device:")), None)

@@ -9,6 +9,7 @@ check shows up here.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -19,11 +20,12 @@ from edge_agent.runtime import ModelRegistry
 from edge_agent.serving import ReleaseServing
 from tests.agent_api.conftest import TOKEN, settings_for_tests
 
-BODIES: dict[str, dict[str, object]] = {
-    "no body": {},
-    "json": {"json": {"model": "smollm2", "messages": [], "input": "x", "question": "x"}},
-    "multipart": {"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\n", "image/png")}},
-    "raw": {"content": b"\x89PNG\r\n\x1a\n", "headers": {"Content-Type": "image/png"}},
+# Each body shape: the request's keyword arguments and the headers it needs.
+BODIES: dict[str, tuple[dict[str, Any], dict[str, str]]] = {
+    "no body": ({}, {}),
+    "json": ({"json": {"model": "smollm2", "messages": [], "input": "x", "question": "x"}}, {}),
+    "multipart": ({"files": {"file": ("x.png", b"\x89PNG\r\n\x1a\n", "image/png")}}, {}),
+    "raw": ({"content": b"\x89PNG\r\n\x1a\n"}, {"Content-Type": "image/png"}),
 }
 
 
@@ -73,9 +75,8 @@ def test_no_route_but_healthz_answers_without_the_token(app: FastAPI, body: str)
     for method, path in routes(app):
         if (method, path) == ("GET", "/healthz"):
             continue
-        kwargs = dict(BODIES[body]) if method not in ("GET", "HEAD") else {}
-        extra: dict[str, str] = kwargs.pop("headers", {})  # type: ignore[assignment]
+        kwargs, extra = BODIES[body] if method not in ("GET", "HEAD") else ({}, {})
         for token in ({}, {"Authorization": "Bearer not-the-token-0123456789"}):
-            response = client.request(method, path, **kwargs, headers={**extra, **token})  # type: ignore[arg-type]
+            response = client.request(method, path, **kwargs, headers={**extra, **token})
             where = f"{method} {path} ({body}, {'wrong token' if token else 'no token'})"
             assert response.status_code == 401, f"{where} answered {response.status_code}"

@@ -73,8 +73,8 @@ def failed_reports(sim: ControlPlaneSimulator) -> list[StatusReport]:
     return [r for r in sim.reports.values() if r.state is InstallState.FAILED]
 
 
-def installed_a(sim: ControlPlaneSimulator, state_dir: Path, **kw: object) -> Device:
-    device, _ = open_on(sim, state_dir, enroll_device(sim, state_dir), **kw)  # type: ignore[arg-type]
+def installed_a(sim: ControlPlaneSimulator, state_dir: Path, *, margin: int = MARGIN) -> Device:
+    device, _ = open_on(sim, state_dir, enroll_device(sim, state_dir), margin=margin)
     sim.assign(device.device_id, release_of(sim, "a"))
     assert device.cycle().result is CycleResult.INSTALLED
     return device

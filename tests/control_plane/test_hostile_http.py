@@ -370,12 +370,17 @@ def test_connections_over_the_cap_get_503_and_service_recovers(
             sock.close()
 
 
+def nofile_limit(unit: str) -> int:
+    found = re.search(r"^LimitNOFILE=(\d+)$", unit, re.M)
+    assert found is not None, "the unit sets no LimitNOFILE"
+    return int(found.group(1))
+
+
 def test_both_service_units_raise_the_open_file_limit() -> None:
     units = Path(__file__).resolve().parents[2] / "packaging" / "systemd"
     cp_unit = (units / "outpost-control-plane.service").read_text()
     agent_unit = (units / "outpost-agent.service").read_text()
-    cp_limit = int(re.search(r"^LimitNOFILE=(\d+)$", cp_unit, re.M).group(1))  # type: ignore[union-attr]
-    agent_limit = int(re.search(r"^LimitNOFILE=(\d+)$", agent_unit, re.M).group(1))  # type: ignore[union-attr]
+    cp_limit, agent_limit = (nofile_limit(unit) for unit in (cp_unit, agent_unit))
     from control_plane.settings import ControlPlaneSettings
     from edge_agent.daemon import LOCAL_API_HTTP_LIMITS
 
