@@ -573,7 +573,9 @@ def test_a_replica_killed_mid_advance_leaves_nothing_half_done(
     )
     assert cluster.events(held) == [("created", 0)]
     stage_one = committed_moves(cluster, held)
-    assert set(stage_one.values()) == {0}, "only stage 1 is committed"
+    # 10% of 30 devices by salted bucket can be no device at all (0.9^30, about 4%: seen
+    # once in CI); what matters is that no move of the frozen advance is committed.
+    assert set(stage_one.values()) <= {0}, "only stage 1 is committed"
 
     # Replica b serves, and drives the rollout it can lock to its end; it never waits on
     # the row replica a holds, and sees nothing of a's advance.
