@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _enroll(args: argparse.Namespace) -> int:
-    from edge_agent.updates import RootPin, enroll, new_http_client
+    from edge_agent.uplink import RootPin, enroll, new_http_client
 
     if not args.token:
         raise ConfigError("give the enrollment token with --token or OUTPOST_AGENT_ENROLL_TOKEN")

@@ -44,7 +44,6 @@ from edge_agent.store import (
 )
 from edge_agent.updates import (
     ArtifactDownloader,
-    ControlPlaneClient,
     HealthProbe,
     ImageMetadataClient,
     PollSchedule,
@@ -53,9 +52,9 @@ from edge_agent.updates import (
     TestOnlyPause,
     UpdateLoop,
     UpdateStatus,
-    new_http_client,
 )
 from edge_agent.updates.downloader import Checkpoint
+from edge_agent.uplink import ControlPlaneClient, new_http_client
 from protocol import InstallState, paths
 from protocol.http_limits import HttpLimits
 

@@ -3,7 +3,8 @@ force live, health-check it, keep or revert it, and report what happened.
 
 ``verify`` is pure (trust checks over values); ``live`` holds the config in force for
 the parts that read it; ``sync`` is the loop that talks to the control plane; ``health``
-checks the active release under a new config; ``nudges`` is the MQTT "check now" session.
+checks the active release under a new config; the MQTT "check now" session lives in
+:mod:`edge_agent.uplink.mqtt`.
 """
 
 from edge_agent.remote_config.live import ChatDefaults, LiveConfig, RateLimitedError

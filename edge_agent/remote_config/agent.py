@@ -14,12 +14,12 @@ from fastapi import FastAPI
 from edge_agent.remote_config.health import ServingConfigHealth
 from edge_agent.remote_config.live import LiveConfig, log_level_listener
 from edge_agent.remote_config.local_api import RemoteConfigMiddleware
-from edge_agent.remote_config.nudges import NudgeSession
 from edge_agent.remote_config.sync import ConfigClient, ConfigSync, director_from_metadata
 from edge_agent.settings import AgentSettings
 from edge_agent.store import DeviceIdentity, load_device_key, load_trusted_root
 from edge_agent.store.state_db import StateDB
 from edge_agent.updates.schedule import PollSchedule
+from edge_agent.uplink.mqtt import NudgeSession
 from protocol.remote_config import RemoteConfig
 
 if TYPE_CHECKING:

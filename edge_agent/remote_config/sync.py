@@ -33,8 +33,8 @@ from edge_agent.remote_config.live import LiveConfig
 from edge_agent.remote_config.verify import verify_config_document
 from edge_agent.store.state_db import StateDB
 from edge_agent.trust import DirectorTrust
-from edge_agent.updates.control_plane_client import ControlPlaneClient, RequestRejectedError
 from edge_agent.updates.schedule import PollSchedule
+from edge_agent.uplink.client import ControlPlaneClient, RequestRejectedError
 from protocol import SignedEnvelope, paths
 from protocol.remote_config import ConfigReport, ConfigReportAck, ConfigState, RemoteConfig
 

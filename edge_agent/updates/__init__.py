@@ -1,18 +1,11 @@
 """The agent's update path: TUF metadata, director assignments, downloads, the loop.
 
-Adapters over HTTP (``httpx``) and python-tuf's ngclient feed values to the pure trust
-checks in :mod:`edge_agent.trust`; verified bytes go into :mod:`edge_agent.store`.
+Adapters over HTTP (``httpx``, through :mod:`edge_agent.uplink`) and python-tuf's
+ngclient feed values to the pure trust checks in :mod:`edge_agent.trust`; verified bytes
+go into :mod:`edge_agent.store`.
 """
 
-from edge_agent.updates.control_plane_client import (
-    ControlPlaneClient,
-    RequestRejectedError,
-    enroll_device,
-    fetch_root_metadata,
-    new_http_client,
-)
 from edge_agent.updates.downloader import ArtifactDownloader
-from edge_agent.updates.enrollment import RootPin, detect_hardware, enroll, trusted_first_root
 from edge_agent.updates.fault_injection import PAUSE_STEPS, TestOnlyPause, marker_path
 from edge_agent.updates.health import (
     Acceptance,
@@ -41,7 +34,6 @@ __all__ = [
     "PAUSE_STEPS",
     "Acceptance",
     "ArtifactDownloader",
-    "ControlPlaneClient",
     "CycleOutcome",
     "CycleResult",
     "HealthProbe",
@@ -50,8 +42,6 @@ __all__ = [
     "ImageMetadataClient",
     "PollSchedule",
     "ReleaseActivator",
-    "RequestRejectedError",
-    "RootPin",
     "SmokeCheck",
     "SmokeKind",
     "SmokeResult",
@@ -60,13 +50,7 @@ __all__ = [
     "UpdateLoop",
     "UpdateStatus",
     "VerifiedImageMetadata",
-    "detect_hardware",
-    "enroll",
-    "enroll_device",
-    "fetch_root_metadata",
     "judge",
     "marker_path",
-    "new_http_client",
     "smoke_checks",
-    "trusted_first_root",
 ]

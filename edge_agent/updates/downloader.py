@@ -14,7 +14,7 @@ import httpx
 
 from edge_agent.errors import DiskFullError, TamperedArtifactError, TransportError
 from edge_agent.store import STORE_RUNBOOK, ReleaseStore, free_bytes
-from edge_agent.updates.control_plane_client import content_encoding
+from edge_agent.uplink.client import content_encoding
 from protocol import TargetRef
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from edge_agent.errors import TransportError
 from edge_agent.store import StateDB
-from edge_agent.updates.control_plane_client import RequestRejectedError
+from edge_agent.uplink.client import RequestRejectedError
 from protocol import InstallState, StatusReport, StatusReportAck
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from edge_agent.errors import (
     UntrustedSignatureError,
 )
 from edge_agent.trust import DirectorTrust, SignedTarget
-from edge_agent.updates.control_plane_client import content_encoding
+from edge_agent.uplink.client import content_encoding
 
 _CHUNK = 64 * 1024
 

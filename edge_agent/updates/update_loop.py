@@ -33,7 +33,6 @@ from edge_agent.errors import (
 from edge_agent.release import InstalledRelease
 from edge_agent.store import InstallRecord, ReleaseStore
 from edge_agent.trust import check_targets_signed, verify_assignment
-from edge_agent.updates.control_plane_client import ControlPlaneClient
 from edge_agent.updates.downloader import ArtifactDownloader, Checkpoint
 from edge_agent.updates.health import (
     HEALTH_RUNBOOK,
@@ -47,6 +46,7 @@ from edge_agent.updates.health import (
 from edge_agent.updates.outbox import StatusOutbox
 from edge_agent.updates.schedule import PollSchedule
 from edge_agent.updates.tuf_client import ImageMetadataClient
+from edge_agent.uplink.client import ControlPlaneClient
 from protocol import Assignment, InstallState
 
 log = logging.getLogger(__name__)

@@ -13,15 +13,8 @@ from edge_agent.daemon import compose_update_loop
 from edge_agent.release import InstalledRelease
 from edge_agent.settings import AgentSettings
 from edge_agent.store import DeviceIdentity, ReleaseStore, sha256_file
-from edge_agent.updates import (
-    CycleOutcome,
-    RootPin,
-    SmokeCheck,
-    SmokeResult,
-    UpdateLoop,
-    enroll,
-    new_http_client,
-)
+from edge_agent.updates import CycleOutcome, SmokeCheck, SmokeResult, UpdateLoop
+from edge_agent.uplink import RootPin, enroll, new_http_client
 from protocol import HardwareFacts
 from tests.agent_updates.simulator import BASE_URL, ControlPlaneSimulator
 

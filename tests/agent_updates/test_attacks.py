@@ -11,7 +11,8 @@ import pytest
 
 from edge_agent.errors import UntrustedSignatureError
 from edge_agent.store import sha256_file
-from edge_agent.updates import CycleResult, RootPin, enroll, new_http_client
+from edge_agent.updates import CycleResult
+from edge_agent.uplink import RootPin, enroll, new_http_client
 from protocol import InstallState, generate_key_pair
 from tests.agent_updates.conftest import HARDWARE, Device
 from tests.agent_updates.simulator import (

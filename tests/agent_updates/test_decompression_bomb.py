@@ -19,9 +19,10 @@ from tuf.api import exceptions as tuf_errors
 
 from edge_agent.errors import BadUpdateError, TamperedArtifactError, TransportError
 from edge_agent.store import ReleaseStore
-from edge_agent.updates import ArtifactDownloader, new_http_client
-from edge_agent.updates.control_plane_client import fetch_root_metadata
+from edge_agent.updates import ArtifactDownloader
 from edge_agent.updates.tuf_client import HttpxFetcher
+from edge_agent.uplink import new_http_client
+from edge_agent.uplink.client import fetch_root_metadata
 from protocol import TargetRef
 
 INFLATED = 64 << 20

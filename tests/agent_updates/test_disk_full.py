@@ -13,7 +13,8 @@ from pathlib import Path
 from edge_agent.daemon import compose_update_loop, open_store
 from edge_agent.settings import AgentSettings
 from edge_agent.store import Recovery, ReleaseStore
-from edge_agent.updates import CycleResult, new_http_client
+from edge_agent.updates import CycleResult
+from edge_agent.uplink import new_http_client
 from protocol import InstallState, StatusReport
 from tests.agent_updates.conftest import Device, RecordingActivator, ScriptedHealth, enroll_device
 from tests.agent_updates.simulator import (

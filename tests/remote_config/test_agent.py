@@ -310,7 +310,7 @@ class Refusing(SimulatedControlPlane):
         self.refused = 0
 
     def send_config_report(self, report: ConfigReport) -> ConfigReportAck:
-        from edge_agent.updates.control_plane_client import RequestRejectedError
+        from edge_agent.uplink.client import RequestRejectedError
 
         self.refused += 1
         raise RequestRejectedError(f"HTTP {self.status}: refused", self.status)

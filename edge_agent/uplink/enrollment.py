@@ -23,7 +23,7 @@ from edge_agent.store import (
     write_trusted_root,
 )
 from edge_agent.trust import DirectorTrust
-from edge_agent.updates.control_plane_client import enroll_device, fetch_root_metadata
+from edge_agent.uplink.client import enroll_device, fetch_root_metadata
 from protocol import EnrollRequest, HardwareFacts, generate_key_pair
 
 
