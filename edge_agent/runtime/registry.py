@@ -161,10 +161,21 @@ class ModelLease(Generic[M]):
         self.release()
 
 
-def _llama_loaders() -> dict[str, ModelLoader]:
-    from edge_agent.runtime.llama import LlamaEmbedder, LlamaTextGenerator
+def _load_llm(artifact: InstalledArtifact, options: ModelOptions) -> LoadedModel:
+    # llama.cpp is imported when the first model loads, not when the agent starts idle
+    from edge_agent.runtime.llama import LlamaTextGenerator
 
-    return {LLM: LlamaTextGenerator.load, EMBEDDING: LlamaEmbedder.load}
+    return LlamaTextGenerator.load(artifact, options)
+
+
+def _load_embedder(artifact: InstalledArtifact, options: ModelOptions) -> LoadedModel:
+    from edge_agent.runtime.llama import LlamaEmbedder
+
+    return LlamaEmbedder.load(artifact, options)
+
+
+def _llama_loaders() -> dict[str, ModelLoader]:
+    return {LLM: _load_llm, EMBEDDING: _load_embedder}
 
 
 class ModelRegistry:

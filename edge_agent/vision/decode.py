@@ -14,7 +14,6 @@ import zlib
 from dataclasses import dataclass
 from typing import Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -173,6 +172,8 @@ def to_bgr8(pixels: npt.NDArray[np.generic]) -> BGRImage:
     elif img.dtype != np.uint8:
         raise UnsupportedMediaError(f"{img.dtype} samples are not supported; " + _ACCEPTED)
     img8 = img.astype(np.uint8, copy=False)
+    import cv2  # on first use: an agent without vision models never loads OpenCV
+
     if img8.ndim == 2:
         return np.ascontiguousarray(cv2.cvtColor(img8, cv2.COLOR_GRAY2BGR), dtype=np.uint8)
     channels = img8.shape[2]
@@ -201,6 +202,8 @@ def decode_image(data: ImageBytes, *, max_pixels: int) -> DecodedImage:
     header = read_header(data)
     check_pixel_limit(header, max_pixels)
     buf = np.frombuffer(data, dtype=np.uint8)
+    import cv2  # on first use: an agent without vision models never loads OpenCV
+
     # JPEG: IMREAD_COLOR applies the EXIF orientation; PNG: keep alpha and 16-bit samples.
     flags = cv2.IMREAD_COLOR if header.format == "jpeg" else cv2.IMREAD_UNCHANGED
     try:

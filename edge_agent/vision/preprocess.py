@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 
 from edge_agent.vision.decode import BGRImage
 from edge_agent.vision.spec import PreprocessSpec
 
+# names of OpenCV's flags: cv2 (about 30 MB resident) is imported on first use, so an
+# agent whose release has no vision model never loads it
 _INTERPOLATION = {
-    "linear": cv2.INTER_LINEAR,
-    "area": cv2.INTER_AREA,
-    "cubic": cv2.INTER_CUBIC,
-    "lanczos": cv2.INTER_LANCZOS4,
+    "linear": "INTER_LINEAR",
+    "area": "INTER_AREA",
+    "cubic": "INTER_CUBIC",
+    "lanczos": "INTER_LANCZOS4",
 }
 
 
@@ -51,7 +52,9 @@ def fit_to_input(image: BGRImage, spec: PreprocessSpec) -> tuple[BGRImage, Geome
     """Resize (and crop or pad) ``image`` to the model input size per ``spec.resize``."""
     h, w = image.shape[:2]
     tw, th = spec.size
-    interp = _INTERPOLATION[spec.interpolation]
+    import cv2
+
+    interp = int(getattr(cv2, _INTERPOLATION[spec.interpolation]))
     if spec.resize == "stretch":
         sx, sy = tw / w, th / h
         resized = cv2.resize(image, (tw, th), interpolation=interp)
