@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from protocol import telemetry
 from protocol.canonical import canonical_json
 from protocol.version import PROTOCOL_VERSION
 
@@ -36,6 +37,8 @@ __all__ = [
     "ConfigReportAck",
     "ConfigState",
     "RemoteConfig",
+    "TelemetryFieldPolicy",
+    "TelemetrySettings",
     "config_digest",
     "config_problems",
     "effective_config",
@@ -85,9 +88,51 @@ class RagSettings(_Section):
     min_term_coverage: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
+class TelemetryFieldPolicy(_Section):
+    """How one usage-sensitive telemetry field is released (see docs/telemetry.md)."""
+
+    release: bool | None = Field(default=None, description="false: always withheld")
+    mechanism: Literal["discrete_laplace"] | None = None
+    clamp: int | None = Field(
+        default=None, ge=1, le=1_000_000_000, description="each count clamped to [0, clamp]"
+    )
+    weight: float | None = Field(
+        default=None, gt=0.0, le=1000.0, description="share of the per-report epsilon"
+    )
+
+
+class TelemetryFields(_Section):
+    """A release policy per usage field (:data:`protocol.telemetry.SENSITIVE_FIELDS`)."""
+
+    requests_by_feature: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    errors_by_class: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    chat_ttft_seconds: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    chat_time_per_output_token_seconds: TelemetryFieldPolicy = Field(
+        default_factory=TelemetryFieldPolicy
+    )
+    completion_seconds: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    embedding_seconds: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    vision_seconds: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    rag_seconds: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    prompt_tokens: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+    rag_abstentions: TelemetryFieldPolicy = Field(default_factory=TelemetryFieldPolicy)
+
+
+if tuple(TelemetryFields.model_fields) != telemetry.SENSITIVE_FIELDS:
+    raise RuntimeError("TelemetryFields must list protocol.telemetry.SENSITIVE_FIELDS in order")
+
+
 class TelemetrySettings(_Section):
+    """The telemetry policy: whether and how often the device reports, and the privacy
+    budget of its usage-sensitive fields (epsilon per report, per period and lifetime)."""
+
     enabled: bool | None = None
     interval_seconds: float | None = Field(default=None, ge=10.0, le=86_400.0)
+    epsilon_per_report: float | None = Field(default=None, gt=0.0, le=10.0)
+    epsilon_per_period: float | None = Field(default=None, gt=0.0, le=1000.0)
+    budget_period_seconds: float | None = Field(default=None, ge=3600.0, le=31_622_400.0)
+    epsilon_lifetime: float | None = Field(default=None, gt=0.0, le=1_000_000.0)
+    fields: TelemetryFields = Field(default_factory=TelemetryFields)
 
 
 class UpdateSettings(_Section):
