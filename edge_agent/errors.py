@@ -134,6 +134,11 @@ class StateDatabaseCorruptError(StoreError):
     """``state.db`` is not a readable SQLite database; it is moved aside and rebuilt."""
 
 
+class StateDatabaseTooNewError(StoreError):
+    """``state.db`` has a schema version newer than this agent knows: a newer agent wrote
+    it (the agent was downgraded). It is left untouched, never rebuilt."""
+
+
 class StoreUnwritableError(StoreError):
     """``state.db`` cannot be written (disk full, read-only filesystem); the device serves
     its verified release read-only and retries the write later."""

@@ -1,4 +1,9 @@
-"""The agent's SQLite state database: key-value state, the install journal, the outbox.
+"""The agent's SQLite state database: key-value state, the install journal, the outbox,
+the telemetry ledger and outbox.
+
+The schema is versioned (``PRAGMA user_version``) and grows by :data:`MIGRATIONS`, ordered
+steps applied once each on open: an older database is upgraded in place, one written by a
+newer agent is refused with :class:`StateDatabaseTooNewError` and left untouched.
 
 stdlib ``sqlite3`` in WAL mode with ``synchronous=FULL``: a committed journal step
 survives a power cut. One connection, guarded by a lock, shared by the agent's threads.
@@ -25,44 +30,104 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from edge_agent.errors import StateDatabaseCorruptError, StoreError, StoreUnwritableError
+from edge_agent.errors import (
+    StateDatabaseCorruptError,
+    StateDatabaseTooNewError,
+    StoreError,
+    StoreUnwritableError,
+)
 
 STORE_RUNBOOK = "docs/runbooks/agent-store-recovery.md"
 _CORRUPT_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS installs (
-    install_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    assignment_version INTEGER NOT NULL,
-    release_id TEXT NOT NULL,
-    release_dir TEXT NOT NULL,
-    step TEXT NOT NULL,
-    manifest TEXT NOT NULL,
-    prior_current TEXT,
-    prior_previous TEXT,
-    started_at TEXT NOT NULL,
-    updated_at TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS journal (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    install_id INTEGER NOT NULL REFERENCES installs(install_id),
-    step TEXT NOT NULL,
-    at TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT ''
-);
-CREATE TABLE IF NOT EXISTS outbox (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    report_id TEXT NOT NULL UNIQUE,
-    body TEXT NOT NULL,
-    queued_at TEXT NOT NULL,
-    delivered_at TEXT
-);
-"""
+
+@dataclass(frozen=True)
+class Migration:
+    """One step of the state database's schema: applied once, in order, in one
+    transaction that also sets ``PRAGMA user_version`` to :attr:`version`."""
+
+    version: int
+    summary: str
+    statements: tuple[str, ...]
+
+
+# Append a step to change the schema; never edit a released one (devices have applied it).
+# Version 1 is the schema from before versioning (every statement IF NOT EXISTS), so a
+# database written by an agent that knew no versions is upgraded in place.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "key-value state, install journal, status-report outbox",
+        (
+            """CREATE TABLE IF NOT EXISTS kv (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )""",
+            """CREATE TABLE IF NOT EXISTS installs (
+                install_id INTEGER PRIMARY KEY AUTOINCREMENT,
+                assignment_version INTEGER NOT NULL,
+                release_id TEXT NOT NULL,
+                release_dir TEXT NOT NULL,
+                step TEXT NOT NULL,
+                manifest TEXT NOT NULL,
+                prior_current TEXT,
+                prior_previous TEXT,
+                started_at TEXT NOT NULL,
+                updated_at TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+            """CREATE TABLE IF NOT EXISTS journal (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                install_id INTEGER NOT NULL REFERENCES installs(install_id),
+                step TEXT NOT NULL,
+                at TEXT NOT NULL,
+                detail TEXT NOT NULL DEFAULT ''
+            )""",
+            """CREATE TABLE IF NOT EXISTS outbox (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                report_id TEXT NOT NULL UNIQUE,
+                body TEXT NOT NULL,
+                queued_at TEXT NOT NULL,
+                delivered_at TEXT
+            )""",
+        ),
+    ),
+    Migration(
+        2,
+        "telemetry: append-only epsilon ledger, telemetry outbox, sent history",
+        (
+            """CREATE TABLE telemetry_ledger (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                report_id TEXT NOT NULL,
+                charged_at TEXT NOT NULL,
+                period_start TEXT NOT NULL,
+                epsilon REAL NOT NULL CHECK (epsilon >= 0),
+                policy_digest TEXT NOT NULL
+            )""",
+            "CREATE INDEX telemetry_ledger_period ON telemetry_ledger(period_start)",
+            """CREATE TRIGGER telemetry_ledger_no_update BEFORE UPDATE ON telemetry_ledger
+            BEGIN SELECT RAISE(ABORT, 'the epsilon ledger is append-only'); END""",
+            """CREATE TRIGGER telemetry_ledger_no_delete BEFORE DELETE ON telemetry_ledger
+            BEGIN SELECT RAISE(ABORT, 'the epsilon ledger is append-only'); END""",
+            """CREATE TABLE telemetry_outbox (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                report_id TEXT NOT NULL UNIQUE,
+                body TEXT NOT NULL,
+                size INTEGER NOT NULL,
+                queued_at TEXT NOT NULL
+            )""",
+            """CREATE TABLE telemetry_sent (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                report_id TEXT NOT NULL UNIQUE,
+                body TEXT NOT NULL,
+                queued_at TEXT NOT NULL,
+                sent_at TEXT NOT NULL,
+                duplicate INTEGER NOT NULL
+            )""",
+        ),
+    ),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
 class InstallStep(StrEnum):
@@ -125,11 +190,11 @@ class StateDB:
                 raise StateDatabaseCorruptError(
                     f"state database {path} is corrupt ({'; '.join(problems)})"
                 )
-            conn.executescript(_SCHEMA)
-        except (sqlite3.Error, StateDatabaseCorruptError) as e:
+            migrate(conn, path)
+        except (sqlite3.Error, StateDatabaseCorruptError, StateDatabaseTooNewError) as e:
             if conn is not None:
                 conn.close()
-            if isinstance(e, StateDatabaseCorruptError):
+            if isinstance(e, StateDatabaseCorruptError | StateDatabaseTooNewError):
                 raise
             if _is_corruption(e):
                 raise StateDatabaseCorruptError(f"state database {path} is corrupt ({e})") from e
@@ -158,6 +223,17 @@ class StateDB:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction for a typed table adapter (e.g. the telemetry
+        ledger and outbox, which must change together); failures map like every write."""
+        with self._transaction() as c:
+            yield c
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -403,6 +479,32 @@ class StateDB:
                 "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL"
             ).fetchone()
         return int(row[0])
+
+
+def migrate(conn: sqlite3.Connection, path: Path) -> int:
+    """Bring ``conn``'s schema to :data:`SCHEMA_VERSION`, each step in its own transaction;
+    returns the version it found. A database from a newer agent is refused, untouched."""
+    found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if found > SCHEMA_VERSION:
+        raise StateDatabaseTooNewError(
+            f"state database {path} has schema version {found}, newer than this agent's"
+            f" {SCHEMA_VERSION}: it was written by a newer agent. Install that agent version"
+            f" again (or newer); the database is left as it is (see {STORE_RUNBOOK})"
+        )
+    for step in MIGRATIONS:
+        if step.version <= found:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in step.statements:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {int(step.version)}")
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return found
 
 
 def _is_corruption(e: sqlite3.Error) -> bool:
