@@ -1,0 +1,54 @@
+"""Fixtures for the packaging tests: the agent-only wheel and a local wheelhouse for it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import REPO
+from tests.requirements import require
+
+# The extras a device may install (coreml is macOS-only: its coremltools is a converter's
+# toolchain on Linux and stays out of the closure checked here).
+AGENT_TEST_EXTRAS = "llm,rag,vision,tflite"
+
+
+def llama_wheel_dir() -> Path:
+    """The folder where ``scripts/bootstrap.py`` caches this CPU's llama-cpp-python wheel."""
+    cache = Path(os.environ.get("OUTPOST_WHEEL_CACHE", Path.home() / ".cache/outpost/wheels"))
+    found = sorted(cache.glob("llama-cpp-python-*/llama_cpp_python-*.whl"))
+    require(bool(found), "the cached llama-cpp-python wheel", "run `make setup`")
+    return found[-1].parent
+
+
+@pytest.fixture(scope="session")
+def agent_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``packaging/build_agent.py --wheelhouse``: the agent wheel and every dependency."""
+    out = tmp_path_factory.mktemp("wheelhouse")
+    built = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "packaging/build_agent.py"),
+            "--out",
+            str(out),
+            "--wheelhouse",
+            "--extras",
+            AGENT_TEST_EXTRAS,
+            "--find-links",
+            str(llama_wheel_dir()),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    require(
+        built.returncode == 0,
+        "the agent's dependency wheels (pip download from the package index)",
+        f"check the package index is reachable: {built.stderr[-2000:]}",
+    )
+    return out
