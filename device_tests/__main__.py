@@ -1,0 +1,3 @@
+from device_tests.cli import main
+
+raise SystemExit(main())

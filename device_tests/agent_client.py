@@ -1,0 +1,162 @@
+"""The agent under test, over its local HTTP API (the adapter; the rules are in runner.py).
+
+Every call is one request a real client would send (a streamed chat with usage, an
+embedding, an image upload, a RAG retrieval) timed from the request to the answer; the
+agent's own stage timings are not used, so what is measured is what a caller waits for.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import httpx
+
+from device_tests.errors import AgentAuthError, AgentError, AgentUnreachableError
+from device_tests.runner import ChatTiming, NotServed
+
+__all__ = ["HttpAgent"]
+
+
+class HttpAgent:
+    """An agent's local API at ``url`` with bearer ``token``; ``connect`` checks both."""
+
+    def __init__(self, url: str, token: str, *, timeout_s: float = 120.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout_s, connect=5.0),
+        )
+        self._vision_task: dict[str, str] = {}
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            r = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as e:
+            raise AgentUnreachableError(
+                f"no agent answers at {self.url} ({type(e).__name__}: {e}); is it running, and"
+                " is --agent the address of its local API (default http://127.0.0.1:8800)?"
+            ) from e
+        if r.status_code == 401:
+            raise AgentAuthError(
+                f"the agent at {self.url} refused the API token (401); pass the token in"
+                " <state dir>/api-token with --token"
+            )
+        return r
+
+    def facts(self) -> dict[str, Any]:
+        """What the agent serves (``/v1/status``); also proves the address and token."""
+        r = self._request("GET", "/v1/status")
+        if r.status_code != 200:
+            raise AgentError(f"GET /v1/status answered {r.status_code}: {r.text[:300]}")
+        body: dict[str, Any] = r.json()
+        return body
+
+    def models(self, kind: str) -> list[str]:
+        r = self._request("GET", "/v1/models")
+        if r.status_code != 200:
+            raise AgentError(f"GET /v1/models answered {r.status_code}: {r.text[:300]}")
+        return [str(m["id"]) for m in r.json()["data"] if m.get("kind") == kind]
+
+    def has_rag_index(self) -> bool:
+        r = self._request("GET", "/v1/rag/status")
+        return r.status_code == 200 and bool(r.json().get("index"))
+
+    def chat(self, model: str, prompt: str, max_tokens: int) -> ChatTiming:
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "seed": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        started = time.perf_counter()
+        first: float | None = None
+        last = started
+        tokens = 0
+        try:
+            with self._http.stream("POST", "/v1/chat/completions", json=body) as r:
+                if r.status_code == 401:
+                    raise AgentAuthError(f"the agent at {self.url} refused the API token (401)")
+                if r.status_code != 200:
+                    r.read()
+                    raise AgentError(f"chat on {model!r} answered {r.status_code}: {r.text[:300]}")
+                for line in r.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if event.get("usage"):
+                        tokens = int(event["usage"]["completion_tokens"])
+                    for choice in event.get("choices", []):
+                        if choice.get("delta", {}).get("content"):
+                            now = time.perf_counter()
+                            first = now if first is None else first
+                            last = now
+        except httpx.TransportError as e:
+            raise AgentUnreachableError(f"the chat stream from {self.url} broke: {e}") from e
+        if first is None:
+            raise AgentError(f"chat on {model!r} streamed no text (check the release's model)")
+        decode = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
+        return ChatTiming((first - started) * 1e3, decode)
+
+    def embed(self, model: str, sentence: str) -> float:
+        started = time.perf_counter()
+        r = self._request("POST", "/v1/embeddings", json={"model": model, "input": sentence})
+        elapsed = (time.perf_counter() - started) * 1e3
+        if r.status_code != 200:
+            raise AgentError(f"embedding on {model!r} answered {r.status_code}: {r.text[:300]}")
+        return elapsed
+
+    def vision(self, model: str, image: bytes) -> float:
+        tasks = [self._vision_task[model]] if model in self._vision_task else ["classify", "detect"]
+        problems = []
+        for task in tasks:
+            started = time.perf_counter()
+            r = self._request(
+                "POST",
+                f"/v1/vision/{task}",
+                params={"model": model},
+                content=image,
+                headers={"Content-Type": _image_type(image)},
+            )
+            elapsed = (time.perf_counter() - started) * 1e3
+            if r.status_code == 200:
+                self._vision_task[model] = task
+                return elapsed
+            problems.append(f"{task}: {r.status_code} {r.text[:200]}")
+        if all(" 404 " in f" {p.split(':', 1)[1]} " for p in problems):
+            raise NotServed(f"the agent serves no vision model named {model!r}")
+        raise AgentError(f"vision on {model!r} failed: {'; '.join(problems)}")
+
+    def rag_query(self, question: str, k: int) -> float:
+        started = time.perf_counter()
+        r = self._request(
+            "POST", "/v1/rag/query", json={"question": question, "k": k, "generate": False}
+        )
+        elapsed = (time.perf_counter() - started) * 1e3
+        if r.status_code != 200:
+            raise AgentError(f"RAG query answered {r.status_code}: {r.text[:300]}")
+        return elapsed
+
+    def peak_rss_mb(self) -> float | None:
+        process = self.facts().get("process") or {}
+        value = process.get("peak_rss_mb")
+        return None if value is None else float(value)
+
+    def cold_start_ms(self) -> float | None:
+        return None  # a running agent has loaded its models; see the in-process target
+
+
+def _image_type(image: bytes) -> str:
+    if image.startswith(b"\x89PNG"):
+        return "image/png"
+    if image.startswith(b"\xff\xd8"):
+        return "image/jpeg"
+    return "application/octet-stream"

@@ -1,0 +1,111 @@
+"""``python -m device_tests``: run the acceptance suite, print a table, write JSON/JUnit.
+
+Exit codes: 0 every figure passed; 1 a figure failed or is inconclusive; 2 the run could
+not be judged (bad profile or arguments, agent unreachable, token refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from device_tests.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, DeviceTestError
+from device_tests.profile import load_profile, profile_names
+from device_tests.report import table, write_json, write_junit
+from device_tests.runner import run_suite
+from device_tests.workload import load_workload
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m device_tests",
+        description="Per-device acceptance suite: p95 latency, throughput and memory"
+        " against a device profile's thresholds (docs/device-tests.md).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="measure an agent against a profile")
+    run.add_argument("--profile", required=True, help=f"{', '.join(profile_names())} or a path")
+    run.add_argument("--agent", default="http://127.0.0.1:8800", help="the agent's local API")
+    token = run.add_mutually_exclusive_group(required=True)
+    token.add_argument("--token", help="the agent's API token")
+    token.add_argument("--token-file", type=Path, help="a file holding it (<state dir>/api-token)")
+    run.add_argument("--json", type=Path, help="write the result as JSON here")
+    run.add_argument("--junit", type=Path, help="write JUnit XML here")
+    run.add_argument("--device-class", help="the class reported (default: the profile's name)")
+    run.add_argument("--min-queries", type=int, help="override the profile's minimum queries")
+    run.add_argument(
+        "--min-duration", type=float, help="override the profile's minimum duration (s)"
+    )
+    check = sub.add_parser("check-profile", help="validate a profile file and print it")
+    check.add_argument("profile")
+    return parser
+
+
+def _token(args: argparse.Namespace) -> str:
+    if args.token is not None:
+        return str(args.token)
+    path: Path = args.token_file
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as e:
+        raise DeviceTestError(f"cannot read --token-file {path}: {e.strerror or e}") from e
+
+
+def _run(args: argparse.Namespace) -> int:
+    from device_tests.agent_client import HttpAgent
+
+    profile = load_profile(args.profile)
+    overrides = {
+        k: v
+        for k, v in (("min_queries", args.min_queries), ("min_duration_s", args.min_duration))
+        if v is not None
+    }
+    measurement = profile.measurement
+    if overrides:
+        measurement = type(measurement).model_validate({**measurement.model_dump(), **overrides})
+    workload = load_workload()
+    agent = HttpAgent(args.agent, _token(args))
+    try:
+        facts = agent.facts()  # the address and the token, before anything is measured
+        result = run_suite(
+            profile.thresholds,
+            measurement.rules(),
+            agent,
+            workload,
+            profile=profile.name,
+            device_class=args.device_class or profile.name,
+            target_label=f"agent {args.agent}",
+            clock=time.monotonic,
+            now=lambda: datetime.now(UTC),
+            facts={"serving": facts.get("serving"), "device_id": facts.get("device_id")},
+        )
+    finally:
+        agent.close()
+    print(table(result))
+    if args.json is not None:
+        write_json(result, args.json)
+    if args.junit is not None:
+        write_junit(result, args.junit)
+    return EXIT_PASSED if result.passed else EXIT_FAILED
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-profile":
+            profile = load_profile(args.profile)
+            print(profile.model_dump_json(indent=2, by_alias=True))
+            return EXIT_PASSED
+        return _run(args)
+    except DeviceTestError as e:
+        print(f"device_tests: {e}", file=sys.stderr)
+        return e.exit_code
+    except ValueError as e:  # an override out of range
+        print(f"device_tests: {e}", file=sys.stderr)
+        return EXIT_USAGE

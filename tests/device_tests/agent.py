@@ -1,0 +1,73 @@
+"""A real agent for the suite to measure: the local API assembled as the daemon assembles
+it, over one release with the real SmolLM2, MiniLM, a RAG index and the real
+text-orientation classifier (FP32 or INT8 from the model cache), on a loopback port."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from converters.catalog import preset
+from converters.demo import DEMO_ARTIFACTS
+from converters.sources import cache_root
+from edge_agent.api import create_local_api
+from edge_agent.release import InstalledRelease
+from edge_agent.runtime import ModelRegistry
+from edge_agent.serving import ReleaseServing
+from edge_agent.settings import AgentSettings
+from tests.agent_api.conftest import LiveServer
+from tests.fuzz.test_agent_schema import _artifact, full_release
+from tests.requirements import require_file
+
+TOKEN = "device-tests-token-0123456789"
+VISION_NAME = "text-orientation"  # what the release calls it, whichever variant it ships
+
+
+def text_orientation_path(precision: str) -> Path:
+    """The FP32 original or its INT8 variant, from ``python -m converters prepare``."""
+
+    def find() -> Path:
+        _, relative = DEMO_ARTIFACTS[f"text-orientation-{precision}"]
+        path = cache_root() / relative
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing")
+        return path
+
+    return require_file(find, f"the text-orientation {precision} model", "run make setup")
+
+
+def suite_release(tmp: Path, precision: str = "fp32") -> InstalledRelease:
+    """Chat, embeddings, RAG and the text-orientation classifier in one release."""
+    base = full_release(tmp)
+    vision = _artifact(VISION_NAME, "vision-classify", "onnx", text_orientation_path(precision))
+    config = dict(base.config)
+    config["vision"] = {VISION_NAME: preset("text-orientation").spec.to_config()}
+    return dataclasses.replace(
+        base,
+        release_id=f"suite-{precision}",
+        artifacts=(*(a for a in base.artifacts if a.kind != "vision-classify"), vision),
+        config=config,
+    )
+
+
+@contextmanager
+def served(release: InstalledRelease, state_dir: Path) -> Iterator[str]:
+    """The release served on a free loopback port; yields the base URL."""
+    settings = AgentSettings(state_dir=state_dir, n_ctx=512, n_threads=1)
+    serving = ReleaseServing(ModelRegistry(settings), settings)
+    serving.activate(release)
+    app = create_local_api(
+        serving.registry,
+        settings,
+        api_token=TOKEN,
+        status=lambda: {"serving": {"release_id": release.release_id}},
+        extra_routers=serving.routers(),
+        chat_grounding=serving.rag,
+    )
+    try:
+        with LiveServer(app) as server:
+            yield server.url
+    finally:
+        serving.close()
