@@ -89,6 +89,13 @@ class NothingToSignError(ConflictError):
     error_type = "nothing_to_sign"
 
 
+class TooManyRequestsError(ControlPlaneError):
+    """The caller sent more requests than its share within a window; retry later."""
+
+    http_status = 429
+    error_type = "too_many_requests"
+
+
 # --- who is asking -------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ from control_plane.rollouts.service import RolloutService
 from control_plane.rollouts.worker import RolloutWorker
 from control_plane.settings import ControlPlaneSettings
 from control_plane.storage.database import Database
+from control_plane.telemetry.service import TelemetryService
+from control_plane.telemetry.worker import TelemetryWorker
 
 Clock = Callable[[], datetime]
 log = logging.getLogger("control_plane")
@@ -92,6 +94,7 @@ class ControlPlane:
     rollouts: RolloutService
     remote_config: RemoteConfigService
     nudges: NudgePublisher
+    telemetry: TelemetryService
     clock: Clock
 
     @classmethod
@@ -108,6 +111,7 @@ class ControlPlane:
         director = Director(db, online, settings.assignment_ttl, nudges=nudges)
         remote_config = RemoteConfigService(db, director, settings.assignment_ttl)
         remote_config.add_listener(lambda device_ids: nudges.publish(device_ids, "config"))
+        telemetry = TelemetryService(db, settings.telemetry_limits)
         return cls(
             settings=settings,
             db=db,
@@ -121,9 +125,11 @@ class ControlPlane:
                 director,
                 checkpoint=TestOnlyPause(settings.test_pause_at, settings.data_dir),
                 on_config_change=lambda device_ids: nudges.publish(device_ids, "config"),
+                signals=telemetry.rollout_signals,
             ),
             remote_config=remote_config,
             nudges=nudges,
+            telemetry=telemetry,
             clock=clock,
         )
 
@@ -140,6 +146,9 @@ class ControlPlane:
             )
             workers.append(NoncePruner(self.db))
             workers.append(BlobCollector(self.db, self.blobs))
+            workers.append(
+                TelemetryWorker(self.telemetry, self.settings.telemetry_aggregate_seconds)
+            )
         return WorkerThreads(workers=workers, clock=self.clock)
 
     def close(self) -> None:

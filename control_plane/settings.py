@@ -6,11 +6,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
 from control_plane.repository import RepositoryLifetimes
+from control_plane.telemetry.limits import TelemetryLimits
 from protocol.http_limits import HttpLimits
 
 _DAY = 86_400
@@ -68,10 +69,46 @@ class ControlPlaneSettings(BaseSettings):
     # how often devices are converged to their cohort's default release (a full-fleet pass)
     cohort_default_seconds: float = Field(default=30.0, ge=0.05, le=3600)
 
+    # Telemetry (docs/telemetry.md): raw device reports are kept this many days (the
+    # rollout gates read them), the hourly aggregates much longer (the dashboard's history).
+    telemetry_raw_retention_days: int = Field(default=14, ge=1, le=3650)
+    telemetry_aggregate_retention_days: int = Field(default=400, ge=1, le=36_500)
+    # per device: at most this many reports within the window (an outbox flushing after
+    # weeks offline sends its backlog at this pace; a 429 keeps the rest queued)
+    telemetry_rate_limit_reports: int = Field(default=120, ge=1, le=1_000_000)
+    telemetry_rate_limit_window_seconds: int = Field(default=600, ge=1, le=86_400)
+    # the previous release's telemetry a p95 gate compares with: from this long before the
+    # rollout began
+    telemetry_baseline_hours: float = Field(default=24.0, gt=0, le=24 * 90)
+    telemetry_aggregate_seconds: float = Field(default=5.0, ge=0.05, le=3600)
+    # /metrics (Prometheus): an API token with the viewer role, or this dedicated scrape
+    # token (at least 32 characters). Without either, only API tokens are accepted.
+    metrics_token: SecretStr | None = None
+
     # TEST ONLY: freeze the rollout worker at this step, inside its locked transaction,
     # until the process is killed (control_plane.rollouts.fault_injection). Never set it
     # on a real control plane.
     test_pause_at: Literal["rollout-advanced"] | None = None
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token_strong(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "OUTPOST_CP_METRICS_TOKEN must be at least 32 characters (e.g. the output of"
+                " 'openssl rand -hex 32'); leave it unset to scrape with a viewer API token"
+            )
+        return value
+
+    @property
+    def telemetry_limits(self) -> TelemetryLimits:
+        return TelemetryLimits(
+            raw_retention=timedelta(days=self.telemetry_raw_retention_days),
+            aggregate_retention=timedelta(days=self.telemetry_aggregate_retention_days),
+            rate_limit_reports=self.telemetry_rate_limit_reports,
+            rate_limit_window=timedelta(seconds=self.telemetry_rate_limit_window_seconds),
+            baseline_window=timedelta(hours=self.telemetry_baseline_hours),
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -1,9 +1,12 @@
-"""Device API: enrollment (one-time token) and the device-signed assignment and status."""
+"""Device API: enrollment (one-time token) and the device-signed assignment, status and
+telemetry."""
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from fastapi import APIRouter, Request, Response, status
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from control_plane.api.dependencies import CP, authenticate_device
@@ -14,8 +17,10 @@ from control_plane.fleet.enrollment import enroll
 from control_plane.fleet.status import record_status
 from protocol import paths
 from protocol.messages import EnrollRequest, EnrollResponse, StatusReport, StatusReportAck
+from protocol.telemetry import TelemetryAck, TelemetryReport
 
 router = APIRouter()
+M = TypeVar("M", bound=BaseModel)
 
 
 @router.post(paths.ENROLL, status_code=status.HTTP_201_CREATED)
@@ -52,12 +57,33 @@ async def current_assignment(request: Request, cp: CP) -> Response:
 async def report_status(request: Request, cp: CP) -> StatusReportAck:
     """Store an install-status report once (a repeated report_id answers duplicate=true)."""
     device_id, body = await authenticate_device(request, cp)
+    report = parse_device_body(StatusReport, body, "status report")
+    return await run_in_threadpool(record_status, cp.db, device_id, report, cp.clock())
+
+
+@router.post(
+    paths.DEVICE_TELEMETRY,
+    responses={429: {"description": "over the device's telemetry rate: keep it, retry later"}},
+)
+async def report_telemetry(request: Request, cp: CP) -> TelemetryAck:
+    """Store a telemetry report once (a repeated report_id answers duplicate=true); a
+    device over its rate gets 429 and keeps the report queued."""
+    device_id, body = await authenticate_device(request, cp)
     try:
-        report = StatusReport.model_validate_json(body)
+        report = parse_device_body(TelemetryReport, body, "telemetry report")
+    except InvalidRequestError:
+        cp.telemetry.count_invalid()
+        raise
+    return await run_in_threadpool(cp.telemetry.ingest, device_id, report, cp.clock())
+
+
+def parse_device_body(model: type[M], body: bytes, what: str) -> M:
+    """``body`` as ``model``, or a 422 that names each bad field (never echoing values)."""
+    try:
+        return model.model_validate_json(body)
     except ValidationError as e:
         if any(err.get("type") == "json_invalid" for err in e.errors()):
-            raise InvalidRequestError("status report is not valid JSON") from e
+            raise InvalidRequestError(f"{what} is not valid JSON") from e
         raise InvalidRequestError(
-            f"invalid status report: {describe_validation_errors(e.errors())}"
+            f"invalid {what}: {describe_validation_errors(e.errors())}"
         ) from e
-    return await run_in_threadpool(record_status, cp.db, device_id, report, cp.clock())

@@ -14,7 +14,7 @@ import json
 import secrets
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -260,9 +260,12 @@ class RolloutService:
         *,
         checkpoint: Callable[[str], None] | None = None,
         on_config_change: Callable[[Sequence[str]], None] | None = None,
+        signals: Callable[[Session, Rollout], Mapping[str, Any]] | None = None,
     ) -> None:
         self.db = db
         self.director = director
+        # what other services measured for a pass (telemetry): put in StageCounts.signals
+        self.signals = signals
         # called after commit with the devices a config rollout may have changed (nudges)
         self.on_config_change = on_config_change
         # TEST ONLY (see control_plane.rollouts.fault_injection): called at named steps
@@ -401,6 +404,10 @@ class RolloutService:
             self._time_out(session, rollout, now)
             self._join(session, rollout, release, now)
             counts = self.counts(session, rollout)
+            if self.signals is not None:
+                counts = replace(
+                    counts, signals={**counts.signals, **self.signals(session, rollout)}
+                )
             decision = decide(plan_of(rollout), gate_of(rollout), counts)
             self._carry_out(session, rollout, release, counts, decision, now)
             if decision.step is Step.ADVANCE:
