@@ -2,6 +2,7 @@
 
 python -m edge_agent enroll --server URL --token T --root-sha256 HEX --state-dir D
 python -m edge_agent run --state-dir D [--port P] [--poll-interval S]
+python -m edge_agent install-bundle FILE --state-dir D [--device-class C] [--root-sha256 HEX]
 """
 
 from __future__ import annotations
@@ -57,6 +58,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--port", type=int, help="local API port (default 8800)")
     run.add_argument("--poll-interval", type=float, help="seconds between update checks")
     run.add_argument("--log-level", default="INFO")
+
+    bundle = commands.add_parser(
+        "install-bundle",
+        help="install a release from an offline bundle (no network); stop the service first",
+    )
+    bundle.add_argument("bundle", type=Path, help="the file from `outpost-cp bundle create`")
+    bundle.add_argument("--state-dir", type=Path, required=True)
+    bundle.add_argument(
+        "--device-class", help="this device's class (required unless the device is enrolled)"
+    )
+    bundle.add_argument(
+        "--root-sha256",
+        help="sha256 of 1.root.json (printed by `outpost-cp bundle create`); needed when"
+        " the device trusts no root yet",
+    )
+    bundle.add_argument("--log-level", default="WARNING")
     return parser
 
 
@@ -114,6 +131,24 @@ def _run(args: argparse.Namespace) -> int:
     return run_agent(settings)
 
 
+def _install_bundle(args: argparse.Namespace) -> int:
+    from edge_agent.bundle_install import install_bundle
+    from edge_agent.uplink import RootPin
+
+    try:
+        settings = AgentSettings(state_dir=args.state_dir)
+    except ValidationError as e:
+        raise ConfigError(f"invalid agent settings: {e}") from e
+    done = install_bundle(
+        settings,
+        args.bundle,
+        device_class=args.device_class,
+        pin=RootPin(sha256=args.root_sha256),
+    )
+    print(json.dumps(done.as_json()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m edge_agent`` and ``outpost-agent``."""
     args = _parser().parse_args(argv)
@@ -126,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "enroll":
             return _enroll(args)
+        if args.command == "install-bundle":
+            return _install_bundle(args)
         return _run(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

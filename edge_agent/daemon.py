@@ -80,8 +80,10 @@ def compose_update_loop(
     clock: Callable[[], datetime] | None = None,
     rng: Callable[[], float] = random.random,
     checkpoint: Checkpoint | None = None,
+    tuf_dir: str = TUF_METADATA_DIR,
 ) -> UpdateLoop:
-    """Wire the update loop for an enrolled device (also used by the protocol tests)."""
+    """Wire the update loop for an enrolled device (also used by the protocol tests and,
+    over an offline bundle's transport with its own ``tuf_dir``, by ``install-bundle``)."""
     state_dir = store.state_dir
     server = identity.server_url.rstrip("/")
     outbox = StatusOutbox(store.db, device_id=identity.device_id, clock=clock)
@@ -92,7 +94,7 @@ def compose_update_loop(
             http, device_id=identity.device_id, device_key=load_device_key(state_dir)
         ),
         image_metadata=ImageMetadataClient(
-            metadata_dir=state_dir / TUF_METADATA_DIR,
+            metadata_dir=state_dir / tuf_dir,
             metadata_url=server + paths.REPO_METADATA,
             trusted_root=load_trusted_root(state_dir),
             http=http,
@@ -217,6 +219,7 @@ def run_agent(settings: AgentSettings) -> int:
     from edge_agent.api import create_local_api
     from edge_agent.runtime import ModelRegistry
     from edge_agent.serving import ReleaseServing
+    from edge_agent.updates.bundle import offline_kiosk_identity
     from protocol.http_server import server_config
 
     stop = threading.Event()
@@ -232,7 +235,8 @@ def run_agent(settings: AgentSettings) -> int:
         signal.signal(signum, request_stop)
 
     state_dir = settings.state_dir
-    identity = load_identity(state_dir)
+    # a kiosk set up from an offline bundle serves before (or without) enrollment
+    identity = offline_kiosk_identity(state_dir) or load_identity(state_dir)
     token = (
         settings.api_token.get_secret_value()
         if settings.api_token is not None

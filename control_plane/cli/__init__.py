@@ -40,7 +40,17 @@ from types import ModuleType
 import httpx
 from pydantic import ValidationError
 
-from control_plane.cli import artifacts, audit, config, fleet, ops, releases, rollouts, tokens
+from control_plane.cli import (
+    artifacts,
+    audit,
+    bundles,
+    config,
+    fleet,
+    ops,
+    releases,
+    rollouts,
+    tokens,
+)
 from control_plane.cli.command import Context, UsageError, add_connection_options
 from control_plane.cli.output import Output
 from control_plane.errors import ControlPlaneError
@@ -50,6 +60,7 @@ __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
 COMMAND_MODULES: tuple[ModuleType, ...] = (
     ops,
+    bundles,
     tokens,
     fleet,
     artifacts,

@@ -25,7 +25,7 @@ from control_plane.repository.keyring import ONLINE_ROLES
 from control_plane.settings import ControlPlaneSettings
 
 
-def _add_storage_options(parser: argparse.ArgumentParser) -> None:
+def add_storage_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="state folder (keys, blobs, root.json)")
     parser.add_argument(
         "--database-url",
@@ -40,11 +40,11 @@ def register(sub: Subcommands) -> None:
         help="create keys, the database schema, the repository and an admin token",
         handler=_init,
     )
-    _add_storage_options(cmd)
+    add_storage_options(cmd)
     cmd = add_local_command(
         sub, "serve", help="run the HTTP API (migrates the database first)", handler=_serve
     )
-    _add_storage_options(cmd)
+    add_storage_options(cmd)
     cmd.add_argument("--host", help="interface to bind (default 127.0.0.1)")
     cmd.add_argument("--port", type=int, help="port (default 8700)")
 
@@ -65,7 +65,7 @@ def register(sub: Subcommands) -> None:
         " and everything the old key signed re-signed; a running server picks it up",
         handler=_rotate_key,
     )
-    _add_storage_options(cmd)
+    add_storage_options(cmd)
     cmd.add_argument("--role", required=True, choices=ONLINE_ROLES, help="the key to replace")
     cmd.add_argument(
         "--root-key",
@@ -74,7 +74,7 @@ def register(sub: Subcommands) -> None:
     )
 
 
-def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
+def local_settings(args: argparse.Namespace) -> ControlPlaneSettings:
     overrides: dict[str, Any] = {
         key: value
         for key in ("data_dir", "database_url", "host", "port")
@@ -87,7 +87,7 @@ def _init(ctx: Context) -> None:
     from control_plane.ops.initialization import initialize
     from control_plane.services import utc_now
 
-    result = initialize(_settings(ctx.args), utc_now())
+    result = initialize(local_settings(ctx.args), utc_now())
     print(json.dumps(result.as_json()), file=ctx.out.stdout, flush=True)
 
 
@@ -96,7 +96,7 @@ def _rotate_key(ctx: Context) -> None:
     from control_plane.services import utc_now
 
     rotation = rotate_online_key(
-        _settings(ctx.args), ctx.args.role, now=utc_now(), root_key_path=ctx.args.root_key
+        local_settings(ctx.args), ctx.args.role, now=utc_now(), root_key_path=ctx.args.root_key
     )
     print(json.dumps(rotation.as_json()), file=ctx.out.stdout, flush=True)
 
@@ -127,7 +127,7 @@ def _serve(ctx: Context) -> None:
     from control_plane.storage.database import Database, migrate
     from protocol.http_server import server_config
 
-    settings = _settings(ctx.args)
+    settings = local_settings(ctx.args)
     db = Database.from_url(settings.resolved_database_url)
     try:
         migrate(db.engine)

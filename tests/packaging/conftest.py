@@ -52,3 +52,7 @@ def agent_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"check the package index is reachable: {built.stderr[-2000:]}",
     )
     return out
+
+
+# The real control plane on SQLite and PostgreSQL, as the end-to-end tests start it.
+from tests.e2e.conftest import control_plane, fresh_postgres_database  # noqa: E402, F401
