@@ -16,6 +16,7 @@ from control_plane.api import (
 )
 from control_plane.api.errors import install_error_handlers
 from control_plane.api.http_surface import install_http_surface
+from control_plane.observability import install_metrics
 from control_plane.services import Clock, ControlPlane, utc_now
 from control_plane.settings import ControlPlaneSettings
 
@@ -47,6 +48,7 @@ def create_app(settings: ControlPlaneSettings, *, clock: Clock = utc_now) -> Fas
     app.state.control_plane = control_plane
     install_error_handlers(app)
     install_http_surface(app, settings)
+    install_metrics(app, control_plane)
     app.include_router(operator_routes.router)
     app.include_router(rollout_routes.router)
     app.include_router(device_routes.router)

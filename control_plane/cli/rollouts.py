@@ -87,6 +87,7 @@ def register(sub: Subcommands) -> None:
         action="store_true",
         help="every stage but the last waits for 'rollout approve'",
     )
+    _telemetry_gate_flags(cmd)
     cmd = add_remote_command(rollouts, "status", help="one rollout in full", handler=_status)
     cmd.add_argument("rollout_id", metavar="ID")
     add_remote_command(rollouts, "list", help="rollouts, newest first", handler=_list)
@@ -109,6 +110,67 @@ def register(sub: Subcommands) -> None:
         "--no-rollback", action="store_true", help="leave moved devices on the new release"
     )
     cmd.set_defaults(action="abort")
+
+
+# flag -> the telemetry metric its latency_regression gate judges (docs/telemetry.md)
+_LATENCY_FLAGS = (
+    ("max_p95_regression", "chat_ttft", "p95 time to first token"),
+    ("max_tpot_regression", "chat_time_per_token", "p95 time per output token"),
+    ("max_vision_p95_regression", "vision", "p95 vision latency"),
+)
+
+
+def _telemetry_gate_flags(cmd: argparse.ArgumentParser) -> None:
+    for dest, _metric, what in _LATENCY_FLAGS:
+        cmd.add_argument(
+            f"--{dest.replace('_', '-')}",
+            type=percent_or_fraction,
+            metavar="PCT",
+            help=f"halt when the stage's {what} is more than this above the previous"
+            " release's on the cohort, e.g. 20%%",
+        )
+    cmd.add_argument(
+        "--max-error-rate-increase",
+        type=percent_or_fraction,
+        metavar="PCT",
+        help="halt when the stage's error rate (server errors and busy answers per request)"
+        " exceeds the previous release's by more than this many points, e.g. 2%%",
+    )
+    cmd.add_argument(
+        "--telemetry-min-sample",
+        type=int,
+        default=5,
+        help="devices on the new release that must have sent telemetry before a telemetry"
+        " gate judges (default 5)",
+    )
+    cmd.add_argument(
+        "--telemetry-min-requests",
+        type=int,
+        default=20,
+        help="requests those devices must have measured before it judges (default 20)",
+    )
+
+
+def telemetry_gates(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The gate specs the telemetry flags of ``rollout create`` ask for."""
+    sample = {
+        "min_sample": args.telemetry_min_sample,
+        "min_observations": args.telemetry_min_requests,
+    }
+    gates: list[dict[str, Any]] = [
+        {"type": "latency_regression", "metric": metric, "max_regression": value, **sample}
+        for dest, metric, _what in _LATENCY_FLAGS
+        if (value := getattr(args, dest)) is not None
+    ]
+    if args.max_error_rate_increase is not None:
+        gates.append(
+            {
+                "type": "error_rate_regression",
+                "max_increase": args.max_error_rate_increase,
+                **sample,
+            }
+        )
+    return gates
 
 
 def moves(rollout: Mapping[str, Any]) -> str:
@@ -180,6 +242,8 @@ def _create(ctx: Context) -> None:
     }
     if args.max_failures is not None:
         body["max_failures"] = args.max_failures
+    if gates := telemetry_gates(args):
+        body["gates"] = gates
     if args.release is not None:
         body["release"] = args.release
     elif args.config is not None:
