@@ -44,7 +44,16 @@ class AgentSettings(BaseSettings):
     store_retry_seconds: float = Field(default=30.0, gt=0)
     # TEST ONLY (OUTPOST_AGENT_TEST_PAUSE_AT): freeze at an install step so a test can kill
     # the agent there; see edge_agent/updates/fault_injection.py. Never set on a device.
-    test_pause_at: Literal["download", "verified", "activate", "health"] | None = None
+    test_pause_at: (
+        Literal["download", "verified", "activate", "health", "telemetry-charged"] | None
+    ) = None
+    # telemetry (docs/telemetry.md). telemetry_enabled is the device owner's switch: false
+    # and no report is built or sent, whatever the policy says. The outbox keeps at most
+    # this many undelivered reports / bytes (30 days of hourly reports), dropping the oldest.
+    telemetry_enabled: bool = True
+    telemetry_outbox_max_reports: int = Field(default=720, ge=1)
+    telemetry_outbox_max_bytes: int = Field(default=8 << 20, ge=64 << 10)
+    device_class: str | None = Field(default=None, max_length=64)  # default: <arch>-<os>
     # health window: how long one smoke request may take before it counts as failed
     health_check_timeout_seconds: float = Field(default=30.0, gt=0)
 

@@ -21,7 +21,7 @@ from edge_agent.rag.grounding import EvidencePolicy
 from edge_agent.release import InstalledRelease
 from edge_agent.remote_config.release_defaults import ReleaseDefaults
 from protocol.release_artifacts import PolicyBundle, PromptPack
-from protocol.remote_config import RemoteConfig
+from protocol.remote_config import RemoteConfig, TelemetrySettings
 
 __all__ = ["ChatDefaults", "LiveConfig", "RateLimitedError", "RequestRateLimiter"]
 
@@ -140,6 +140,12 @@ class LiveConfig:
         except BadUpdateError as e:  # activation checked it; a file gone bad since
             log.warning("ignoring the release's prompt pack / policy: %s", e)
             return None, None
+
+    def telemetry_layers(self) -> tuple[TelemetrySettings | None, TelemetrySettings]:
+        """The telemetry policy's layers: the release's policy bundle (None without one)
+        and the remote config (edge_agent.telemetry.policy merges them)."""
+        _, bundle = self._from_release()
+        return (bundle.telemetry if bundle else None), self.config.telemetry
 
     def chat_defaults(self) -> ChatDefaults:
         """The remote config's chat defaults; the system prompt falls back to the

@@ -114,6 +114,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 report_id TEXT NOT NULL UNIQUE,
                 body TEXT NOT NULL,
                 size INTEGER NOT NULL,
+                carried_drops INTEGER NOT NULL,
                 queued_at TEXT NOT NULL
             )""",
             """CREATE TABLE telemetry_sent (
@@ -122,7 +123,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 body TEXT NOT NULL,
                 queued_at TEXT NOT NULL,
                 sent_at TEXT NOT NULL,
-                duplicate INTEGER NOT NULL
+                outcome TEXT NOT NULL
             )""",
         ),
     ),

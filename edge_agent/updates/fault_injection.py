@@ -1,4 +1,5 @@
-"""TEST ONLY: freeze the agent at a named install step so a test can SIGKILL it there.
+"""TEST ONLY: freeze the agent at a named install step (or ``telemetry-charged``: a
+report's epsilon charged, the report not yet queued) so a test can SIGKILL it there.
 
 Enabled by ``OUTPOST_AGENT_TEST_PAUSE_AT=<step>`` (settings.test_pause_at). At that step
 the agent writes ``<state_dir>/TEST-PAUSED-AT-<step>`` and sleeps until killed. Never set
@@ -12,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
-PauseStep = Literal["download", "verified", "activate", "health"]
+PauseStep = Literal["download", "verified", "activate", "health", "telemetry-charged"]
 PAUSE_STEPS: tuple[str, ...] = get_args(PauseStep)
 
 log = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ from protocol import (
     paths,
     sign_device_request,
 )
+from protocol.telemetry import TelemetryAck
 
 MAX_MESSAGE_BYTES = 1 << 20
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
@@ -145,6 +146,17 @@ class ControlPlaneClient:
             return StatusReportAck.model_validate_json(answer)
         except ValidationError as e:
             raise TransportError("the control plane's status acknowledgement is malformed") from e
+
+    def send_telemetry(self, body: bytes) -> TelemetryAck:
+        """Deliver one telemetry report, the bytes as queued (the server dedupes by
+        ``report_id`` and answers a repeat as a duplicate)."""
+        _, answer = self._signed("POST", paths.DEVICE_TELEMETRY, body)
+        try:
+            return TelemetryAck.model_validate_json(answer)
+        except ValidationError as e:
+            raise TransportError(
+                "the control plane's telemetry acknowledgement is malformed"
+            ) from e
 
 
 def enroll_device(http: httpx.Client, request: EnrollRequest) -> EnrollResponse:

@@ -2,8 +2,8 @@
 
 It signs real TUF metadata with ``control_plane.repository`` and real director envelopes
 with ``protocol.sign_envelope``, checks real device signatures, serves targets with HTTP
-Range support, and dedupes status reports by ``report_id``. Switches let a test play the
-attacker or the flaky network.
+Range support, and dedupes status and telemetry reports by ``report_id``. Switches let a
+test play the attacker or the flaky network.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from protocol import (
     sign_envelope,
     verify_device_request,
 )
+from protocol.telemetry import MAX_TELEMETRY_REPORT_BYTES, TelemetryAck, TelemetryReport
 
 BASE_URL = "http://control-plane.test"
 ROLES = ("root", "targets", "snapshot", "timestamp", "director")
@@ -75,6 +76,9 @@ class ControlPlaneSimulator:
         self.versions: Counter[str] = Counter()
         self.reports: dict[str, StatusReport] = {}
         self.report_posts = 0
+        self.telemetry: dict[str, TelemetryReport] = {}  # report id -> report, stored once
+        self.telemetry_bodies: list[bytes] = []  # every telemetry body posted, repeats too
+        self.drop_telemetry_acks = False  # store the report, then lose the answer
         self.target_requests: list[tuple[str, str | None]] = []
         self.online = True
         self.drop_status_acks = False  # store the report, then lose the answer
@@ -206,7 +210,24 @@ class ControlPlaneSimulator:
                 raise httpx.ReadError("connection lost before the ack", request=request)
             ack = StatusReportAck(report_id=report.report_id, duplicate=duplicate)
             return httpx.Response(200, content=ack.model_dump_json().encode())
+        if path == paths.DEVICE_TELEMETRY and request.method == "POST":
+            return self._telemetry(request)
         return httpx.Response(404, json={"detail": "not found"})
+
+    def _telemetry(self, request: httpx.Request) -> httpx.Response:
+        if len(request.content) > MAX_TELEMETRY_REPORT_BYTES:
+            return httpx.Response(413, json={"detail": "telemetry report too large"})
+        device_id = self._authenticated(request)
+        self.telemetry_bodies.append(request.content)
+        report = TelemetryReport.model_validate_json(request.content)
+        if report.device_id != device_id:
+            return httpx.Response(422, json={"detail": "report of another device"})
+        duplicate = report.report_id in self.telemetry
+        self.telemetry.setdefault(report.report_id, report)
+        if self.drop_telemetry_acks:
+            raise httpx.ReadError("connection lost before the ack", request=request)
+        ack = TelemetryAck(report_id=report.report_id, duplicate=duplicate)
+        return httpx.Response(200, content=ack.model_dump_json().encode())
 
     def _target(self, request: httpx.Request, target_path: str) -> httpx.Response:
         data = self.blobs.get(target_path)
