@@ -11,7 +11,7 @@ import httpx
 from edge_agent.telemetry.metrics import AgentMetrics
 from edge_agent.telemetry.store import OutboxLimits, TelemetryStore
 from edge_agent.uplink import ControlPlaneClient, new_http_client
-from edge_agent.uplink.telemetry_sender import deliver_telemetry
+from edge_agent.uplink.telemetry_sender import Delivery, deliver_telemetry
 from protocol import generate_key_pair
 from protocol.telemetry import MAX_TELEMETRY_REPORT_BYTES
 from tests.agent_telemetry.helpers import Clock, make_reporter, open_db, policy_of
@@ -42,7 +42,7 @@ def test_a_month_offline_keeps_the_newest_reports_and_counts_the_rest(tmp_path: 
     )
     store = TelemetryStore(db)
 
-    def deliver() -> object:
+    def deliver() -> Delivery:
         return deliver_telemetry(store, client.send_telemetry, clock)
 
     sim.online = False
