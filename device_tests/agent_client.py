@@ -14,16 +14,22 @@ from typing import Any
 import httpx
 
 from device_tests.errors import AgentAuthError, AgentError, AgentUnreachableError
-from device_tests.runner import ChatTiming, NotServed
+from device_tests.workload import Workload
+from edge_agent.updates.acceptance import NotServed
 
 __all__ = ["HttpAgent"]
 
 
 class HttpAgent:
-    """An agent's local API at ``url`` with bearer ``token``; ``connect`` checks both."""
+    """An agent's local API at ``url`` with bearer ``token``, measured with ``workload``
+    (an :class:`~edge_agent.updates.acceptance.Observer`); ``facts`` checks both."""
 
-    def __init__(self, url: str, token: str, *, timeout_s: float = 120.0) -> None:
+    def __init__(
+        self, url: str, token: str, workload: Workload, *, timeout_s: float = 120.0
+    ) -> None:
         self.url = url.rstrip("/")
+        self._workload = workload
+        self._first: dict[str, str | None] = {}
         self._http = httpx.Client(
             base_url=self.url,
             headers={"Authorization": f"Bearer {token}"},
@@ -63,11 +69,46 @@ class HttpAgent:
             raise AgentError(f"GET /v1/models answered {r.status_code}: {r.text[:300]}")
         return [str(m["id"]) for m in r.json()["data"] if m.get("kind") == kind]
 
-    def has_rag_index(self) -> bool:
+    def observe(self, kind: str, model: str | None, i: int) -> dict[str, float]:
+        w = self._workload
+        if kind == "chat":
+            return self.chat(self._model("llm"), w.pick(w.chat_prompts, i), w.chat_max_tokens)
+        if kind == "embedding":
+            return {"ms": self.embed(self._model("embedding"), w.pick(w.sentences, i))}
+        if kind == "vision":
+            assert model is not None  # vision figures are per model
+            images = w.images_for(model)
+            return self.vision(model, images[i % len(images)])
+        if kind == "rag":
+            if not self._has_rag_index():
+                raise NotServed("the agent serves no RAG index")
+            return {"ms": self.rag_query(w.pick(w.questions, i), w.rag_k)}
+        if kind == "memory":
+            process = self.facts().get("process") or {}
+            if process.get("peak_rss_mb") is None:
+                raise NotServed("the agent does not report its peak memory in /v1/status")
+            return {"peak_rss_mb": float(process["peak_rss_mb"])}
+        if kind == "cold_start":
+            raise NotServed(
+                "a running agent has loaded its models; cold start is measured by the"
+                " on-device check at activation"
+            )
+        raise NotServed(f"the suite cannot measure queries of kind {kind!r}")
+
+    def _model(self, kind: str) -> str:
+        if kind not in self._first:
+            names = self.models(kind)
+            self._first[kind] = names[0] if names else None
+        name = self._first[kind]
+        if name is None:
+            raise NotServed(f"the agent serves no {kind} model")
+        return name
+
+    def _has_rag_index(self) -> bool:
         r = self._request("GET", "/v1/rag/status")
         return r.status_code == 200 and bool(r.json().get("index"))
 
-    def chat(self, model: str, prompt: str, max_tokens: int) -> ChatTiming:
+    def chat(self, model: str, prompt: str, max_tokens: int) -> dict[str, float]:
         body = {
             "model": model,
             "messages": [{"role": "user", "content": prompt}],
@@ -103,8 +144,10 @@ class HttpAgent:
             raise AgentUnreachableError(f"the chat stream from {self.url} broke: {e}") from e
         if first is None:
             raise AgentError(f"chat on {model!r} streamed no text (check the release's model)")
-        decode = (tokens - 1) / (last - first) if tokens > 1 and last > first else None
-        return ChatTiming((first - started) * 1e3, decode)
+        out = {"ttft_ms": (first - started) * 1e3}
+        if tokens > 1 and last > first:
+            out["decode_tokens_per_s"] = (tokens - 1) / (last - first)
+        return out
 
     def embed(self, model: str, sentence: str) -> float:
         started = time.perf_counter()
@@ -114,7 +157,7 @@ class HttpAgent:
             raise AgentError(f"embedding on {model!r} answered {r.status_code}: {r.text[:300]}")
         return elapsed
 
-    def vision(self, model: str, image: bytes) -> float:
+    def vision(self, model: str, image: bytes) -> dict[str, float]:
         tasks = [self._vision_task[model]] if model in self._vision_task else ["classify", "detect"]
         problems = []
         for task in tasks:
@@ -129,7 +172,8 @@ class HttpAgent:
             elapsed = (time.perf_counter() - started) * 1e3
             if r.status_code == 200:
                 self._vision_task[model] = task
-                return elapsed
+                inference = float(r.json()["timings_ms"]["inference_ms"])
+                return {"ms": elapsed, "inference_ms": inference}
             problems.append(f"{task}: {r.status_code} {r.text[:200]}")
         if all(" 404 " in f" {p.split(':', 1)[1]} " for p in problems):
             raise NotServed(f"the agent serves no vision model named {model!r}")
@@ -144,14 +188,6 @@ class HttpAgent:
         if r.status_code != 200:
             raise AgentError(f"RAG query answered {r.status_code}: {r.text[:300]}")
         return elapsed
-
-    def peak_rss_mb(self) -> float | None:
-        process = self.facts().get("process") or {}
-        value = process.get("peak_rss_mb")
-        return None if value is None else float(value)
-
-    def cold_start_ms(self) -> float | None:
-        return None  # a running agent has loaded its models; see the in-process target
 
 
 def _image_type(image: bytes) -> str:

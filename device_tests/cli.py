@@ -70,15 +70,15 @@ def _run(args: argparse.Namespace) -> int:
     if overrides:
         measurement = type(measurement).model_validate({**measurement.model_dump(), **overrides})
     workload = load_workload()
-    agent = HttpAgent(args.agent, _token(args))
+    agent = HttpAgent(args.agent, _token(args), workload)
     try:
         facts = agent.facts()  # the address and the token, before anything is measured
         result = run_suite(
             profile.thresholds,
             measurement.rules(),
             agent,
-            workload,
             profile=profile.name,
+            workload_version=workload.version,
             device_class=args.device_class or profile.name,
             target_label=f"agent {args.agent}",
             clock=time.monotonic,

@@ -1,67 +1,28 @@
-"""The suite: for every threshold a profile sets, send the fixed workload to the target
-under the measurement rules and judge the figure (pure orchestration over a ``Target``;
-the HTTP adapter is :mod:`device_tests.agent_client`, the clock is passed in).
+"""The suite: measure every threshold a profile sets on a target with the fixed workload,
+and keep the device's state (load, temperature) beside the numbers. The measurement rules
+and the orchestration are the agent's own (:func:`edge_agent.updates.acceptance.measure`),
+so the suite and the on-device check judge alike; the clock is passed in.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
-from device_tests.workload import Workload
 from edge_agent.updates.acceptance import (
-    FIGURES,
     FigureResult,
+    Observer,
     QueryRules,
     Status,
     Thresholds,
-    collect,
-    judge,
+    measure,
 )
 
-__all__ = [
-    "ChatTiming",
-    "Environment",
-    "NotServed",
-    "SuiteResult",
-    "Target",
-    "figure_name",
-    "run_suite",
-]
-
-
-class NotServed(Exception):
-    """The target serves nothing this figure can measure (no such model, no index)."""
-
-
-@dataclass(frozen=True)
-class ChatTiming:
-    ttft_ms: float
-    decode_tokens_per_s: float | None  # None: fewer than two tokens came back
-
-
-class Target(Protocol):
-    """What the suite measures: an agent over HTTP, or a release loaded in-process."""
-
-    def models(self, kind: str) -> list[str]: ...
-
-    def has_rag_index(self) -> bool: ...
-
-    def chat(self, model: str, prompt: str, max_tokens: int) -> ChatTiming: ...
-
-    def embed(self, model: str, sentence: str) -> float: ...
-
-    def vision(self, model: str, image: bytes) -> float: ...
-
-    def rag_query(self, question: str, k: int) -> float: ...
-
-    def peak_rss_mb(self) -> float | None: ...
-
-    def cold_start_ms(self) -> float | None: ...
+__all__ = ["Environment", "SuiteResult", "load_average", "run_suite", "temperature_c"]
 
 
 @dataclass(frozen=True)
@@ -161,23 +122,14 @@ class SuiteResult:
         }
 
 
-def figure_name(key: str, model: str | None) -> str:
-    return key if model is None else f"{key}[{model}]"
-
-
-def _first(target: Target, kind: str) -> str | None:
-    names = target.models(kind)
-    return names[0] if names else None
-
-
 def run_suite(
     thresholds: Thresholds,
     rules: QueryRules,
-    target: Target,
-    workload: Workload,
+    target: Observer,
     *,
     profile: str,
     device_class: str,
+    workload_version: str,
     target_label: str,
     clock: Callable[[], float],
     now: Callable[[], datetime],
@@ -186,60 +138,7 @@ def run_suite(
     """Measure every figure ``thresholds`` sets on ``target`` and judge it."""
     started_at, t0 = now(), clock()
     before = (load_average(), temperature_c())
-    wanted = list(thresholds.items())
-    keys = {key for key, _, _ in wanted}
-    results: list[FigureResult] = []
-
-    def judged(
-        key: str, model: str | None, limit: float, samples: Sequence[float], note: str = ""
-    ) -> None:
-        spec = FIGURES[key]
-        results.append(
-            judge(
-                figure_name(key, model),
-                spec.unit,
-                spec.bound,
-                limit,
-                samples,
-                q=spec.q,
-                rules=rules,
-                note=note,
-            )
-        )
-
-    chat: list[ChatTiming] = []
-    chat_note = ""
-    if keys & {"ttft_p95_ms", "decode_tokens_per_s_p50"}:
-        chat_model = _first(target, "llm")
-        if chat_model is None:
-            chat_note = "the target serves no chat model"
-        else:
-            chat = _chat_timings(target, chat_model, workload, rules, clock)
-    for key, model, limit in wanted:
-        samples: list[float] = []
-        note = ""
-        if key == "ttft_p95_ms":
-            samples, note = [c.ttft_ms for c in chat], chat_note
-        elif key == "decode_tokens_per_s_p50":
-            samples = [c.decode_tokens_per_s for c in chat if c.decode_tokens_per_s is not None]
-            note = chat_note
-        elif key == "embedding_p95_ms":
-            samples, note = _embedding(target, workload, rules, clock)
-        elif key == "vision_p95_ms":
-            assert model is not None
-            samples, note = _vision(target, model, workload, rules, clock)
-        elif key == "rag_query_p95_ms":
-            samples, note = _rag(target, workload, rules, clock)
-        elif key == "peak_rss_mb":
-            rss = target.peak_rss_mb()
-            samples = [] if rss is None else [rss]
-            note = "" if rss is not None else "the target does not report its peak memory"
-        elif key == "cold_start_ms":
-            cold = target.cold_start_ms()
-            samples = [] if cold is None else [cold]
-            if cold is None:
-                note = "a running agent has loaded its models: cold start is measured in-process"
-        judged(key, model, limit, samples, note)
+    figures = measure(thresholds, rules, target, clock)
     environment = Environment(
         machine=platform.machine(),
         cpus=os.cpu_count() or 1,
@@ -251,69 +150,12 @@ def run_suite(
     return SuiteResult(
         profile=profile,
         device_class=device_class,
-        workload_version=workload.version,
+        workload_version=workload_version,
         target=target_label,
         started_at=started_at,
         duration_s=clock() - t0,
-        figures=tuple(results),
+        figures=figures,
         environment=environment,
         rules=rules,
         facts=facts or {},
     )
-
-
-Clock = Callable[[], float]
-
-
-def _chat_timings(
-    target: Target, model: str, workload: Workload, rules: QueryRules, clock: Clock
-) -> list[ChatTiming]:
-    timings: list[ChatTiming] = []
-
-    def one(i: int) -> float:
-        prompt = workload.pick(workload.chat_prompts, i)
-        timing = target.chat(model, prompt, workload.chat_max_tokens)
-        timings.append(timing)
-        return timing.ttft_ms
-
-    collect(one, rules, clock)
-    return timings[rules.warmup :]
-
-
-def _embedding(
-    target: Target, workload: Workload, rules: QueryRules, clock: Clock
-) -> tuple[list[float], str]:
-    model = _first(target, "embedding")
-    if model is None:
-        return [], "the target serves no embedding model"
-
-    def one(i: int) -> float:
-        return target.embed(model, workload.pick(workload.sentences, i))
-
-    return collect(one, rules, clock), ""
-
-
-def _vision(
-    target: Target, model: str, workload: Workload, rules: QueryRules, clock: Clock
-) -> tuple[list[float], str]:
-    images = workload.images_for(model)
-
-    def one(i: int) -> float:
-        return target.vision(model, images[i % len(images)])
-
-    try:
-        return collect(one, rules, clock), ""
-    except NotServed as e:
-        return [], str(e)
-
-
-def _rag(
-    target: Target, workload: Workload, rules: QueryRules, clock: Clock
-) -> tuple[list[float], str]:
-    if not target.has_rag_index():
-        return [], "the target serves no RAG index"
-
-    def one(i: int) -> float:
-        return target.rag_query(workload.pick(workload.questions, i), workload.rag_k)
-
-    return collect(one, rules, clock), ""

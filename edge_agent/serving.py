@@ -8,6 +8,7 @@ that fails here is rolled back by the caller as a whole.
 
 :meth:`ReleaseServing.smoke` is the runtime side of the update loop's health window: one
 small request per model, through the same objects the local API calls.
+:meth:`ReleaseServing.observer` is the runtime side of its bounded acceptance suite.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TypeVar
@@ -27,8 +29,10 @@ from edge_agent.rag.api import rag_router
 from edge_agent.rag.release import ReleaseRagEngines, check_release_index
 from edge_agent.release import InstalledRelease
 from edge_agent.remote_config.release_defaults import ReleaseDefaults, check_release_prompts
-from edge_agent.runtime import ChatTurn, ModelRegistry, Sampling, join_pieces
+from edge_agent.runtime import ChatTurn, ModelRegistry, Sampling, TextGenerator, join_pieces
+from edge_agent.runtime.memory import process_memory
 from edge_agent.settings import AgentSettings
+from edge_agent.updates.acceptance import NotServed
 from edge_agent.updates.health import SmokeCheck, SmokeResult
 from edge_agent.vision.api import vision_router
 from edge_agent.vision.decode import decode_image
@@ -40,6 +44,7 @@ T = TypeVar("T")
 
 SMOKE_CHAT = (ChatTurn("user", "Reply with one word: are you ready?"),)
 SMOKE_SAMPLING = Sampling(max_tokens=4, temperature=0.0, seed=0)
+ACCEPTANCE_SAMPLING = Sampling(max_tokens=16, temperature=0.0, seed=0)
 SMOKE_SENTENCE = "The device checks that its new release answers before it commits to it."
 SMOKE_QUESTION = "What do these documents say?"
 
@@ -85,14 +90,17 @@ class ReleaseServing:
         self.settings = settings
         self.vision = ActiveVisionModels(registry, settings)
         self.rag = ReleaseRagEngines(registry, settings.state_dir)
+        self.activation_ms: tuple[str, float] | None = None  # (release, load and warm-up)
 
     def activate(self, release: InstalledRelease) -> None:
         """Check, switch and load; raises (changing nothing) if the release cannot be served."""
         vision_entries(release)  # every vision artifact has a valid spec
         check_release_index(release)  # the index was built with the shipped embedding model
         check_release_prompts(release)  # its prompt pack and policy bundle fit their schema
+        started = time.perf_counter()
         self.registry.activate(release)
         self.registry.warm()
+        self.activation_ms = (release.release_id, _ms_since(started))
 
     def deactivate(self) -> None:
         """Serve no release (a first release that failed its health window)."""
@@ -207,6 +215,11 @@ class ReleaseServing:
             )
         return elapsed
 
+    # --- the health window's acceptance suite (edge_agent.updates.AcceptanceProbe) -------
+
+    def observer(self, release: InstalledRelease) -> OnDeviceObserver:
+        return OnDeviceObserver(self, release)
+
     def routers(self) -> list[APIRouter]:
         return [
             vision_router(
@@ -220,6 +233,83 @@ class ReleaseServing:
     def close(self) -> None:
         self.rag.close()
         self.registry.close()
+
+
+class OnDeviceObserver:
+    """One query of the bounded acceptance suite at a time, through the same objects the
+    local API calls (an :class:`~edge_agent.updates.acceptance.Observer`). Inputs are
+    built in: the smoke prompt, sentence and question, and a generated 480x480 image."""
+
+    def __init__(self, serving: ReleaseServing, release: InstalledRelease) -> None:
+        self._serving = serving
+        self._release = release
+        self._image: bytes | None = None
+
+    def _first(self, kind: str) -> str:
+        for artifact in self._release.artifacts:
+            if artifact.kind == kind:
+                return artifact.name
+        raise NotServed(f"the release serves no {kind} model")
+
+    def observe(self, kind: str, model: str | None, i: int) -> Mapping[str, float]:
+        s = self._serving
+        if kind == "chat":
+            return self._chat(self._first("llm"))
+        if kind == "embedding":
+            with s.registry.lease_embedder(self._first("embedding")) as lease:
+                started = time.perf_counter()
+                s._wait(lease.run(lambda m: m.embed([SMOKE_SENTENCE])), "an embedding")
+                return {"ms": _ms_since(started)}
+        if kind == "vision":
+            return self._vision(model)
+        if kind == "rag":
+            self._first("rag-index")
+            engine = s.rag()
+            started = time.perf_counter()
+            engine.retrieve(SMOKE_QUESTION, k=5)
+            return {"ms": _ms_since(started)}
+        if kind == "memory":
+            return {"peak_rss_mb": process_memory()["peak_rss_mb"]}
+        if kind == "cold_start" and s.activation_ms is not None:
+            release_id, ms = s.activation_ms
+            if release_id == self._release.release_id:
+                return {"ms": ms}
+        raise NotServed(f"the agent cannot measure {kind} here")
+
+    def _chat(self, name: str) -> dict[str, float]:
+        def timed(m: TextGenerator) -> dict[str, float]:
+            started = time.perf_counter()
+            first = last = 0.0
+            tokens = 0
+            for piece in m.chat(SMOKE_CHAT, ACCEPTANCE_SAMPLING):
+                if piece.text:
+                    last = time.perf_counter()
+                    first = first or last
+                tokens = piece.completion_tokens or tokens
+            if not first:
+                raise SmokeFailed("a chat reply streamed no text")
+            out = {"ttft_ms": (first - started) * 1e3}
+            if tokens > 1 and last > first:
+                out["decode_tokens_per_s"] = (tokens - 1) / (last - first)
+            return out
+
+        with self._serving.registry.lease_generator(name) as lease:
+            return self._serving._wait(lease.run(timed), "a chat completion")
+
+    def _vision(self, name: str | None) -> dict[str, float]:
+        kinds = {a.name: a.kind for a in self._release.artifacts}
+        if name not in kinds or kinds[name] not in VISION_TASK_OF_KIND:
+            raise NotServed(f"the release serves no vision model named {name!r}")
+        task = VISION_TASK_OF_KIND[kinds[name]]
+        model = self._serving.vision.vision_model(name, task)
+        if self._image is None:
+            self._image = _smoke_png(480)
+        started = time.perf_counter()
+        pixels = decode_image(self._image, max_pixels=self._serving.settings.max_image_pixels)
+        run = (
+            model.classify(pixels.pixels, 1) if task == "classify" else model.detect(pixels.pixels)
+        )
+        return {"ms": _ms_since(started), "inference_ms": run.times.inference_ms}
 
 
 def _ms_since(started: float) -> float:

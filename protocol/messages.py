@@ -149,6 +149,37 @@ FINAL_INSTALL_STATES = frozenset(
 )
 
 
+AcceptanceStatus = Literal["pass", "fail", "inconclusive", "not_measured"]
+_FiniteFloat = Field(default=None, allow_inf_nan=False)
+
+
+class AcceptanceFigure(_Message):
+    """One figure of an on-device acceptance check: measured ``value`` (p50/p95, or a
+    single reading) with its bootstrap interval [``low``, ``high``] over ``n`` queries."""
+
+    figure: str = Field(max_length=200)
+    unit: str = Field(max_length=16)
+    bound: Literal["max", "min"]
+    threshold: float = Field(gt=0, allow_inf_nan=False)
+    status: AcceptanceStatus
+    value: float | None = _FiniteFloat
+    low: float | None = _FiniteFloat
+    high: float | None = _FiniteFloat
+    n: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class AcceptanceResult(_Message):
+    """What the release's acceptance check for this device's class measured in the health
+    window (``passed``: every figure passed, or was not applicable)."""
+
+    device_class: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")
+    passed: bool
+    figures: list[AcceptanceFigure] = Field(max_length=64)
+    duration_s: float = Field(ge=0, le=86_400, allow_inf_nan=False)
+    loadavg_1m: float | None = Field(default=None, ge=0, le=100_000, allow_inf_nan=False)
+    temperature_c: float | None = Field(default=None, ge=-100, le=300, allow_inf_nan=False)
+
+
 class StatusReport(_Message):
     """An install-status report. ``report_id`` makes delivery idempotent."""
 
@@ -163,6 +194,11 @@ class StatusReport(_Message):
         default=None,
         max_length=64,
         description="the release the device serves after this step (set on rolled_back)",
+    )
+    acceptance: AcceptanceResult | None = Field(
+        default=None,
+        description="the on-device acceptance check's numbers (on committed or rolled_back,"
+        " when the release sets thresholds for this device's class)",
     )
 
 

@@ -74,6 +74,7 @@ from edge_agent.runtime import (
     TextPiece,
     join_pieces,
 )
+from edge_agent.runtime.memory import process_memory
 from edge_agent.settings import AgentSettings
 from protocol.http_limits import MIB, BodySizeLimit, RouteBodyLimit
 
@@ -469,7 +470,7 @@ def create_local_api(
     async def get_status() -> dict[str, Any]:
         body: dict[str, Any] = {
             "models": [asdict(m) for m in registry.models()],
-            "process": _process_memory(),
+            "process": process_memory(),
         }
         if status is not None:
             body.update(status())
@@ -739,17 +740,3 @@ def create_local_api(
     for router in extra_routers:
         app.include_router(router, dependencies=auth)
     return app
-
-
-def _process_memory() -> dict[str, float]:
-    """This process's resident memory now and at its peak, in MiB (the acceptance suite's
-    peak_rss_mb figure)."""
-    import resource
-    import sys
-
-    import psutil
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
-    rss_mb = psutil.Process().memory_info().rss / (1 << 20)
-    return {"rss_mb": round(rss_mb, 1), "peak_rss_mb": round(max(peak_mb, rss_mb), 1)}

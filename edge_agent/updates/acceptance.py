@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 import numpy as np
 from pydantic import (
@@ -45,15 +45,21 @@ __all__ = [
     "FigureResult",
     "FigureSpec",
     "Measurement",
+    "NotServed",
+    "Observer",
     "QueryRules",
     "Status",
     "Thresholds",
     "collect",
     "describe_errors",
     "estimate",
+    "figure_name",
     "judge",
+    "measure",
     "percentile",
 ]
+
+T = TypeVar("T")
 
 Bound = Literal["max", "min"]  # the measured value must be <= (max) or >= (min) the threshold
 
@@ -92,15 +98,13 @@ class QueryRules:
             raise ValueError("confidence must be in [0.5, 1) and bootstrap_resamples >= 100")
 
 
-def collect(
-    query: Callable[[int], float], rules: QueryRules, clock: Callable[[], float]
-) -> list[float]:
+def collect(query: Callable[[int], T], rules: QueryRules, clock: Callable[[], float]) -> list[T]:
     """Run ``query(i)`` (which returns one observation) under ``rules``: warm-up first,
     untimed; then until both minimums are met or a cap is reached. ``clock`` is in
     seconds (``time.monotonic`` in the runner, a fake one in tests)."""
     for i in range(rules.warmup):
         query(i)
-    samples: list[float] = []
+    samples: list[T] = []
     started = clock()
     while len(samples) < rules.max_queries:
         elapsed = clock() - started
@@ -239,34 +243,59 @@ _PositiveMs = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 _ModelName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
 
 
+QueryKind = Literal["chat", "embedding", "vision", "rag", "memory", "cold_start"]
+SINGLE_SHOT_KINDS: frozenset[str] = frozenset({"memory", "cold_start"})
+
+
 @dataclass(frozen=True)
 class FigureSpec:
     """What a threshold key means: the unit, which side is good, the percentile (None for
-    a single observation) and what the suite sends to measure it."""
+    a single observation), and which field of which kind of query measures it."""
 
     key: str
     unit: str
     bound: Bound
     q: float | None
+    kind: QueryKind
+    field: str
     what: str
+    per_model: bool = False
 
 
 FIGURES: Mapping[str, FigureSpec] = {
     f.key: f
     for f in (
-        FigureSpec("ttft_p95_ms", "ms", "max", 95, "time to first token of a streamed chat"),
+        FigureSpec(
+            "ttft_p95_ms", "ms", "max", 95, "chat", "ttft_ms", "time to first token, streamed"
+        ),
         FigureSpec(
             "decode_tokens_per_s_p50",
             "tokens/s",
             "min",
             50,
-            "tokens per second after the first, streamed chat",
+            "chat",
+            "decode_tokens_per_s",
+            "tokens per second after the first, streamed",
         ),
-        FigureSpec("embedding_p95_ms", "ms", "max", 95, "one sentence embedded"),
-        FigureSpec("vision_p95_ms", "ms", "max", 95, "one image classified or detected"),
-        FigureSpec("rag_query_p95_ms", "ms", "max", 95, "one RAG retrieval (no generation)"),
-        FigureSpec("peak_rss_mb", "MB", "max", None, "the agent's peak resident memory"),
-        FigureSpec("cold_start_ms", "ms", "max", None, "model load to first token"),
+        FigureSpec("embedding_p95_ms", "ms", "max", 95, "embedding", "ms", "one sentence"),
+        FigureSpec("vision_p95_ms", "ms", "max", 95, "vision", "ms", "one image, end to end", True),
+        FigureSpec(
+            "vision_inference_p50_ms",
+            "ms",
+            "max",
+            50,
+            "vision",
+            "inference_ms",
+            "the model's own run on one image (what quantization changes)",
+            True,
+        ),
+        FigureSpec("rag_query_p95_ms", "ms", "max", 95, "rag", "ms", "one retrieval"),
+        FigureSpec(
+            "peak_rss_mb", "MB", "max", None, "memory", "peak_rss_mb", "the agent's peak RSS"
+        ),
+        FigureSpec(
+            "cold_start_ms", "ms", "max", None, "cold_start", "ms", "model load to first token"
+        ),
     )
 }
 
@@ -275,26 +304,29 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_PerModel = dict[_ModelName, _PositiveMs]
+
+
 class Thresholds(_Strict):
     """The figures a device class must meet (all optional, all > 0)."""
 
     ttft_p95_ms: float | None = _Positive
     decode_tokens_per_s_p50: float | None = _Positive
     embedding_p95_ms: float | None = _Positive
-    vision_p95_ms: dict[_ModelName, _PositiveMs] = Field(default_factory=dict, max_length=32)
+    vision_p95_ms: _PerModel = Field(default_factory=dict, max_length=32)
+    vision_inference_p50_ms: _PerModel = Field(default_factory=dict, max_length=32)
     rag_query_p95_ms: float | None = _Positive
     peak_rss_mb: float | None = _Positive
     cold_start_ms: float | None = _Positive
 
     def items(self) -> Iterator[tuple[str, str | None, float]]:
         """``(figure key, model or None, threshold)`` for every threshold set."""
-        for key in FIGURES:
-            if key == "vision_p95_ms":
-                for model, limit in sorted(self.vision_p95_ms.items()):
-                    yield key, model, limit
-                continue
+        for key, spec in FIGURES.items():
             value = getattr(self, key)
-            if value is not None:
+            if spec.per_model:
+                for model, limit in sorted(value.items()):
+                    yield key, model, float(limit)
+            elif value is not None:
                 yield key, None, float(value)
 
 
@@ -338,3 +370,73 @@ def describe_errors(error: ValidationError, where: str) -> str:
             shown = "" if isinstance(got, dict | list) else f" (got {got!r})"
             lines.append(f"{key}: {err['msg']}{shown}")
     return f"{where} is invalid: " + "; ".join(lines)
+
+
+# --- measuring a set of thresholds ----------------------------------------------------
+
+
+class NotServed(Exception):
+    """The target serves nothing this figure can measure (no such model, no index)."""
+
+
+class Observer(Protocol):
+    """Sends one query of ``kind`` (to ``model``, or the target's only/first one when None)
+    and returns what it measured, by field (``ms``, ``ttft_ms``, ``inference_ms``...). A
+    field it could not measure this time (a one-token reply has no decode rate) is left
+    out. Raises :class:`NotServed` when there is nothing of that kind to query."""
+
+    def observe(self, kind: str, model: str | None, i: int) -> Mapping[str, float]: ...
+
+
+def figure_name(key: str, model: str | None) -> str:
+    return key if model is None else f"{key}[{model}]"
+
+
+def measure(
+    thresholds: Thresholds,
+    rules: QueryRules,
+    observer: Observer,
+    clock: Callable[[], float],
+) -> tuple[FigureResult, ...]:
+    """Measure and judge every figure ``thresholds`` sets. Figures fed by the same kind of
+    query (time to first token and decode rate; end-to-end and inference time of one
+    vision model) share its queries; memory and cold start are read once, at the end."""
+    wanted = list(thresholds.items())
+    groups: dict[tuple[str, str | None], list[Mapping[str, float]]] = {}
+    notes: dict[tuple[str, str | None], str] = {}
+    order = sorted(
+        {(FIGURES[k].kind, m) for k, m, _ in wanted},
+        key=lambda g: (g[0] in SINGLE_SHOT_KINDS, g[0], g[1] or ""),
+    )
+    for kind, model in order:
+        seen: list[Mapping[str, float]] = []
+
+        def one(i: int, kind: str = kind, model: str | None = model) -> Mapping[str, float]:
+            return observer.observe(kind, model, i)
+
+        try:
+            seen = [one(0)] if kind in SINGLE_SHOT_KINDS else collect(one, rules, clock)
+        except NotServed as e:
+            seen, notes[(kind, model)] = [], str(e)
+        groups[(kind, model)] = seen
+    results = []
+    for key, model, limit in wanted:
+        spec = FIGURES[key]
+        observed = groups[(spec.kind, model)]
+        samples = [o[spec.field] for o in observed if spec.field in o]
+        note = notes.get((spec.kind, model), "")
+        if not samples and not note:
+            note = f"the target does not measure {spec.what}"
+        results.append(
+            judge(
+                figure_name(key, model),
+                spec.unit,
+                spec.bound,
+                limit,
+                samples,
+                q=spec.q,
+                rules=rules,
+                note=note,
+            )
+        )
+    return tuple(results)

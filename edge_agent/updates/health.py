@@ -10,8 +10,19 @@ thresholds. A release config may carry them in an ``acceptance`` block::
 
 ``max_smoke_ms.<kind>`` caps how long each smoke request of that kind may take on the
 device, in milliseconds (loading the model is not counted). Kinds left out are not timed;
-unknown keys are refused, so a typo cannot switch a threshold off. The full per-device
-acceptance suite (p95 over many requests) will add keys to this block.
+unknown keys are refused, so a typo cannot switch a threshold off.
+
+``device_classes.<class>`` holds the per-device acceptance thresholds (p95 latency,
+throughput, memory: :class:`~edge_agent.updates.acceptance.Thresholds`) for devices of
+that class (the agent's ``device_class`` setting), and optionally how to measure them::
+
+    {"acceptance": {"device_classes": {"x86-ci": {
+        "thresholds": {"vision_inference_p50_ms": {"text-orientation": 4.0}},
+        "measurement": {"min_queries": 20, "max_duration_s": 15}}}}}
+
+After the smoke checks pass, the agent runs that bounded suite in the health window and
+rolls back with the measured numbers when a figure fails, or is inconclusive (unless
+``on_inconclusive`` is ``"commit"``). See docs/device-tests.md.
 """
 
 from __future__ import annotations
@@ -19,26 +30,33 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from edge_agent.errors import ConfigError
 from edge_agent.release import InstalledRelease
+from edge_agent.updates.acceptance import FigureResult, Measurement, Status, Thresholds
+from protocol import AcceptanceFigure, AcceptanceResult
 
 __all__ = [
+    "ACCEPTANCE_RUNBOOK",
     "HEALTH_RUNBOOK",
+    "ON_DEVICE_MEASUREMENT",
     "SMOKE_KIND_OF_ARTIFACT",
     "Acceptance",
+    "ClassAcceptance",
     "HealthVerdict",
     "SmokeCheck",
     "SmokeKind",
     "SmokeResult",
     "judge",
+    "judge_acceptance",
     "smoke_checks",
 ]
 
 HEALTH_RUNBOOK = "docs/runbooks/agent-health-window.md"
+ACCEPTANCE_RUNBOOK = "docs/runbooks/acceptance-check-failed.md"
 
 SmokeKind = Literal["chat", "embedding", "vision", "rag"]
 
@@ -84,10 +102,30 @@ class _MaxSmokeMs(BaseModel):
     rag: float | None = Field(default=None, gt=0)
 
 
+# The bounded suite of the health window: fewer queries, and a cap on its time.
+ON_DEVICE_MEASUREMENT = Measurement(
+    warmup=2, min_queries=20, min_duration_s=1.0, max_queries=200, max_duration_s=15.0
+)
+
+
+class ClassAcceptance(BaseModel):
+    """The acceptance thresholds a release sets for one device class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    thresholds: Thresholds
+    measurement: Measurement = ON_DEVICE_MEASUREMENT
+    on_inconclusive: Literal["roll_back", "commit"] = "roll_back"
+
+
 class _AcceptanceBlock(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_smoke_ms: _MaxSmokeMs = Field(default_factory=_MaxSmokeMs)
+    device_classes: dict[
+        Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$")],
+        ClassAcceptance,
+    ] = Field(default_factory=dict, max_length=64)
 
 
 @dataclass(frozen=True)
@@ -95,6 +133,11 @@ class Acceptance:
     """The thresholds a release sets for its own health window."""
 
     max_smoke_ms: Mapping[SmokeKind, float] = field(default_factory=dict)
+    device_classes: Mapping[str, ClassAcceptance] = field(default_factory=dict)
+
+    def for_class(self, device_class: str | None) -> ClassAcceptance | None:
+        """The suite this device runs in its health window (None: only smoke checks)."""
+        return None if device_class is None else self.device_classes.get(device_class)
 
     @classmethod
     def from_release_config(cls, config: Mapping[str, Any]) -> Acceptance:
@@ -111,7 +154,8 @@ class Acceptance:
             )
             raise ConfigError(
                 f"release config is invalid: {problems} (allowed: acceptance.max_smoke_ms."
-                "{chat,embedding,vision,rag} in milliseconds, > 0)"
+                "{chat,embedding,vision,rag} in milliseconds, > 0; acceptance.device_classes."
+                "<class>.{thresholds,measurement,on_inconclusive}, see docs/device-tests.md)"
             ) from e
         caps = block.max_smoke_ms
         limits: dict[SmokeKind, float | None] = {
@@ -120,7 +164,10 @@ class Acceptance:
             "vision": caps.vision,
             "rag": caps.rag,
         }
-        return cls(max_smoke_ms={k: v for k, v in limits.items() if v is not None})
+        return cls(
+            max_smoke_ms={k: v for k, v in limits.items() if v is not None},
+            device_classes=dict(block.device_classes),
+        )
 
 
 def smoke_checks(release: InstalledRelease) -> tuple[SmokeCheck, ...]:
@@ -140,6 +187,7 @@ class HealthVerdict:
     reason: str
     failures: tuple[str, ...] = ()
     results: tuple[SmokeResult, ...] = ()
+    acceptance: AcceptanceResult | None = None  # the device-class suite's numbers, if run
 
 
 def _measured(result: SmokeResult, acceptance: Acceptance) -> str:
@@ -180,3 +228,55 @@ def judge(
     return HealthVerdict(
         True, f"health window passed: {measured or 'the release serves no model'}", (), got
     )
+
+
+def _wire(figure: FigureResult) -> AcceptanceFigure:
+    est = figure.estimate
+    return AcceptanceFigure(
+        figure=figure.figure,
+        unit=figure.unit,
+        bound=figure.bound,
+        threshold=figure.threshold,
+        status=figure.status.value,
+        value=None if figure.value is None else round(figure.value, 4),
+        low=None if est is None else round(est.low, 4),
+        high=None if est is None else round(est.high, 4),
+        n=None if est is None else est.n,
+    )
+
+
+def judge_acceptance(
+    device_class: str,
+    suite: ClassAcceptance,
+    figures: Iterable[FigureResult],
+    smoke: HealthVerdict,
+    *,
+    duration_s: float,
+    loadavg_1m: float | None = None,
+    temperature_c: float | None = None,
+) -> HealthVerdict:
+    """The health window's verdict once the smoke checks passed and the release's suite for
+    ``device_class`` ran: a failed figure rolls back, and so does an inconclusive one unless
+    the release says ``on_inconclusive: commit``. The reason carries the numbers."""
+    got = tuple(figures)
+    bad = {Status.FAIL} if suite.on_inconclusive == "commit" else {Status.FAIL, Status.INCONCLUSIVE}
+    failing = [f for f in got if f.status in bad]
+    result = AcceptanceResult(
+        device_class=device_class,
+        passed=not failing and all(f.status is not Status.INCONCLUSIVE for f in got),
+        figures=[_wire(f) for f in got],
+        duration_s=round(max(duration_s, 0.0), 3),
+        loadavg_1m=loadavg_1m,
+        temperature_c=temperature_c,
+    )
+    measured = "; ".join(f.verdict_line() for f in got) or "no figure applies to this release"
+    if failing:
+        reason = (
+            f"acceptance check failed for device class {device_class}:"
+            f" {'; '.join(f.verdict_line() for f in failing)} (all figures: {measured};"
+            f" {result.duration_s:g} s, load {loadavg_1m}; see {ACCEPTANCE_RUNBOOK})"
+        )
+        failures = tuple(f.verdict_line() for f in failing)
+        return HealthVerdict(False, reason, failures, smoke.results, result)
+    reason = f"{smoke.reason}; acceptance check passed for device class {device_class}: {measured}"
+    return HealthVerdict(True, reason, (), smoke.results, result)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from edge_agent.errors import TransportError
 from edge_agent.store import StateDB
 from edge_agent.uplink.client import RequestRejectedError
-from protocol import InstallState, StatusReport, StatusReportAck
+from protocol import AcceptanceResult, InstallState, StatusReport, StatusReportAck
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ class StatusOutbox:
         release_id: str | None = None,
         detail: str = "",
         serving_release_id: str | None = None,
+        acceptance: AcceptanceResult | None = None,
     ) -> StatusReport:
         """Queue a report now; it is sent by the next :meth:`deliver`.
 
@@ -62,6 +63,7 @@ class StatusOutbox:
             detail=detail[:2000],
             at=now,
             serving_release_id=serving_release_id,
+            acceptance=acceptance,
         )
         dropped = self._db.enqueue_report(
             report.report_id, report.model_dump_json(), now, max_pending=self._max_pending

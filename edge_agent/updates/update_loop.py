@@ -13,6 +13,7 @@ times.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
 import time
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from edge_agent.errors import (
     BadUpdateError,
@@ -33,21 +34,25 @@ from edge_agent.errors import (
 from edge_agent.release import InstalledRelease
 from edge_agent.store import InstallRecord, ReleaseStore
 from edge_agent.trust import check_targets_signed, verify_assignment
+from edge_agent.updates.acceptance import Observer, measure
 from edge_agent.updates.downloader import ArtifactDownloader, Checkpoint
 from edge_agent.updates.health import (
+    ACCEPTANCE_RUNBOOK,
     HEALTH_RUNBOOK,
     Acceptance,
+    ClassAcceptance,
     HealthVerdict,
     SmokeCheck,
     SmokeResult,
     judge,
+    judge_acceptance,
     smoke_checks,
 )
 from edge_agent.updates.outbox import StatusOutbox
 from edge_agent.updates.schedule import PollSchedule
 from edge_agent.updates.tuf_client import ImageMetadataClient
 from edge_agent.uplink.client import ControlPlaneClient
-from protocol import Assignment, InstallState
+from protocol import AcceptanceResult, Assignment, InstallState
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,14 @@ class HealthProbe(Protocol):
     release and say how it went (never raises for a failing request)."""
 
     def smoke(self, release: InstalledRelease, check: SmokeCheck) -> SmokeResult: ...
+
+
+@runtime_checkable
+class AcceptanceProbe(Protocol):
+    """The runtime side of the health window's acceptance suite: an observer that sends one
+    query at a time to the active release (a ``HealthProbe`` may also be one)."""
+
+    def observer(self, release: InstalledRelease) -> Observer: ...
 
 
 class CycleResult(StrEnum):
@@ -137,8 +150,14 @@ class UpdateLoop:
         rng: Callable[[], float] = random.random,
         checkpoint: Checkpoint | None = None,
         stop: threading.Event | None = None,
+        device_class: str | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``device_class``: the class whose acceptance thresholds (in a release's config)
+        this device runs in its health window; None runs the smoke checks only."""
         self._device_id = device_id
+        self._device_class = device_class
+        self._monotonic = monotonic
         self._store = store
         self._cp = control_plane
         self._metadata = image_metadata
@@ -379,7 +398,7 @@ class UpdateLoop:
             log.warning("%s (%s)", detail, verdict.reason)
             return CycleOutcome(CycleResult.FAILED, detail, version)
         if not verdict.passed:
-            return self._roll_back(install, assignment, verdict.reason)
+            return self._roll_back(install, assignment, verdict.reason, verdict.acceptance)
         self._store.commit(install)
         self._store.db.delete_prefix(_REPORTED)
         self._outbox.record(
@@ -388,6 +407,7 @@ class UpdateLoop:
             release_id=release_id,
             detail=f"{label}: {verdict.reason}",
             serving_release_id=release_id,
+            acceptance=verdict.acceptance,
         )
         log.info("installed release %s (assignment %d); %s", label, version, verdict.reason)
         return CycleOutcome(CycleResult.INSTALLED, "", version)
@@ -401,7 +421,50 @@ class UpdateLoop:
             except Exception as e:  # a probe bug must fail the window, not the loop
                 log.exception("smoke request %s raised", check)
                 results.append(SmokeResult(check, 0.0, f"{type(e).__name__}: {e}"))
-        return judge(checks, results, acceptance)
+        verdict = judge(checks, results, acceptance)
+        suite = acceptance.for_class(self._device_class)
+        if not verdict.passed or suite is None or self._device_class is None:
+            return verdict
+        return self._acceptance_check(release, self._device_class, suite, verdict)
+
+    def _acceptance_check(
+        self,
+        release: InstalledRelease,
+        device_class: str,
+        suite: ClassAcceptance,
+        smoke: HealthVerdict,
+    ) -> HealthVerdict:
+        """The release's bounded suite for this device's class (after the smoke checks)."""
+        self._set(phase="acceptance_check")
+        if not isinstance(self._health, AcceptanceProbe):
+            return HealthVerdict(
+                False,
+                f"the release sets acceptance thresholds for device class {device_class}, but"
+                f" this agent's runtime cannot measure them (see {ACCEPTANCE_RUNBOOK})",
+            )
+        started = self._monotonic()
+        try:
+            figures = measure(
+                suite.thresholds,
+                suite.measurement.rules(),
+                self._health.observer(release),
+                self._monotonic,
+            )
+        except Exception as e:  # a query that fails is a failed check, not a loop crash
+            log.exception("the acceptance check raised")
+            return HealthVerdict(
+                False,
+                f"acceptance check for device class {device_class} could not run:"
+                f" {type(e).__name__}: {e} (see {ACCEPTANCE_RUNBOOK})",
+            )
+        return judge_acceptance(
+            device_class,
+            suite,
+            figures,
+            smoke,
+            duration_s=self._monotonic() - started,
+            loadavg_1m=_load_1m(),
+        )
 
     def _no_space(
         self, assignment: Assignment, install: InstallRecord | None, error: DiskFullError
@@ -441,7 +504,11 @@ class UpdateLoop:
         return CycleOutcome(CycleResult.FAILED, detail, assignment.version, "ConfigError")
 
     def _roll_back(
-        self, install: InstallRecord, assignment: Assignment, reason: str
+        self,
+        install: InstallRecord,
+        assignment: Assignment,
+        reason: str,
+        acceptance: AcceptanceResult | None = None,
     ) -> CycleOutcome:
         """Serve the release from before the install again, give up on this assignment
         version (no retry loop on a bad release) and report why."""
@@ -467,6 +534,7 @@ class UpdateLoop:
             release_id=assignment.release_id,
             detail=f"{reason}; now serving {serving}",
             serving_release_id=prior.release_id if prior else None,
+            acceptance=acceptance,
         )
         return CycleOutcome(CycleResult.FAILED, reason, assignment.version)
 
@@ -498,6 +566,13 @@ class UpdateLoop:
         self._outbox.record(
             state, assignment_version=assignment_version, release_id=release_id, detail=detail
         )
+
+
+def _load_1m() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on this platform
+        return None
 
 
 def _same_content(current: InstalledRelease | None, assignment: Assignment) -> bool:

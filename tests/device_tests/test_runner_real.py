@@ -107,20 +107,21 @@ def test_a_threshold_inside_the_interval_is_inconclusive_not_a_pass(
         "--json", str(first), "--min-queries", "8",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    interval = figures(first)["embedding_p95_ms"]["interval"]
+    # a median's interval over a few queries is wide: the next run's likely holds it
+    interval = figures(first)["decode_tokens_per_s_p50"]["interval"]
     statuses = []
-    for attempt in range(3):  # another run's interval may, rarely, miss the threshold
+    for attempt in range(5):  # another run's interval may, rarely, miss the threshold
         limit = sum(interval) / 2
         profile = tmp_path / f"straddle{attempt}.toml"
         profile.write_text(
             'schema = 1\nname = "straddle"\ndevice = "test"\n[source]\nkind = "estimate"\n'
             'basis = "inside the last interval"\n[measurement]\nwarmup = 1\nmin_queries = 8\n'
-            f"min_duration_s = 0.0\n[thresholds]\nembedding_p95_ms = {limit}\n"
+            f"min_duration_s = 0.0\n[thresholds]\ndecode_tokens_per_s_p50 = {limit}\n"
         )
         out = tmp_path / f"straddle{attempt}.json"
         done = run("--profile", str(profile), "--agent", agent_url, "--token", TOKEN,
                    "--json", str(out), "--junit", str(tmp_path / "s.xml"))  # fmt: skip
-        figure = figures(out)["embedding_p95_ms"]
+        figure = figures(out)["decode_tokens_per_s_p50"]
         low, high = figure["interval"]
         statuses.append(figure["status"])
         if low < limit < high:

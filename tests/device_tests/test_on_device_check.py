@@ -1,0 +1,164 @@
+"""The real case of issue 11, with real processes and the real models: on this x86 CPU the
+INT8 text-orientation model is slower than its FP32 original (benchmarks/results/vision.json).
+A release that ships the INT8 variant with an ``x86-ci`` threshold derived from FP32 is
+refused by the agent's on-device acceptance check (rolled back with the numbers, the
+previous release keeps serving); the same release with the FP32 variant is committed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converters.catalog import preset
+from edge_agent.release import InstalledRelease
+from edge_agent.runtime import ModelRegistry
+from edge_agent.serving import ReleaseServing
+from edge_agent.settings import AgentSettings
+from edge_agent.updates.acceptance import QueryRules, estimate
+from tests.device_tests.agent import VISION_NAME, text_orientation_path
+from tests.e2e.conftest import Agent, ControlPlane, stop_agent, wait_until
+from tests.fuzz.test_agent_schema import _artifact
+
+pytestmark = pytest.mark.slow
+
+DEVICE_CLASS = "x86-ci"
+SPEC = preset("text-orientation").spec.to_config()
+HEADROOM = 1.15  # the threshold: FP32's median model time on this machine, plus 15%
+PREMISE = 1.3  # INT8 at least this much slower than FP32 (vision.json: 1.41x at p50)
+
+
+@pytest.fixture(scope="module")
+def agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    device = Agent(control_plane, tmp_path_factory.mktemp("acceptance") / "state")
+    device.start(env={"OUTPOST_AGENT_DEVICE_CLASS": DEVICE_CLASS})
+    yield device
+    stop_agent(device)
+
+
+def medians_ms(tmp: Path) -> tuple[float, float]:
+    """FP32's and INT8's median model time, measured now in process the way the agent's
+    check measures (same observer, threads and rules), interleaved query by query so that
+    load hits both alike. The threshold is derived from FP32's; INT8's shows that the
+    premise (INT8 slower here) holds on this machine right now."""
+    settings = AgentSettings(state_dir=tmp, n_threads=2)  # as the test agent runs
+    serving = ReleaseServing(ModelRegistry(settings, loaders={}), settings)
+    variants = ("fp32", "int8")
+    release = InstalledRelease(
+        "calibrate",
+        "calibrate",
+        "1",
+        1,
+        tuple(_artifact(p, "vision-classify", "onnx", text_orientation_path(p)) for p in variants),
+        {"vision": dict.fromkeys(variants, SPEC)},
+    )
+    rules = QueryRules(warmup=3, min_queries=60, min_duration_s=0.0)
+    try:
+        serving.activate(release)
+        observer = serving.observer(release)
+        for _ in range(5):  # the premise shows on a machine that is not saturated
+            times: dict[str, list[float]] = {p: [] for p in variants}
+            for i in range(rules.warmup + rules.min_queries):
+                for p in variants:
+                    times[p].append(observer.observe("vision", p, i)["inference_ms"])
+            fp32, int8 = (estimate(times[p][rules.warmup :], 50, rules).value for p in variants)
+            if int8 >= fp32 * PREMISE:
+                break
+    finally:
+        serving.close()
+    return fp32, int8
+
+
+def publish(cp: ControlPlane, version: str, artifact_id: str, config: dict[str, Any]) -> str:
+    r = cp.admin.post(
+        "/api/v1/releases",
+        json={"name": "reader", "version": version, "artifacts": [artifact_id], "config": config},
+    )
+    r.raise_for_status()
+    return str(r.json()["id"])
+
+
+def final_report(cp: ControlPlane, device_id: str, version: int) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        status = cp.device(device_id)["last_status"]
+        final = ("committed", "rolled_back", "failed", "refused")
+        if status and status["assignment_version"] == version and status["state"] in final:
+            return dict(status)
+        return None
+
+    return dict(wait_until(done, timeout=120, what=f"a final report for assignment {version}"))
+
+
+def classify_page(agent: Agent) -> dict[str, Any]:
+    page = Path(__file__).resolve().parents[2] / "device_tests/workload/images/page.png"
+    with agent.api() as api:
+        r = api.post(
+            "/v1/vision/classify",
+            params={"model": VISION_NAME},
+            content=page.read_bytes(),
+            headers={"Content-Type": "image/png"},
+        )
+    r.raise_for_status()
+    return dict(r.json())
+
+
+def test_int8_with_an_fp32_derived_threshold_is_refused_on_device_and_fp32_passes(
+    control_plane: ControlPlane, agent: Agent, tmp_path: Path
+) -> None:
+    cp = control_plane
+    fp32 = cp.upload(
+        text_orientation_path("fp32"), name=VISION_NAME, kind="vision-classify", fmt="onnx"
+    )
+    int8 = cp.upload(
+        text_orientation_path("int8"), name=VISION_NAME, kind="vision-classify", fmt="onnx"
+    )
+    base = publish(cp, "1.0.0", fp32["id"], {"vision": {VISION_NAME: SPEC}})
+    version = cp.assign(agent.device_id, base)
+    assert final_report(cp, agent.device_id, version)["state"] == "committed"
+
+    fp32_ms, int8_ms = medians_ms(tmp_path)
+    assert int8_ms >= fp32_ms * PREMISE, (
+        f"the premise does not hold on this machine now: INT8 {int8_ms:.2f} ms vs FP32"
+        f" {fp32_ms:.2f} ms (benchmarks/results/vision.json measured INT8 1.4x slower at p50"
+        f" with 2 threads); load average {os.getloadavg()}: INT8's slowdown is its poorer"
+        " use of the second core, which a saturated machine hides"
+    )
+    limit = round(fp32_ms * HEADROOM, 3)
+    config = {
+        "vision": {VISION_NAME: SPEC},
+        "acceptance": {
+            "device_classes": {
+                DEVICE_CLASS: {
+                    "thresholds": {"vision_inference_p50_ms": {VISION_NAME: limit}},
+                    "measurement": {"warmup": 3, "min_queries": 40, "min_duration_s": 1.0},
+                },
+                "rpi5": {"thresholds": {"vision_inference_p50_ms": {VISION_NAME: 0.001}}},
+            }
+        },
+    }
+
+    refused = publish(cp, "1.1.0-int8", int8["id"], config)
+    bad_version = cp.assign(agent.device_id, refused)
+    report = final_report(cp, agent.device_id, bad_version)
+    assert report["state"] == "rolled_back", report
+    detail = report["detail"]
+    assert f"acceptance check failed for device class {DEVICE_CLASS}" in detail, detail
+    assert f"vision_inference_p50_ms[{VISION_NAME}]" in detail and f"<= {limit:g}" in detail
+    assert "now serving reader 1.0.0" in detail
+    assert cp.device(agent.device_id)["installed_release"]["id"] == base
+    status = agent.status()
+    assert status["updates"]["release_id"] == base
+    assert status["updates"]["last_health"].startswith("acceptance check failed")
+    assert classify_page(agent)["predictions"]  # the FP32 release still answers
+
+    accepted = publish(cp, "1.1.0-fp32", fp32["id"], config)
+    good_version = cp.assign(agent.device_id, accepted)
+    report = final_report(cp, agent.device_id, good_version)
+    assert report["state"] == "committed", report
+    assert f"acceptance check passed for device class {DEVICE_CLASS}" in report["detail"]
+    assert agent.status()["updates"]["release_id"] == accepted
+    print(f"FP32 {fp32_ms:.2f} ms, INT8 {int8_ms:.2f} ms, threshold {limit} ms")
