@@ -3,6 +3,7 @@
 python -m edge_agent enroll --server URL --token T --root-sha256 HEX --state-dir D
 python -m edge_agent run --state-dir D [--port P] [--poll-interval S]
 python -m edge_agent install-bundle FILE --state-dir D [--device-class C] [--root-sha256 HEX]
+python -m edge_agent telemetry policy|budget|sent --state-dir D [--json] [--limit N]
 """
 
 from __future__ import annotations
@@ -74,6 +75,20 @@ def _parser() -> argparse.ArgumentParser:
         " the device trusts no root yet",
     )
     bundle.add_argument("--log-level", default="WARNING")
+
+    telemetry = commands.add_parser(
+        "telemetry", help="what this device measures and sends, and the privacy budget"
+    )
+    telemetry.add_argument(
+        "view",
+        choices=("policy", "budget", "sent"),
+        help="policy: the telemetry policy in force and where it came from; budget: epsilon"
+        " spent and left; sent: the latest reports, field by field",
+    )
+    telemetry.add_argument("--state-dir", type=Path, required=True)
+    telemetry.add_argument("--json", action="store_true", help="machine-readable output")
+    telemetry.add_argument("--limit", type=int, default=3, help="reports to show (sent)")
+    telemetry.add_argument("--log-level", default="WARNING")
     return parser
 
 
@@ -149,6 +164,44 @@ def _install_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _telemetry(args: argparse.Namespace) -> int:
+    from edge_agent.telemetry.owner import (
+        OwnerView,
+        budget_text,
+        now_utc,
+        policy_text,
+        sent_text,
+        state_dir_exists,
+    )
+
+    if not state_dir_exists(args.state_dir):
+        raise ConfigError(
+            f"no agent state in {args.state_dir} (no state.db): pass the agent's --state-dir"
+        )
+    try:
+        settings = AgentSettings(state_dir=args.state_dir)
+    except ValidationError as e:
+        raise ConfigError(f"invalid agent settings: {e}") from e
+    view = OwnerView.open(settings)
+    try:
+        now = now_utc()
+        if args.view == "policy":
+            out = (
+                json.dumps(view.policy_json(now), indent=2) if args.json else policy_text(view, now)
+            )
+        elif args.view == "budget":
+            out = json.dumps(view.budget(now), indent=2) if args.json else budget_text(view, now)
+        else:
+            limit = max(1, args.limit)
+            out = (
+                json.dumps(view.sent_json(limit), indent=2) if args.json else sent_text(view, limit)
+            )
+    finally:
+        view.close()
+    print(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m edge_agent`` and ``outpost-agent``."""
     args = _parser().parse_args(argv)
@@ -163,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _enroll(args)
         if args.command == "install-bundle":
             return _install_bundle(args)
+        if args.command == "telemetry":
+            return _telemetry(args)
         return _run(args)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -38,7 +38,14 @@ from edge_agent.uplink.client import ControlPlaneClient, RequestRejectedError
 from protocol import SignedEnvelope, paths
 from protocol.remote_config import ConfigReport, ConfigReportAck, ConfigState, RemoteConfig
 
-__all__ = ["ConfigClient", "ConfigHealthProbe", "ConfigOutcome", "ConfigSource", "ConfigSync"]
+__all__ = [
+    "ConfigClient",
+    "ConfigHealthProbe",
+    "ConfigOutcome",
+    "ConfigSource",
+    "ConfigSync",
+    "applied_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +125,15 @@ def _unverified_version(envelope: SignedEnvelope) -> int | None:
     return value if isinstance(value, int) and value >= 1 else None
 
 
+def applied_config(db: StateDB) -> tuple[int, RemoteConfig] | None:
+    """The remote config last applied on this device and its version (None: none yet)."""
+    stored = db.get(_APPLIED)
+    if stored is None:
+        return None
+    value = json.loads(stored)
+    return int(value["version"]), RemoteConfig.model_validate(value["settings"])
+
+
 class ConfigSync:
     """Fetches, verifies, applies (live), health-checks and reports the remote config."""
 
@@ -153,14 +169,13 @@ class ConfigSync:
     def restore(self) -> int | None:
         """Put the last applied config back in force (it passed every check before);
         return its version."""
-        stored = self._db.get(_APPLIED)
-        if stored is None:
+        applied = applied_config(self._db)
+        if applied is None:
             return None
-        value = json.loads(stored)
-        config = RemoteConfig.model_validate(value["settings"])
-        self._live.apply(config, value["version"])
-        self._set(version=value["version"])
-        return int(value["version"])
+        version, config = applied
+        self._live.apply(config, version)
+        self._set(version=version)
+        return version
 
     # --- status -------------------------------------------------------------------------
 
