@@ -49,7 +49,9 @@ def register(sub: Subcommands) -> None:
         help="the license of an artifact whose upload did not record one (repeatable)",
     )
     cmd.add_argument(
-        "--license-allowlist", type=Path, help="default: packaging/license-allowlist.json"
+        "--license-allowlist",
+        type=Path,
+        help="default: env OUTPOST_CP_LICENSE_ALLOWLIST, else packaging/license-allowlist.json",
     )
 
 
@@ -71,7 +73,8 @@ def _create(ctx: Context) -> None:
         lifetime=timedelta(seconds=ctx.args.lifetime),
         agent_wheels=ctx.args.agent_wheels,
         model_licenses=licenses,
-        allowlist=ctx.args.license_allowlist or DEFAULT_ALLOWLIST,
+        allowlist=ctx.args.license_allowlist
+        or Path(ctx.environ.get("OUTPOST_CP_LICENSE_ALLOWLIST", DEFAULT_ALLOWLIST)),
     )
     created = create_bundle(local_settings(ctx.args), request, now=utc_now())
     print(json.dumps(created.as_json()), file=ctx.out.stdout, flush=True)
