@@ -42,6 +42,7 @@ from edge_agent.store import (
     load_identity,
     load_trusted_root,
 )
+from edge_agent.telemetry.agent import TelemetryAgent
 from edge_agent.updates import (
     ArtifactDownloader,
     HealthProbe,
@@ -116,6 +117,7 @@ def compose_update_loop(
         rng=rng,
         checkpoint=checkpoint,
         stop=stop,
+        device_class=settings.device_class,
     )
 
 
@@ -266,6 +268,14 @@ def run_agent(settings: AgentSettings) -> int:
     http = new_http_client(identity.server_url)
     updates = _Updates(opened)
     remote = RemoteConfigAgent(settings, serving)
+    telemetry = TelemetryAgent(
+        settings,
+        device_id=identity.device_id,
+        layers=remote.live.telemetry_layers,
+        release_id=lambda: registry.release.release_id if registry.release else None,
+        models_loaded=lambda: sum(1 for m in registry.models() if m.loaded),
+        checkpoint=TestOnlyPause(settings.test_pause_at, state_dir),
+    )
     if opened.store is not None:  # the config in force applies before the API serves
         remote.restore(identity=identity, db=opened.store.db, http=http, loop=None)
 
@@ -312,6 +322,7 @@ def run_agent(settings: AgentSettings) -> int:
             "store": updates.store_condition(),
             "updates": updates.status(registry.release),
             "config": remote.status(),
+            "telemetry": telemetry.status(),
         }
 
     app = create_local_api(
@@ -319,10 +330,12 @@ def run_agent(settings: AgentSettings) -> int:
         settings,
         api_token=token,
         status=status,
-        extra_routers=serving.routers(),
+        extra_routers=[*serving.routers(), telemetry.router()],
         chat_grounding=serving.rag,
+        generation_observer=telemetry.observer,
     )
     remote.install(app)
+    telemetry.install(app)  # outermost: it counts the rate limiter's answers too
 
     if updates.store is not None:
         updates.loop = start_updates(updates.store, opened.recovery)
@@ -341,6 +354,10 @@ def run_agent(settings: AgentSettings) -> int:
             remote.restore(identity=identity, db=store.db, http=http, loop=None)
         remote.attach_loop(loop)
         remote.start(identity=identity, stop=stop)
+        uplink = ControlPlaneClient(
+            http, device_id=identity.device_id, device_key=load_device_key(state_dir)
+        )
+        telemetry.start(store.db, send=uplink.send_telemetry, stop=stop)
         loop.run(stop)
 
     worker = threading.Thread(target=update_thread, name="update-loop", daemon=True)
@@ -364,6 +381,7 @@ def run_agent(settings: AgentSettings) -> int:
         log.info("shutting down: stopping the update loop")
         stop.set()
         worker.join(timeout=30)
+        telemetry.close()
         remote.close()
         serving.close()
         http.close()

@@ -76,6 +76,7 @@ from edge_agent.runtime import (
 )
 from edge_agent.runtime.memory import process_memory
 from edge_agent.settings import AgentSettings
+from edge_agent.telemetry.instrument import GenerationObserver
 from protocol.http_limits import MIB, BodySizeLimit, RouteBodyLimit
 
 __all__ = ["InvalidParameterError", "create_local_api"]
@@ -396,6 +397,7 @@ def create_local_api(
     status: StatusSource | None = None,
     extra_routers: Sequence[APIRouter] = (),
     chat_grounding: ChatGrounding | None = None,
+    generation_observer: GenerationObserver | None = None,
 ) -> FastAPI:
     """Build the agent's local API.
 
@@ -405,6 +407,7 @@ def create_local_api(
     ``status`` supplies the body of ``GET /v1/status`` (the registry adds ``models``).
     ``chat_grounding`` returns the RAG engine of the active release; chat requests that
     carry ``"rag"`` are grounded in its index (without it they get 400).
+    ``generation_observer`` times each generation for telemetry (None: not measured).
     """
     if len(api_token) < 16:
         raise ConfigError("the local API token must be at least 16 characters long")
@@ -481,9 +484,13 @@ def create_local_api(
         model: str,
         stream: bool,
         produce: Callable[[TextGenerator], Iterator[TextPiece]],
+        *,
+        chat: bool,
     ) -> tuple[PieceStream | None, GeneratedText | None, TextPiece | None]:
         """Run one generation on the model's thread; it stops (between tokens, or before
         it starts if still queued) as soon as the client goes away, streamed or not."""
+        if generation_observer is not None:
+            produce = generation_observer.wrap(produce, chat=chat)
         lease = registry.lease_generator(model)
         if not stream:
             cancelled = threading.Event()
@@ -529,6 +536,7 @@ def create_local_api(
                 body.model,
                 body.stream,
                 lambda m: grounded.recording(m.chat(grounded.turns, sampling)),
+                chat=True,
             )
             return grounded, pieces, whole, first
         said = grounded.abstention()  # the model is not called
@@ -546,7 +554,7 @@ def create_local_api(
         grounded: GroundedChat | None = None
         if body.rag is None:
             pieces, whole, first = await generate(
-                request, body.model, body.stream, lambda m: m.chat(turns, sampling)
+                request, body.model, body.stream, lambda m: m.chat(turns, sampling), chat=True
             )
         else:
             grounded, pieces, whole, first = await grounded_generate(
@@ -636,7 +644,7 @@ def create_local_api(
         prompt = _completion_prompt(body)
         sampling = _sampling(body, body.max_tokens)
         pieces, whole, first = await generate(
-            request, body.model, body.stream, lambda m: m.complete(prompt, sampling)
+            request, body.model, body.stream, lambda m: m.complete(prompt, sampling), chat=False
         )
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if whole is not None:
