@@ -24,6 +24,7 @@ from protocol.telemetry import Mechanism
 
 __all__ = ["NoiseMechanism", "OpenDPDiscreteLaplace", "clamp_counts"]
 
+TELEMETRY_RUNBOOK = "docs/runbooks/agent-telemetry.md"
 # never enabled by the agent; their presence means someone weakened the process's OpenDP
 _FORBIDDEN_FEATURES = frozenset({"floating-point", "honest-but-curious", "idealized-numerics"})
 
@@ -77,6 +78,7 @@ class OpenDPDiscreteLaplace:
             raise ConfigError(
                 f"OpenDP features {sorted(weakened)} are enabled in this process; the"
                 " agent releases telemetry only through OpenDP's exact mechanisms"
+                f" (see {TELEMETRY_RUNBOOK})"
             )
         with self._lock:
             cached = self._measurements.get(scale)

@@ -191,5 +191,13 @@ class TelemetryReporter:
                 self.tick(deliver)
             except Exception:  # never let telemetry take the agent down
                 log.exception("telemetry tick failed")
-            if stop.wait(MAX_WAIT_SECONDS):
+            if stop.wait(self._next_wait()):
                 return
+
+    def _next_wait(self) -> float:
+        """Seconds until the period ends or a retry is due, at most MAX_WAIT_SECONDS."""
+        now = self._clock()
+        due_at = self._period_start + timedelta(seconds=self._policy().interval_seconds)
+        moments = [due_at] + ([self._retry_at] if self._retry_at is not None else [])
+        wait = min((m - now).total_seconds() for m in moments)
+        return min(MAX_WAIT_SECONDS, max(0.5, wait))
