@@ -13,7 +13,7 @@ from datetime import datetime
 from markupsafe import Markup, escape
 
 WIDTH, INNER_H = 640, 160
-LEFT, RIGHT, TOP = 64, 16, 28
+LEFT, RIGHT, TOP = 64, 16, 44
 PALETTE_SIZE = 8
 
 
@@ -56,16 +56,27 @@ def line_chart(title: str, series: Sequence[Series]) -> Markup:
     t0 = min(p.at for p in points).timestamp()
     t1 = max(p.at for p in points).timestamp()
     span = max(t1 - t0, 3600.0)
-    y_max = max(max(p.p95_high, p.p95, p.p50) for p in points) * 1.1 or 1.0
+    # The axis fits the estimates; an interval reaching far above them (few devices, so
+    # much noise) is clipped at twice the highest estimate, and the plot says so.
+    highest = max(max(p.p95, p.p50) for p in points)
+    band_top = max(p.p95_high for p in points)
+    clipped = band_top > 2 * highest > 0
+    y_max = (2 * highest if clipped else max(band_top, highest)) * 1.1 or 1.0
     inner_w, inner_h = WIDTH - LEFT - RIGHT, INNER_H
 
     def x(at: datetime) -> float:
         return LEFT + (at.timestamp() - t0) / span * inner_w
 
     def y(value: float) -> float:
-        return TOP + inner_h - max(0.0, value) / y_max * inner_h
+        return TOP + inner_h - min(max(0.0, value), y_max) / y_max * inner_h
 
     parts = [head]
+    if clipped:
+        parts.append(
+            f'<text class="plot-note" x="{LEFT}" y="34">'
+            f"intervals clipped above {escape(_seconds_label(y_max))}"
+            f" (they reach {escape(_seconds_label(band_top))})</text>"
+        )
     for i in range(5):
         value = y_max * i / 4
         parts.append(
@@ -94,7 +105,15 @@ def line_chart(title: str, series: Sequence[Series]) -> Markup:
             for p, v in zip(pts, values, strict=True):
                 parts.append(
                     f'<circle class="dot {colour}" cx="{x(p.at):.1f}" cy="{y(v):.1f}" r="2.5">'
-                    f"<title>{escape(s.label)} {name} {escape(_seconds_label(v))}</title>"
+                    f"<title>{escape(s.label)} {escape(p.at.strftime('%H:00'))} {name}"
+                    f" {escape(_seconds_label(v))}"
+                    + (
+                        f" (95% interval {escape(_seconds_label(p.p95_low))}"
+                        f"-{escape(_seconds_label(p.p95_high))})"
+                        if name == "p95"
+                        else ""
+                    )
+                    + "</title>"
                     "</circle>"
                 )
         row, col = divmod(n, 2)

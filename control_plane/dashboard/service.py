@@ -3,7 +3,6 @@ the reads behind each page, through the same services as the API."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from control_plane import audit
@@ -12,12 +11,7 @@ from control_plane.access.tokens import Principal, authenticate_api_token
 from control_plane.dashboard.fleet_view import FleetOverview, overview
 from control_plane.dashboard.rollout_view import RolloutPage, rollout_page
 from control_plane.dashboard.session import DashboardSession
-from control_plane.dashboard.telemetry_view import (
-    NoTelemetry,
-    TelemetryPage,
-    TelemetryReads,
-    telemetry_page,
-)
+from control_plane.dashboard.telemetry_view import PLOTTED, TelemetryPage, telemetry_page
 from control_plane.errors import AuthenticationError
 from control_plane.fleet import devices as fleet_devices
 from control_plane.releases import service as releases
@@ -88,14 +82,12 @@ def rollout_detail(cp: ControlPlane, rollout_id: str) -> RolloutPage:
     return rollout_page(cp.rollouts.view(rollout_id))
 
 
-@dataclass(frozen=True)
-class TelemetrySource:
-    reads: TelemetryReads
-
-    @classmethod
-    def of(cls, cp: ControlPlane) -> TelemetrySource:
-        return cls(NoTelemetry())
-
-
 def telemetry(cp: ControlPlane, now: datetime) -> TelemetryPage:
-    return telemetry_page(TelemetrySource.of(cp).reads, now - TELEMETRY_WINDOW)
+    """The last :data:`TELEMETRY_WINDOW` of estimates, from the telemetry service."""
+    since = now - TELEMETRY_WINDOW
+    return telemetry_page(
+        latency={m: cp.telemetry.latency_series(m, since=since, until=now) for m in PLOTTED},
+        errors=cp.telemetry.error_rates(since=since, until=now),
+        budget=cp.telemetry.privacy_budget(since=since, until=now),
+        release_names={r.id: f"{r.name}@{r.version}" for r in release_list(cp)},
+    )

@@ -7,15 +7,18 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from control_plane.services import ControlPlane
 from control_plane.storage.models import Device
+from simulator.telemetry import telemetry_report
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
     cp,
@@ -24,6 +27,7 @@ from tests.control_plane.conftest import (
     postgres_url,
 )
 from tests.rollouts.conftest import Fleet
+from tests.telemetry_cp.conftest import Reporter
 
 __all__ = ["cp", "database_url", "postgres_url"]  # `seeded` runs on both databases
 
@@ -102,6 +106,44 @@ def seed(fleet: Fleet, tmp_path: Path) -> SeededFleet:
     shown = fleet.run(r.json()["id"])
     assert shown["state"] == "halted", shown  # at stage 1, or 2 when 1 held no failure
     return SeededFleet(fleet=fleet, halted_rollout=shown["id"], hostile_device=hostile.id)
+
+
+TELEMETRY_HOURS = 3
+
+
+def send_telemetry(seeded: SeededFleet) -> None:
+    """Every device reports a few hours of latencies, requests and errors (noised as the
+    protocol declares, by the simulator's report builder), signed like the agent signs;
+    the aggregation worker's pass then folds them in. Jetsons answer twice as slowly."""
+    fleet, cp = seeded.fleet, seeded.cp
+    v1 = fleet.releases["1.0.0"]["id"]
+    rng = np.random.default_rng(9)
+    now = cp.clock()
+    for n, kiosk in enumerate(fleet.kiosks):
+        slow = 2.0 if kiosk.device.id in {k.id for k in fleet.kiosks[RPI5 - 1 : -1]} else 1.0
+        reporter = Reporter(kiosk.device, device_class="jetson-orin-nano" if slow > 1 else "rpi5")
+        for hour in range(TELEMETRY_HOURS, 0, -1):
+            end = now - timedelta(hours=hour - 1, minutes=1)
+            report = telemetry_report(
+                device_id=kiosk.id,
+                sequence=hour,
+                period_start=end - timedelta(minutes=5),
+                period_end=end,
+                release_id=v1,
+                device_class=reporter.device_class,
+                rng=np.random.default_rng(100 * n + hour),
+                latencies={
+                    "chat_ttft_seconds": list(rng.gamma(4.0, 0.05 * slow, 60)),
+                    "chat_time_per_output_token_seconds": list(rng.gamma(4.0, 0.004 * slow, 60)),
+                    "vision_seconds": list(rng.gamma(4.0, 0.002 * slow, 40)),
+                    "rag_seconds": list(rng.gamma(4.0, 0.004 * slow, 30)),
+                },
+                requests={"chat": 60, "vision": 40, "rag": 30},
+                errors={"server_error": 2 + hour},
+            )
+            r = reporter.send(report)
+            assert r.status_code == 200, r.text
+    seeded.service.telemetry.aggregate_pending(now)
 
 
 @pytest.fixture

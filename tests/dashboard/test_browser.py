@@ -1,8 +1,8 @@
 """The dashboard in a real headless Chromium (Debian's chromium + chromedriver, driven by
 Selenium): sign in by typing a token, walk the pages of a seeded fleet served by uvicorn
-on loopback, see its devices, a halted rollout with its gate numbers and the telemetry
-page, write screenshots and check they are not blank, and see that the CSP let the
-stylesheet apply and blocked nothing of ours."""
+on loopback - its devices, a halted rollout with its gate numbers, the telemetry page with
+its latency plots - write screenshots and check they are not blank, and see that the CSP
+let the stylesheet apply and blocked nothing of ours."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.control_plane.conftest import LiveServer
-from tests.dashboard.conftest import DEVICES, HOSTILE_NAME, SeededFleet
+from tests.dashboard.conftest import DEVICES, HOSTILE_NAME, SeededFleet, send_telemetry
 from tests.requirements import require, require_module
 
 pytestmark = pytest.mark.slow
@@ -75,6 +75,7 @@ def test_an_operator_signs_in_and_reads_the_fleet_in_chromium(
     seeded = seeded_sqlite
     from selenium.webdriver.common.by import By
 
+    send_telemetry(seeded)
     token = seeded.cp.auth("viewer")["Authorization"].removeprefix("Bearer ")
     with LiveServer(seeded.cp.app) as base:
         browser.get(f"{base}/dashboard")
@@ -106,7 +107,14 @@ def test_an_operator_signs_in_and_reads_the_fleet_in_chromium(
         browser.find_element(By.LINK_TEXT, "Releases").click()
         assert "kiosk-assistant@1.0.0" in browser.find_element(By.ID, "distribution").text
         browser.find_element(By.LINK_TEXT, "Telemetry").click()
-        assert browser.find_element(By.ID, "no-telemetry").is_displayed()
+        plots = browser.find_elements(By.CSS_SELECTOR, "figure.plot svg")
+        assert len(plots) == 4, "TTFT, time per token, vision, RAG"
+        for plot in plots:
+            assert plot.size["width"] > 300 and plot.size["height"] > 150, plot.size
+        lines = browser.find_elements(By.CSS_SELECTOR, "#plot-chat_ttft polyline.p95")
+        assert [line.value_of_css_property("fill") for line in lines] == ["none", "none"]
+        assert browser.find_element(By.ID, "privacy-budget").is_displayed()
+        screenshot_is_not_blank(browser, tmp_path / "telemetry.png")
 
         browser.find_element(By.CSS_SELECTOR, ".signout button").click()
         assert browser.current_url == f"{base}/dashboard/login"

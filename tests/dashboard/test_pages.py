@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from typing import Any
 
+import numpy as np
 from markupsafe import escape
 
 from tests.dashboard.conftest import (
@@ -16,7 +17,9 @@ from tests.dashboard.conftest import (
     HOSTILE_TAG,
     JETSONS,
     RPI5,
+    TELEMETRY_HOURS,
     SeededFleet,
+    send_telemetry,
     signed_in_client,
 )
 
@@ -85,3 +88,31 @@ def test_rollout_page_shows_the_halted_stage_and_the_gate_numbers(seeded: Seeded
 def test_telemetry_page_without_telemetry_says_so(seeded_sqlite: SeededFleet) -> None:
     page = signed_in_client(seeded_sqlite.cp, "viewer").get("/dashboard/telemetry").text
     assert 'id="no-telemetry"' in page
+
+
+def test_telemetry_page_plots_latency_and_shows_errors_and_budget(seeded: SeededFleet) -> None:
+    send_telemetry(seeded)
+    page = signed_in_client(seeded.cp, "viewer").get("/dashboard/telemetry").text
+    assert 'id="no-telemetry"' not in page
+    for metric in ("chat_ttft", "chat_time_per_token", "vision", "rag"):
+        plot = re.search(rf'<figure class="plot" id="plot-{metric}">(.*?)</figure>', page, re.S)
+        assert plot, metric
+        svg = plot.group(1)
+        assert svg.count('<polyline class="line p95') == 2, "rpi5 and jetson, one release"
+        assert "kiosk-assistant@1.0.0 on rpi5" in svg and "on jetson-orin-nano" in svg
+        assert svg.count("<circle") == 2 * 2 * TELEMETRY_HOURS, "p50 and p95 per hour"
+        # series sorted by label: 0 is the jetson's, 1 the rpi5's; SVG y grows downwards
+        heights = {
+            n: np.mean([float(xy.split(",")[1]) for xy in points.split()])
+            for n, points in re.findall(r'class="line p95 series-(\d)" points="([^"]+)"', svg)
+        }
+        assert heights["0"] < heights["1"], f"{metric}: the slower class plots higher"
+    errors = re.search(r'<table id="error-rates">(.*?)</table>', page, re.S)
+    assert errors and errors.group(1).count("<tr>") == 1 + 2 * TELEMETRY_HOURS
+    budget = re.search(r'<table id="privacy-budget">(.*?)</table>', page, re.S)
+    assert budget, page
+    rows = re.findall(r"<tr><td>([a-z0-9-]+)</td><td>(\d+)</td><td>(\d+)</td>", budget.group(1))
+    assert rows == [
+        ("jetson-orin-nano", str(JETSONS), str(JETSONS * TELEMETRY_HOURS)),
+        ("rpi5", str(RPI5), str(RPI5 * TELEMETRY_HOURS)),
+    ]

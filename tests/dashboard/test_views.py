@@ -128,3 +128,13 @@ def test_plots_draw_every_series_and_escape_labels() -> None:
 def test_a_plot_without_samples_says_so() -> None:
     svg = str(line_chart("vision", []))
     assert "no samples yet" in svg and "<polyline" not in svg
+
+
+def test_an_interval_far_above_the_estimates_is_clipped_and_said_so() -> None:
+    noisy = Series("few devices", [Point(NOW, 0.1, 0.3, 0.0, 120.0)])
+    svg = str(line_chart("ttft", [noisy]))
+    assert "intervals clipped above 660 ms (they reach 120.00 s)" in svg
+    band = re.search(r'<polygon class="band series-0" points="([^"]+)"', svg)
+    assert band is not None
+    assert min(float(xy.split(",")[1]) for xy in band.group(1).split()) >= 44, "inside the plot"
+    assert "95% interval 0 ms-120.00 s" in svg, "the tooltip keeps the whole interval"
