@@ -522,6 +522,11 @@ def main() -> int:
         cp = ControlPlane(cp_port, cp_dir, created["admin_token"])
         wait_for("the control plane", lambda: cp.http.get("/healthz").status_code == 200)
         info(f"control plane listening on {cp.url}")
+        viewer = cp.post("/api/v1/tokens", json={"name": "demo-dashboard", "role": "viewer"})
+        (WORK / "dashboard.token").write_text(viewer["token"])
+        (WORK / "dashboard.token").chmod(0o600)
+        info(f"dashboard: {cp.url}/dashboard - sign in with the viewer token {viewer['token']}")
+        info(f"  (also in {WORK / 'dashboard.token'}; the dashboard lives while the demo runs)")
 
         banner("2. Enroll a device with a one-time token")
         enrollment = cp.post(
@@ -709,6 +714,7 @@ def main() -> int:
     banner("Summary")
     for line in summary:
         info(f"ok  {line}")
+    info(f"the dashboard was at http://127.0.0.1:{cp_port}/dashboard (see docs/operator-guide.md)")
     info(f"logs and state in {WORK}")
     return 0
 

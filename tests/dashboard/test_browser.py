@@ -6,6 +6,7 @@ let the stylesheet apply and blocked nothing of ours."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +52,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(30)
+    driver.implicitly_wait(5)  # elements of the page a click just opened
     try:
         yield driver
     finally:
@@ -59,9 +61,15 @@ def browser(tmp_path: Path) -> Iterator[Any]:
 
 
 def screenshot_is_not_blank(driver: Any, path: Path) -> None:
+    """Write a screenshot (also into ``$OUTPOST_DASHBOARD_SCREENSHOTS`` when set: how the
+    docs' pictures are made) and check it shows something."""
     import cv2
 
     driver.save_screenshot(str(path))
+    keep = os.environ.get("OUTPOST_DASHBOARD_SCREENSHOTS")
+    if keep:
+        Path(keep).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(keep) / f"dashboard-{path.name}")
     image = cv2.imread(str(path))
     assert image is not None and image.shape[0] > 100 and image.shape[1] > 100, path
     gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY).astype(np.float64)
@@ -74,6 +82,10 @@ def test_an_operator_signs_in_and_reads_the_fleet_in_chromium(
 ) -> None:
     seeded = seeded_sqlite
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as expected
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    wait = WebDriverWait(browser, 15)
 
     send_telemetry(seeded)
     token = seeded.cp.auth("viewer")["Authorization"].removeprefix("Bearer ")
@@ -82,7 +94,7 @@ def test_an_operator_signs_in_and_reads_the_fleet_in_chromium(
         assert browser.current_url == f"{base}/dashboard/login", "a stranger is sent to sign in"
         browser.find_element(By.ID, "token").send_keys(token)
         browser.find_element(By.ID, "sign-in").click()
-        assert browser.current_url == f"{base}/dashboard"
+        wait.until(expected.url_to_be(f"{base}/dashboard"))
         assert browser.find_element(By.ID, "devices-total").text == str(DEVICES)
         rows = browser.find_elements(By.CSS_SELECTOR, "#devices tbody tr")
         assert len(rows) == DEVICES
@@ -117,7 +129,7 @@ def test_an_operator_signs_in_and_reads_the_fleet_in_chromium(
         screenshot_is_not_blank(browser, tmp_path / "telemetry.png")
 
         browser.find_element(By.CSS_SELECTOR, ".signout button").click()
-        assert browser.current_url == f"{base}/dashboard/login"
+        wait.until(expected.url_to_be(f"{base}/dashboard/login"))
         browser.get(f"{base}/dashboard")
         assert browser.current_url == f"{base}/dashboard/login", "signed out for good"
         problems = [
