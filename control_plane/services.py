@@ -18,6 +18,7 @@ from control_plane.artifacts.collector import BlobCollector
 from control_plane.director.service import Director
 from control_plane.fleet.request_nonces import NoncePruner
 from control_plane.nudges import MqttNudgePublisher, NudgePublisher, NullNudgePublisher
+from control_plane.releases.qualification import rollout_acceptance_signals
 from control_plane.remote_config.service import RemoteConfigService
 from control_plane.repository.keyring import Keyring, OnlineKeySource
 from control_plane.repository.metadata_store import MetadataStore
@@ -125,7 +126,10 @@ class ControlPlane:
                 director,
                 checkpoint=TestOnlyPause(settings.test_pause_at, settings.data_dir),
                 on_config_change=lambda device_ids: nudges.publish(device_ids, "config"),
-                signals=telemetry.rollout_signals,
+                signals=lambda session, rollout: {
+                    **telemetry.rollout_signals(session, rollout),
+                    **rollout_acceptance_signals(session, rollout),
+                },
             ),
             remote_config=remote_config,
             nudges=nudges,

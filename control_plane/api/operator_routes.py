@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from functools import partial
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -52,6 +52,7 @@ from control_plane.fleet.enrollment import issue_enrollment_token
 from control_plane.fleet.tags import retag_device
 from control_plane.releases import service as releases
 from control_plane.releases.offline_signing import accept_signed_targets, pending_targets
+from control_plane.releases.qualification import release_qualification
 from control_plane.rollouts.core import CohortSelector
 from protocol import paths
 from protocol.messages import INT64_MAX
@@ -270,6 +271,25 @@ def list_releases(
 def show_release(release_ref: str, _viewer: Reader, cp: CP) -> ReleasePublic:
     """A release by id (``rel_...``) or by ``name@version``."""
     return ReleasePublic.of(releases.show_release(cp.db, release_ref))
+
+
+@router.get("/releases/{release_ref}/qualification")
+def show_qualification(
+    release_ref: str,
+    _viewer: Reader,
+    cp: CP,
+    device_class: Annotated[
+        str,
+        Query(
+            pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+            description="the device class (e.g. rpi5, x86-ci)",
+        ),
+    ],
+) -> dict[str, Any]:
+    """What devices of ``device_class`` reported from their on-device acceptance check of
+    the release (the latest result per device, with every figure), and whether that
+    qualifies it (docs/device-tests.md)."""
+    return release_qualification(cp.db, release_ref, device_class).as_json()
 
 
 @router.get("/repository/pending-targets")

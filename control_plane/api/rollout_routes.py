@@ -29,6 +29,7 @@ def create_rollout(body: RolloutCreate, operator: Assigner, cp: CP) -> RolloutPu
         max_failures=body.max_failures,
         manual_approval=body.manual_approval,
         extra_gates=body.gates,
+        require_qualification=body.require_qualification,
     )
     rollout = cp.rollouts.create(request, actor=operator.actor, now=cp.clock())
     return RolloutPublic.of(cp.rollouts.view(rollout.id))

@@ -47,6 +47,12 @@ class RolloutCreate(BaseModel):
     gates: list[dict[str, Any]] = Field(
         default_factory=list, max_length=16, description="extra gate specs (by type)"
     )
+    require_qualification: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="a device class: refuse to start until devices of that class have"
+        " reported passing acceptance checks of the release (docs/device-tests.md)",
+    )
 
 
 class RolloutAbort(BaseModel):

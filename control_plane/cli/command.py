@@ -139,9 +139,11 @@ def add_local_command(
     return parser
 
 
-def add_group(sub: Subcommands, name: str, *, help: str) -> Subcommands:
+def add_group(
+    sub: Subcommands, name: str, *, help: str, aliases: tuple[str, ...] = ()
+) -> Subcommands:
     """A command with subcommands (``outpost-cp tokens create``)."""
-    parser = sub.add_parser(name, help=help, description=help)
+    parser = sub.add_parser(name, help=help, description=help, aliases=list(aliases))
     return parser.add_subparsers(dest=f"{name}_command", required=True, metavar="COMMAND")
 
 

@@ -1,5 +1,7 @@
-"""``outpost-cp releases create|list|show``: named, versioned sets of artifacts
-(create: release manager). A release is named by its id or by ``name@version``."""
+"""``outpost-cp releases create|list|show|qualify``: named, versioned sets of artifacts
+(create: release manager). A release is named by its id or by ``name@version``.
+``release`` is an alias of ``releases`` (``outpost-cp release qualify app@1.1.0
+--device-class rpi5``)."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from control_plane.cli.output import fields, size, table, when
 
 
 def register(sub: Subcommands) -> None:
-    releases = add_group(sub, "releases", help="releases: what devices are assigned")
+    releases = add_group(
+        sub, "releases", help="releases: what devices are assigned", aliases=("release",)
+    )
     cmd = add_remote_command(
         releases,
         "create",
@@ -43,6 +47,14 @@ def register(sub: Subcommands) -> None:
     cmd.add_argument("--name", help="only the versions of this release")
     cmd = add_remote_command(releases, "show", help="one release in full", handler=_show)
     cmd.add_argument("ref", metavar="ID|NAME@VERSION")
+    cmd = add_remote_command(
+        releases,
+        "qualify",
+        help="what devices of a class reported from their acceptance checks of a release",
+        handler=_qualify,
+    )
+    cmd.add_argument("ref", metavar="ID|NAME@VERSION")
+    cmd.add_argument("--device-class", required=True, help="e.g. rpi5, x86-ci")
 
 
 def release_text(release: Mapping[str, Any]) -> str:
@@ -103,3 +115,30 @@ def _list(ctx: Context) -> None:
 def _show(ctx: Context) -> None:
     release = ctx.client().resolve_release(ctx.args.ref)
     ctx.out.emit(release, release_text(release))
+
+
+def _figure_text(figure: Mapping[str, Any]) -> str:
+    op = "<=" if figure["bound"] == "max" else ">="
+    value = "-" if figure["value"] is None else f"{figure['value']:g}"
+    interval = "" if figure.get("low") is None else f" [{figure['low']:g}, {figure['high']:g}]"
+    return (
+        f"{figure['figure']} {value}{interval} {figure['unit']} {op} {figure['threshold']:g}:"
+        f" {figure['status']}"
+    )
+
+
+def _qualify(ctx: Context) -> None:
+    found = ctx.client().qualification(ctx.args.ref, ctx.args.device_class)
+    devices = table(
+        found["devices"],
+        [
+            ("DEVICE", lambda d: d["device_id"]),
+            ("RESULT", lambda d: "pass" if d["passed"] else "FAIL"),
+            ("STATE", lambda d: d["state"]),
+            ("AT", lambda d: when(d["at"])),
+            ("LOAD", lambda d: "-" if d["loadavg_1m"] is None else f"{d['loadavg_1m']:g}"),
+            ("FIGURES", lambda d: "; ".join(_figure_text(f) for f in d["figures"])),
+        ],
+        empty=f"no device of class {found['device_class']} has reported yet",
+    )
+    ctx.out.emit(found, f"{found['summary']}\n\n{devices}")

@@ -88,6 +88,19 @@ def register(sub: Subcommands) -> None:
         help="every stage but the last waits for 'rollout approve'",
     )
     _telemetry_gate_flags(cmd)
+    cmd.add_argument(
+        "--min-acceptance-pass-rate",
+        type=float,
+        metavar="FRACTION",
+        help="gate: halt when fewer than this share of the stage's devices passed their"
+        " on-device acceptance check (e.g. 0.95; docs/device-tests.md)",
+    )
+    cmd.add_argument(
+        "--require-qualification",
+        metavar="DEVICE_CLASS",
+        help="refuse to start until devices of this class have reported passing acceptance"
+        " checks of the release (outpost-cp release qualify)",
+    )
     cmd = add_remote_command(rollouts, "status", help="one rollout in full", handler=_status)
     cmd.add_argument("rollout_id", metavar="ID")
     add_remote_command(rollouts, "list", help="rollouts, newest first", handler=_list)
@@ -242,8 +255,13 @@ def _create(ctx: Context) -> None:
     }
     if args.max_failures is not None:
         body["max_failures"] = args.max_failures
-    if gates := telemetry_gates(args):
+    gates = telemetry_gates(args)
+    if args.min_acceptance_pass_rate is not None:
+        gates.append({"type": "acceptance_pass_rate", "min_rate": args.min_acceptance_pass_rate})
+    if gates:
         body["gates"] = gates
+    if args.require_qualification is not None:
+        body["require_qualification"] = args.require_qualification
     if args.release is not None:
         body["release"] = args.release
     elif args.config is not None:

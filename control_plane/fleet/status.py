@@ -9,6 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from control_plane.errors import ConflictError, NotFoundError, PermissionDeniedError
+from control_plane.releases.qualification import store_acceptance
 from control_plane.storage.database import Database
 from control_plane.storage.models import AssignmentRecord, Device, Release, StatusReportRecord
 from protocol.messages import InstallState, StatusReport, StatusReportAck
@@ -133,6 +134,7 @@ def record_status(
                     received_at=now,
                 )
             )
+            store_acceptance(session, report, now)  # the on-device check's numbers, if any
             device.last_seen_at = now
             serving = _serving_after(report, device.installed_release_id)
             if (

@@ -306,6 +306,16 @@ class OperatorClient:
         result: Json = self._json("GET", f"/releases/{_segment(ref)}")
         return result
 
+    def qualification(self, ref: str, device_class: str) -> Json:
+        """What devices of ``device_class`` reported from their acceptance checks of the
+        release ``ref`` (id or ``name@version``), and whether that qualifies it."""
+        result: Json = self._json(
+            "GET",
+            f"/releases/{_segment(ref)}/qualification",
+            params={"device_class": device_class},
+        )
+        return result
+
     # --- audit (admin) --------------------------------------------------------------
 
     def audit(self, *, limit: int = 100, before_id: int | None = None) -> list[Json]:

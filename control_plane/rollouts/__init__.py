@@ -1,6 +1,7 @@
 """Staged rollouts: a pure core (``core``), the service that applies it to the fleet
 (``service``) and the background worker that drives running rollouts (``worker``)."""
 
+from control_plane.rollouts.acceptance_gate import AcceptancePassRate  # registers its type
 from control_plane.rollouts.core import (
     Action,
     CohortSelector,
@@ -16,6 +17,7 @@ from control_plane.rollouts.service import RolloutRequest, RolloutService, Rollo
 from control_plane.rollouts.worker import RolloutWorker
 
 __all__ = [
+    "AcceptancePassRate",
     "Action",
     "CohortSelector",
     "Gate",

@@ -25,6 +25,7 @@ from control_plane import audit
 from control_plane.access.tokens import new_id
 from control_plane.director.service import Director, latest_assignments
 from control_plane.errors import ConflictError, NotFoundError, ReleaseAwaitingSignatureError
+from control_plane.releases.qualification import require_qualified
 from control_plane.releases.state import ReleaseState
 from control_plane.remote_config.core import ConfigValidationError, Scope, apply_change
 from control_plane.remote_config.service import current_layers, reached_devices, set_layer
@@ -86,6 +87,7 @@ class RolloutRequest:
     manual_approval: bool
     config: Mapping[str, Any] | None = None  # a merge patch (a config rollout)
     config_scope: str | None = None  # where a config rollout's patch goes on completion
+    require_qualification: str | None = None  # a device class the release must be qualified on
 
     @property
     def kind(self) -> RolloutKind:
@@ -105,6 +107,7 @@ class RolloutRequest:
         max_failures: int | None = None,
         manual_approval: bool = False,
         extra_gates: Sequence[Mapping[str, Any]] = (),
+        require_qualification: str | None = None,
     ) -> RolloutRequest:
         gates: list[Gate] = [
             gate_from_spec(
@@ -139,6 +142,7 @@ class RolloutRequest:
             manual_approval=manual_approval,
             config=None if config is None else dict(config),
             config_scope=scope,
+            require_qualification=require_qualification,
         )
 
 
@@ -277,6 +281,8 @@ class RolloutService:
     def create(self, request: RolloutRequest, *, actor: str, now: datetime) -> Rollout:
         def work(session: Session) -> Rollout:
             release = None if request.release is None else resolve_release(session, request.release)
+            if release is not None and request.require_qualification is not None:
+                require_qualified(session, release, request.require_qualification)
             if request.config_scope is not None:  # the fold must be valid too, checked now
                 scope = Scope.parse(request.config_scope)
                 apply_change(scope, current_layers(session).layer(scope), request.config)

@@ -1,0 +1,114 @@
+"""Qualification with real processes (control plane on SQLite and PostgreSQL, a real agent
+of device class x86-ci, the real text-orientation model): a rollout that requires
+qualification for the class is refused until a device of the class has reported a passing
+acceptance check of the release, then starts; ``outpost-cp release qualify`` and the API
+show what the device measured."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from converters.catalog import preset
+from tests.device_tests.agent import VISION_NAME, text_orientation_path
+from tests.device_tests.test_on_device_check import final_report, publish
+from tests.e2e.conftest import Agent, ControlPlane, stop_agent
+
+pytestmark = pytest.mark.slow
+
+TAG = "acceptance=qualify"
+SPEC = preset("text-orientation").spec.to_config()
+GENEROUS = {
+    "vision": {VISION_NAME: SPEC},
+    "acceptance": {
+        "device_classes": {
+            "x86-ci": {
+                "thresholds": {"vision_p95_ms": {VISION_NAME: 5000}, "peak_rss_mb": 16000},
+                "measurement": {"warmup": 1, "min_queries": 10, "min_duration_s": 0.0},
+            }
+        }
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+    device = Agent(control_plane, tmp_path_factory.mktemp("qualify") / "state", tags=[TAG])
+    device.start(env={"OUTPOST_AGENT_DEVICE_CLASS": "x86-ci"})
+    yield device
+    stop_agent(device)
+
+
+def rollout(cp: ControlPlane, release_id: str, **extra: Any) -> Any:
+    return cp.admin.post(
+        "/api/v1/rollouts",
+        json={
+            "release": release_id,
+            "cohort": TAG,
+            "stages": [100],
+            "max_failure_rate": 0.1,
+            "min_sample": 1,
+            "stage_timeout_seconds": 600,
+            **extra,
+        },
+    )
+
+
+def test_a_rollout_requiring_qualification_waits_for_a_passing_device_of_the_class(
+    control_plane: ControlPlane, agent: Agent
+) -> None:
+    cp = control_plane
+    model = cp.upload(
+        text_orientation_path("fp32"), name=VISION_NAME, kind="vision-classify", fmt="onnx"
+    )
+    release_id = publish(cp, "2.0.0-qualify", model["id"], GENEROUS)
+
+    refused = rollout(cp, release_id, require_qualification="x86-ci")
+    assert refused.status_code == 409, refused.text
+    body = refused.json()
+    assert body["error"]["type"] == "release_not_qualified", body
+    assert "no device of class x86-ci has reported" in body["error"]["message"]
+
+    version = cp.assign(agent.device_id, release_id)  # one device of the class runs the check
+    report = final_report(cp, agent.device_id, version)
+    assert report["state"] == "committed", report
+    assert "acceptance check passed for device class x86-ci" in report["detail"]
+
+    found = cp.admin.get(
+        "/api/v1/releases/reader@2.0.0-qualify/qualification", params={"device_class": "x86-ci"}
+    ).json()
+    assert (found["reported"], found["passed"], found["qualified"]) == (1, 1, True), found
+    (device,) = found["devices"]
+    figures = {f["figure"]: f for f in device["figures"]}
+    vision = figures[f"vision_p95_ms[{VISION_NAME}]"]
+    assert vision["status"] == "pass" and vision["n"] >= 10 and 0 < vision["value"] < 5000
+    assert figures["peak_rss_mb"]["status"] == "pass"
+    other = cp.admin.get(
+        f"/api/v1/releases/{release_id}/qualification", params={"device_class": "rpi5"}
+    ).json()
+    assert (other["reported"], other["qualified"]) == (0, False)
+
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "outpost-cp"), "release", "qualify",
+         "reader@2.0.0-qualify", "--device-class", "x86-ci", "--server", cp.url],
+        env={**os.environ, "OUTPOST_CP_TOKEN": cp.init["admin_token"]},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    assert "1 of 1 devices passed (100%): qualified" in cli.stdout
+    assert agent.device_id in cli.stdout and f"vision_p95_ms[{VISION_NAME}]" in cli.stdout
+
+    started = rollout(
+        cp,
+        release_id,
+        require_qualification="x86-ci",
+        gates=[{"type": "acceptance_pass_rate", "min_rate": 0.95}],
+    )
+    assert started.status_code == 201, started.text
+    assert started.json()["state"] in ("running", "completed")
