@@ -121,7 +121,7 @@ class GroundedChat:
             return Grounding(
                 citations=[], sources=sources, abstained=True, supported=True, reason=MODEL_DECLINED
             )
-        citations = cite_chat_answer(self.engine, text, self.sources)
+        citations = cite_chat_answer(self.engine, text, self.sources, self.question)
         titles = {s.number: s.title for s in self.sources}
         quotes = [(c.quote, titles.get(c.source, "")) for c in citations]
         gap = answer_gap(self.question, quotes) if citations else UNTIED
@@ -130,7 +130,7 @@ class GroundedChat:
                 citations=[], sources=sources, abstained=True, supported=False, reason=gap
             )
         return Grounding(
-            citations=[CitationOut.of(c) for c in citations],
+            citations=[CitationOut.of(c, self.sources) for c in citations],
             sources=sources,
             abstained=False,
             supported=True,

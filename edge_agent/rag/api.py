@@ -73,15 +73,22 @@ class QueryRequest(BaseModel):
 
 
 class CitationOut(BaseModel):
+    """A quoted span: ``quote == document_text[start:end]`` and, inside the source it was
+    taken from, ``quote == sources[source - 1].text[source_start:source_end]``.
+    """
+
     source: int
     document: str
     chunk_id: int
     start: int
     end: int
     quote: str
+    source_start: int
+    source_end: int
 
     @classmethod
-    def of(cls, c: Citation) -> CitationOut:
+    def of(cls, c: Citation, sources: Sequence[Source]) -> CitationOut:
+        origin = next(s for s in sources if s.number == c.source)
         return cls(
             source=c.source,
             document=c.document,
@@ -89,16 +96,21 @@ class CitationOut(BaseModel):
             start=c.start,
             end=c.end,
             quote=c.quote,
+            source_start=c.start - origin.start,
+            source_end=c.end - origin.start,
         )
 
 
 class SourceOut(BaseModel):
+    """A retrieved passage with its text (``document_text[start:end]``)."""
+
     number: int
     document: str
     title: str
     chunk_id: int
     start: int
     end: int
+    text: str
     similarity: float
 
     @classmethod
@@ -110,6 +122,7 @@ class SourceOut(BaseModel):
             chunk_id=s.chunk_id,
             start=s.start,
             end=s.end,
+            text=s.text,
             similarity=round(s.similarity, 4),
         )
 
@@ -127,7 +140,7 @@ class QueryResponse(BaseModel):
             answer=a.answer,
             abstained=a.abstained,
             reason=a.reason,
-            citations=[CitationOut.of(c) for c in a.citations],
+            citations=[CitationOut.of(c, a.sources) for c in a.citations],
             sources=[SourceOut.of(s) for s in a.sources],
         )
 
@@ -151,10 +164,15 @@ def augment_chat_messages(
     return engine.augment_chat_messages(plain, k=options.k, filters=options.filters or None)
 
 
-def cite_chat_answer(engine: RagEngine, answer: str, sources: Sequence[Source]) -> list[Citation]:
-    """Span-grounded, verified citations for a generated chat answer."""
+def cite_chat_answer(
+    engine: RagEngine, answer: str, sources: Sequence[Source], question: str | None = None
+) -> list[Citation]:
+    """Span-grounded, verified citations for a generated chat answer (fitting the
+    ``question``'s shape where one fits, see :func:`~edge_agent.rag.grounding.cite`).
+    """
     sentences = candidate_sentences(sources)
-    return engine.verified(cite(answer, sentences, engine.relevance(sentences)))
+    relevance = engine.relevance(sentences)
+    return engine.verified(cite(answer, sentences, relevance, question=question))
 
 
 def _text(content: Any) -> str:

@@ -14,7 +14,7 @@ from typing import Literal, Protocol
 import numpy as np
 
 from edge_agent.errors import BadRequestError, StoreError
-from edge_agent.rag.chunking import chunk_text
+from edge_agent.rag.chunking import chunk_document, with_context
 from edge_agent.rag.dedupe import content_sha256, minhash_signature
 from edge_agent.rag.fusion import reciprocal_rank_fusion
 from edge_agent.rag.grounding import (
@@ -30,10 +30,19 @@ from edge_agent.rag.grounding import (
     cite,
     extractive_answer,
     model_declined,
+    quotable_spans,
     verify_citation,
 )
-from edge_agent.rag.index import EmbeddingIdentity, FilterValue, RagIndex, Vector
+from edge_agent.rag.index import (
+    EmbeddingIdentity,
+    FilterValue,
+    RagIndex,
+    SentenceVectors,
+    StoredChunk,
+    Vector,
+)
 from edge_agent.rag.loaders import load_document
+from edge_agent.rag.rerank import Candidate, RerankWeights, rerank, term_coverage
 from edge_agent.rag.text import normalize_text, question_terms, token_spans
 
 __all__ = [
@@ -46,6 +55,8 @@ __all__ = [
 ]
 
 IngestStatus = Literal["added", "replaced", "unchanged", "duplicate", "near_duplicate"]
+RetrievalMode = Literal["bm25", "dense", "hybrid", "rerank"]
+RETRIEVAL_MODES: tuple[RetrievalMode, ...] = ("bm25", "dense", "hybrid", "rerank")
 
 
 class EmbeddingModel(Protocol):
@@ -73,6 +84,11 @@ class RetrievalSettings:
     max_query_tokens: int = 200  # the question is cut to this before embedding
     near_duplicate_jaccard: float = 0.85
     embed_batch: int = 16
+    # "bm25" and "dense" are the single retrievers (for comparison); "hybrid" fuses them by
+    # reciprocal rank; "rerank" re-scores the first ``rerank_candidates`` fused chunks.
+    mode: RetrievalMode = "rerank"
+    rerank_candidates: int = 20
+    rerank_weights: RerankWeights = field(default_factory=RerankWeights)
 
 
 @dataclass(frozen=True)
@@ -198,16 +214,31 @@ class RagEngine:
                 best = int(np.argmax(similarity))
                 if similarity[best] >= self.settings.near_duplicate_jaccard:
                     return IngestOutcome(key, "near_duplicate", duplicate_of=keys[best])
-            chunks = chunk_text(normalized, self.index.policy)
+            title = title or key
+            chunks = chunk_document(normalized, self.index.policy)
+            embedded = [with_context(c, title) for c in chunks]
+            spans = [quotable_spans(c.text) for c in chunks]
+            sentence_texts = [
+                c.text[a:b] for c, cs in zip(chunks, spans, strict=True) for a, b in cs
+            ]
             known = self.index.chunk_embeddings(key) if existing is not None else {}
-            missing = [c.text for c in chunks if c.text not in known]
+            missing = list(dict.fromkeys(t for t in embedded + sentence_texts if t not in known))
             fresh = dict(zip(missing, self._embed(missing), strict=True)) if missing else {}
-            vectors = np.stack(
-                [known[c.text] if c.text in known else fresh[c.text] for c in chunks]
-            )
+            known.update(fresh)
+            vectors = np.stack([known[t] for t in embedded])
+            dim = self.index.identity.dimension
+            sentences = [
+                SentenceVectors(
+                    cs,
+                    np.stack([known[c.text[a:b]] for a, b in cs])
+                    if cs
+                    else np.zeros((0, dim), dtype=np.float32),
+                )
+                for c, cs in zip(chunks, spans, strict=True)
+            ]
             self.index.put_document(
                 key=key,
-                title=title or key,
+                title=title,
                 media_type=media_type,
                 text=normalized,
                 content_sha256=digest,
@@ -215,6 +246,7 @@ class RagEngine:
                 minhash=signature,
                 chunks=chunks,
                 embeddings=vectors,
+                sentences=sentences,
             )
         return IngestOutcome(key, "replaced" if existing else "added", len(chunks))
 
@@ -265,18 +297,25 @@ class RagEngine:
         if not 1 <= k <= 50:
             raise BadRequestError("k must be between 1 and 50")
         s = self.settings
-        query_vector = self._embed([_clip_tokens(normalize_text(question), s.max_query_tokens)])[0]
+        query_vector = self._embed_cached(
+            [_clip_tokens(normalize_text(question), s.max_query_tokens)]
+        )[0]
         terms = question_terms(question)[: s.max_query_terms]
         lexical = self.index.lexical_search(terms, s.lexical_candidates, filters=filters)
         vector = self.index.vector_search(
             query_vector, s.vector_candidates, candidates=s.bit_candidates, filters=filters
         )
-        fused = reciprocal_rank_fusion([lexical, [i for i, _ in vector]], k=s.rrf_k)[:k]
-        ids = [i for i, _ in fused]
         similarity = dict(vector)
+        vector_ids = [i for i, _ in vector]
+        if s.mode == "rerank":
+            pool = self._rank("hybrid", lexical, vector_ids, max(k, s.rerank_candidates))
+            stored = self.index.chunks(pool)
+            ids = self._rerank(query_vector, terms, stored, pool, similarity)[:k]
+        else:
+            ids = self._rank(s.mode, lexical, vector_ids, k)
+            stored = self.index.chunks(ids)
         missing = [i for i in ids if i not in similarity]
         similarity.update(self.index.similarities(query_vector, missing))
-        stored = self.index.chunks(ids)
         lexical_set = set(lexical)
         return [
             Source(
@@ -293,20 +332,71 @@ class RagEngine:
             for n, i in enumerate((i for i in ids if i in stored), start=1)
         ]
 
+    def _rank(
+        self, mode: RetrievalMode, lexical: list[int], vector: list[int], k: int
+    ) -> list[int]:
+        if mode == "bm25":
+            return lexical[:k]
+        if mode == "dense":
+            return vector[:k]
+        fused = reciprocal_rank_fusion([lexical, vector], k=self.settings.rrf_k)
+        return [i for i, _ in fused[:k]]
+
+    def _rerank(
+        self,
+        query: Vector,
+        terms: Sequence[str],
+        stored: Mapping[int, StoredChunk],
+        ids: list[int],
+        similarity: dict[int, float],
+    ) -> list[int]:
+        """Re-score the fused candidates ``ids`` (:mod:`.rerank`)."""
+        similarity.update(self.index.similarities(query, [i for i in ids if i not in similarity]))
+        weights = self.settings.rerank_weights
+        sentences = self.index.sentence_vectors(ids) if weights.sentence else {}
+        candidates = []
+        for i in ids:
+            if i not in stored:
+                continue
+            sv = sentences.get(i)
+            best = (
+                float((sv.vectors @ query).max())
+                if sv is not None and len(sv.spans)
+                else similarity[i]
+            )
+            text = with_context(stored[i].as_chunk(), stored[i].title)
+            candidates.append(Candidate(i, similarity[i], best, term_coverage(terms, text)))
+        return rerank(candidates, weights)
+
     # --- answers ------------------------------------------------------------------------
+
+    def sentence_matrix(self, sentences: Sequence[Sentence]) -> Vector:
+        """Embeddings of candidate sentences: those computed at ingest are read from the
+        index; any other (an index written before, a sentence split differently) is
+        embedded now, through a bounded cache.
+        """
+        stored = self.index.sentence_vectors(sorted({s.source.chunk_id for s in sentences}))
+        rows: dict[tuple[int, int, int], Vector] = {}
+        for chunk_id, sv in stored.items():
+            for (a, b), v in zip(sv.spans, sv.vectors, strict=True):
+                rows[(chunk_id, a, b)] = v
+        keys = [(s.source.chunk_id, s.start, s.end) for s in sentences]
+        missing = [s.text for s, key in zip(sentences, keys, strict=True) if key not in rows]
+        fresh = iter(self._embed_cached(missing)) if missing else iter(())
+        return np.stack([rows[key] if key in rows else next(fresh) for key in keys])
 
     def relevance(
         self, sentences: Sequence[Sentence]
     ) -> Callable[[str, Sequence[Sentence]], list[float]]:
-        """Cosine between a claim and candidate sentences (sentences embedded once)."""
-        vectors = self._embed_cached([s.text for s in sentences]) if sentences else None
+        """Cosine between a claim and candidate sentences (sentences embedded at ingest)."""
+        vectors = self.sentence_matrix(sentences) if sentences else None
         row = {id(s): i for i, s in enumerate(sentences)}
         clip = self.settings.max_query_tokens
 
         def relevance(claim: str, subset: Sequence[Sentence]) -> list[float]:
             if vectors is None or not subset:
                 return [0.0] * len(subset)
-            q = self._embed([_clip_tokens(claim, clip)])[0]
+            q = self._embed_cached([_clip_tokens(normalize_text(claim), clip)])[0]
             return [float(vectors[row[id(s)]] @ q) for s in subset]
 
         return relevance
@@ -358,7 +448,7 @@ class RagEngine:
             if model_declined(text):
                 reason = "the model found no answer in the retrieved sources"
                 return Answer(question, text.strip(), True, reason, [], sources)
-            citations = self.verified(cite(text, sentences, relevance))
+            citations = self.verified(cite(text, sentences, relevance, question=question))
         else:
             text, citations = extractive_answer(question, sentences, relevance)
             citations = self.verified(citations)

@@ -25,6 +25,7 @@ __all__ = [
     "cite",
     "extractive_answer",
     "model_declined",
+    "quotable_spans",
     "shape_gap",
     "verify_citation",
 ]
@@ -187,17 +188,28 @@ ANSWER_FIT_MARGIN = 0.40
 Relevance = Callable[[str, Sequence[Sentence]], Sequence[float]]
 
 
+def quotable_spans(text: str) -> list[tuple[int, int]]:
+    """Spans of the sentences of a chunk's text that can be quoted: headings and fragments
+    are left out (ten words or fewer without a full stop). Their embeddings are computed
+    when the chunk is indexed.
+    """
+    out = []
+    for start, end in _sentences(text):
+        sentence = text[start:end]
+        if len(sentence.split()) <= 10 and not sentence.endswith((".", "!", "?", "。", "！", "？")):
+            continue
+        out.append((start, end))
+    return out
+
+
 def candidate_sentences(sources: Sequence[Source]) -> list[Sentence]:
-    """The sentences of the sources that can be quoted: headings and fragments are left out
-    (ten words or fewer without a full stop), and overlapping chunks yield each once.
+    """The quotable sentences of the sources (:func:`quotable_spans`); overlapping chunks
+    yield each once.
     """
     seen: set[tuple[str, int]] = set()
     out = []
     for source in sources:
-        for start, end in _sentences(source.text):
-            text = source.text[start:end]
-            if len(text.split()) <= 10 and not text.endswith((".", "!", "?", "。", "！", "？")):
-                continue
+        for start, end in quotable_spans(source.text):
             key = (source.document, source.start + start)
             if key not in seen:
                 seen.add(key)
@@ -256,16 +268,47 @@ def extractive_answer(
     return text, [s.citation() for s in picked]
 
 
+def _best_fit(
+    ranked: Sequence[tuple[float, Sentence]], shape: AnswerShape | None, margin: float
+) -> Sentence | None:
+    """The best-scoring sentence that fits ``shape`` among those within ``margin`` of the
+    top score (the top one when no shape is given), or None.
+    """
+    if not ranked:
+        return None
+    if shape is None:
+        return ranked[0][1]
+    top = ranked[0][0]
+    return next(
+        (
+            s
+            for score, s in ranked
+            if score >= top - margin and shape_gap(shape, s.text, s.source.title) is None
+        ),
+        None,
+    )
+
+
 def cite(
     answer: str,
     sentences: Sequence[Sentence],
     relevance: Relevance,
     min_score: float = 0.35,
+    *,
+    question: str | None = None,
+    fit_margin: float = ANSWER_FIT_MARGIN,
 ) -> list[Citation]:
     """Citations for a generated answer: for each ``[n]`` it uses, the sentence of source n
     that best supports the words before the marker. An answer without valid markers cites
     the one sentence that supports it best, if any supports it well enough.
+
+    Given the ``question``, each claim cites the best sentence that fits the question's
+    :class:`AnswerShape` among those within ``fit_margin`` of the best (as extractive
+    answers do), so that a correct answer is not withheld because a neighbouring sentence
+    of the same source scored a little higher; when no marked claim finds one, the sentence
+    of any source that supports the whole answer best and fits is cited instead.
     """
+    shape = answer_shape(question) if question is not None else None
     numbers = {s.source.number for s in sentences}
     claims: dict[int, str] = {}
     previous = 0
@@ -274,15 +317,26 @@ def cite(
         if n in numbers:
             claims[n] = (claims.get(n, "") + " " + answer[previous : m.start()]).strip()
         previous = m.end()
+    overall = _ranked(answer, sentences, relevance) if not claims or shape else []
     if not claims:
-        ranked = _ranked(answer, sentences, relevance)
-        return [ranked[0][1].citation()] if ranked and ranked[0][0] >= min_score else []
-    citations = []
+        best = _best_fit(overall, shape, fit_margin) if shape else None
+        if best is None and overall:
+            best = overall[0][1]
+        return [best.citation()] if best and overall[0][0] >= min_score else []
+    citations, fitted = [], False
     for n, claim in claims.items():
         own = [s for s in sentences if s.source.number == n]
         ranked = _ranked(claim or answer, own, relevance)
-        if ranked:
-            citations.append(ranked[0][1].citation())
+        best = _best_fit(ranked, shape, fit_margin)
+        fitted |= best is not None
+        if best is None and ranked:
+            best = ranked[0][1]
+        if best is not None:
+            citations.append(best.citation())
+    if shape is not None and not fitted:
+        anywhere = _best_fit(overall, shape, fit_margin)
+        if anywhere is not None and overall[0][0] >= min_score:
+            return [anywhere.citation()]
     return citations
 
 

@@ -1,10 +1,14 @@
 """The RAG index: one SQLite file (apsw + sqlite-vec) with documents, chunks, FTS5 and vec0.
 
-Layout: ``documents`` (normalized text, metadata, MinHash), ``chunks`` (span, text and the
-exact float32 embedding), ``chunks_fts`` (FTS5, BM25) and ``chunks_bits`` (sqlite-vec
-``vec0`` with the sign-quantized embedding). ``meta`` records the schema version, the
-chunking policy and the embedding model's sha256 and dimension: an index is only valid
-with the embedding model it was built with, and opening it with another one is refused.
+Layout: ``documents`` (normalized text, metadata, MinHash), ``chunks`` (span, text, the
+heading it sits under and the exact float32 embedding of title, heading and text),
+``sentences`` (the quotable sentences of each chunk with their embeddings, computed at
+ingest so that answering a question embeds only the question), ``chunks_fts`` (FTS5,
+BM25, over title, heading and text) and ``chunks_bits`` (sqlite-vec ``vec0`` with the
+sign-quantized embedding). ``meta`` records the schema version, the chunking policy and
+the embedding model's sha256 and dimension: an index is only valid with the embedding
+model it was built with, and opening it with another one is refused. An index of another
+schema version is refused with the command that rebuilds it.
 
 Vector search is the fast path: Hamming distance over the bit vectors (held in memory,
 reloaded when another connection commits) picks candidates, which are re-ranked by exact
@@ -27,18 +31,20 @@ import numpy as np
 import numpy.typing as npt
 
 from edge_agent.errors import BadRequestError, StoreError
-from edge_agent.rag.chunking import Chunk, ChunkingPolicy
+from edge_agent.rag.chunking import Chunk, ChunkingPolicy, with_context
 
 __all__ = [
     "DocumentRecord",
     "EmbeddingIdentity",
     "FilterValue",
     "RagIndex",
+    "SentenceVectors",
     "StoredChunk",
     "read_identity",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: structured chunks with their heading, sentence embeddings
+REBUILD = "python -m edge_agent.rag build-index DOCS_DIR --out FILE"
 _APPLICATION_ID = 0x4F505247  # "OPRG"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _FILTER_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -74,6 +80,18 @@ class StoredChunk:
     start: int
     end: int
     text: str
+    context: str = ""
+
+    def as_chunk(self) -> Chunk:
+        return Chunk(self.ordinal, self.start, self.end, self.text, self.context)
+
+
+@dataclass(frozen=True)
+class SentenceVectors:
+    """The quotable sentences of one chunk: spans into the chunk's text, one row each."""
+
+    spans: list[tuple[int, int]]
+    vectors: npt.NDArray[np.float32]
 
 
 @dataclass(frozen=True)
@@ -113,9 +131,17 @@ CREATE TABLE chunks(
   start INTEGER NOT NULL,
   end INTEGER NOT NULL,
   text TEXT NOT NULL,
+  context TEXT NOT NULL,
   embedding BLOB NOT NULL
 );
 CREATE INDEX chunks_document ON chunks(document_id);
+CREATE TABLE sentences(
+  chunk_id INTEGER NOT NULL REFERENCES chunks(id),
+  start INTEGER NOT NULL,
+  end INTEGER NOT NULL,
+  embedding BLOB NOT NULL
+);
+CREATE INDEX sentences_chunk ON sentences(chunk_id);
 CREATE VIRTUAL TABLE chunks_fts USING fts5(
   text, content='', contentless_delete=1, tokenize='porter unicode61 remove_diacritics 2'
 );
@@ -131,6 +157,8 @@ class RagIndex:
         self.readonly = readonly
         self._lock = threading.RLock()
         self._cache: _BitCache | None = None
+        # term -> number of chunks it occurs in (capped), valid for one data_version
+        self._df: tuple[int, dict[tuple[str, int], int]] = (-1, {})
         meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         try:
             self.identity = EmbeddingIdentity(
@@ -141,6 +169,7 @@ class RagIndex:
             self.policy = ChunkingPolicy(
                 max_tokens=int(meta["chunk_max_tokens"]),
                 overlap_tokens=int(meta["chunk_overlap_tokens"]),
+                method=meta["chunk_method"],
             )
         except (KeyError, ValueError) as e:
             raise StoreError(f"{path}: index metadata is incomplete ({e}); rebuild it") from e
@@ -188,6 +217,7 @@ class RagIndex:
                         ("embedding_dimension", str(identity.dimension)),
                         ("chunk_max_tokens", str(policy.max_tokens)),
                         ("chunk_overlap_tokens", str(policy.overlap_tokens)),
+                        ("chunk_method", policy.method),
                     ],
                 )
         except apsw.Error as e:
@@ -227,7 +257,8 @@ class RagIndex:
             if version != SCHEMA_VERSION:
                 raise StoreError(
                     f"{path} has index schema {version}, this agent reads {SCHEMA_VERSION}; "
-                    "rebuild the index"
+                    f"rebuild the index from its documents with `{REBUILD}` (or install a "
+                    "release whose index was built by this version)"
                 )
             index = cls(db, path, readonly=readonly)
         except apsw.Error as e:
@@ -316,14 +347,29 @@ class RagIndex:
         return [str(r[0]) for r in rows], sigs
 
     def chunk_embeddings(self, key: str) -> dict[str, Vector]:
-        """Text -> embedding of a document's current chunks (to skip re-embedding them)."""
+        """Embedded text (title, heading, chunk) -> embedding of a document's current
+        chunks and of their sentences (to skip re-embedding them on a re-ingest).
+        """
         with self._lock, self._sql_errors("reading chunks"):
             rows = self._db.execute(
-                "SELECT c.text, c.embedding FROM chunks c JOIN documents d "
-                "ON d.id = c.document_id WHERE d.key = ?",
+                "SELECT c.id, d.title, c.context, c.text, c.embedding FROM chunks c "
+                "JOIN documents d ON d.id = c.document_id WHERE d.key = ?",
                 (key,),
             ).fetchall()
-        return {str(t): np.frombuffer(e, dtype=np.float32) for t, e in rows}
+            known = {
+                with_context(Chunk(0, 0, 0, str(t), str(ctx)), str(title)): np.frombuffer(
+                    e, dtype=np.float32
+                )
+                for _, title, ctx, t, e in rows
+            }
+            texts = {int(r[0]): str(r[3]) for r in rows}
+            for chunk_id, start, end, e in self._db.execute(
+                "SELECT s.chunk_id, s.start, s.end, s.embedding FROM sentences s JOIN chunks c "
+                "ON c.id = s.chunk_id JOIN documents d ON d.id = c.document_id WHERE d.key = ?",
+                (key,),
+            ).fetchall():
+                known[texts[int(chunk_id)][start:end]] = np.frombuffer(e, dtype=np.float32)
+        return known
 
     def put_document(
         self,
@@ -337,15 +383,30 @@ class RagIndex:
         minhash: npt.NDArray[np.uint64],
         chunks: Sequence[Chunk],
         embeddings: Vector,
+        sentences: Sequence[SentenceVectors] | None = None,
         now: float | None = None,
     ) -> None:
-        """Insert or replace one document and all its chunks in a single transaction."""
+        """Insert or replace one document and all its chunks in a single transaction.
+
+        ``sentences`` holds, per chunk, its quotable sentences and their embeddings.
+        """
         if embeddings.shape != (len(chunks), self.identity.dimension):
             raise StoreError(
                 f"got {embeddings.shape} embeddings for {len(chunks)} chunks of "
                 f"{self.identity.dimension}-d; nothing was changed"
             )
-        if not np.isfinite(embeddings).all():
+        sentences = sentences if sentences is not None else []
+        if sentences and len(sentences) != len(chunks):
+            raise StoreError(f"got sentences for {len(sentences)} of {len(chunks)} chunks")
+        for sv in sentences:
+            if sv.vectors.shape != (len(sv.spans), self.identity.dimension):
+                raise StoreError(
+                    f"got {sv.vectors.shape} sentence embeddings for {len(sv.spans)} "
+                    "sentences; nothing was changed"
+                )
+        if not np.isfinite(embeddings).all() or not all(
+            np.isfinite(sv.vectors).all() for sv in sentences
+        ):
             raise StoreError("the embedding model returned NaN or infinite values")
         for c in chunks:
             if text[c.start : c.end] != c.text:
@@ -368,22 +429,35 @@ class RagIndex:
                 ),
             )
             doc_id = self._db.last_insert_rowid()
-            for c, vec in zip(chunks, embeddings, strict=True):
+            for n, (c, vec) in enumerate(zip(chunks, embeddings, strict=True)):
                 blob = np.ascontiguousarray(vec, dtype=np.float32).tobytes()
                 self._db.execute(
-                    "INSERT INTO chunks(document_id, ordinal, start, end, text, embedding) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (doc_id, c.ordinal, c.start, c.end, c.text, blob),
+                    "INSERT INTO chunks(document_id, ordinal, start, end, text, context, "
+                    "embedding) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (doc_id, c.ordinal, c.start, c.end, c.text, c.context, blob),
                 )
                 chunk_id = self._db.last_insert_rowid()
                 self._db.execute(
-                    "INSERT INTO chunks_fts(rowid, text) VALUES (?, ?)", (chunk_id, c.text)
+                    "INSERT INTO chunks_fts(rowid, text) VALUES (?, ?)",
+                    (chunk_id, with_context(c, title)),
                 )
+                if sentences:
+                    self._db.executemany(
+                        "INSERT INTO sentences(chunk_id, start, end, embedding) "
+                        "VALUES (?, ?, ?, ?)",
+                        [
+                            (chunk_id, a, b, np.ascontiguousarray(v, dtype=np.float32).tobytes())
+                            for (a, b), v in zip(
+                                sentences[n].spans, sentences[n].vectors, strict=True
+                            )
+                        ],
+                    )
                 self._db.execute(
                     "INSERT INTO chunks_bits(rowid, embedding) VALUES (?, vec_quantize_binary(?))",
                     (chunk_id, blob),
                 )
         self._cache = None
+        self._df = (-1, {})
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -397,6 +471,7 @@ class RagIndex:
         with self._lock, self._sql_errors(f"deleting {key}"), self._db:
             found = self._delete(key)
         self._cache = None
+        self._df = (-1, {})
         return found
 
     def _delete(self, key: str) -> bool:
@@ -407,6 +482,7 @@ class RagIndex:
         for chunk_id in ids:
             self._db.execute("DELETE FROM chunks_fts WHERE rowid = ?", (chunk_id,))
             self._db.execute("DELETE FROM chunks_bits WHERE rowid = ?", (chunk_id,))
+            self._db.execute("DELETE FROM sentences WHERE chunk_id = ?", (chunk_id,))
         self._db.execute("DELETE FROM chunks WHERE document_id = ?", row)
         self._db.execute("DELETE FROM documents WHERE id = ?", row)
         return True
@@ -535,15 +611,23 @@ class RagIndex:
         """
         words = [t for t in terms if t and '"' not in t]
         with self._lock, self._sql_errors("searching text"):
-            total = len(self._bit_cache().ids)
+            cache = self._bit_cache()
+            total = len(cache.ids)
             cap = min(max_postings, max(1000, total // 10))
+            if self._df[0] != cache.data_version:
+                self._df = (cache.data_version, {})
+            counts = self._df[1]
             kept = []
             for t in words:
-                (df,) = self._db.execute(
-                    "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ? "
-                    "LIMIT ?)",
-                    (f'"{t}"', cap + 1),
-                ).fetchone()
+                df = counts.get((t, cap))
+                if df is None:
+                    (df,) = self._db.execute(
+                        "SELECT count(*) FROM (SELECT rowid FROM chunks_fts WHERE chunks_fts "
+                        "MATCH ? LIMIT ?)",
+                        (f'"{t}"', cap + 1),
+                    ).fetchone()
+                    if len(counts) < 100_000:
+                        counts[(t, cap)] = int(df)
                 if 0 < df <= cap:
                     kept.append(t)
             if not kept:
@@ -585,10 +669,32 @@ class RagIndex:
         id_list = ",".join(str(int(i)) for i in ids)
         with self._lock, self._sql_errors("reading chunks"):
             rows = self._db.execute(
-                "SELECT c.id, d.key, d.title, c.ordinal, c.start, c.end, c.text FROM chunks c "
-                f"JOIN documents d ON d.id = c.document_id WHERE c.id IN ({id_list})"
+                "SELECT c.id, d.key, d.title, c.ordinal, c.start, c.end, c.text, c.context "
+                f"FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({id_list})"
             ).fetchall()
         return {int(r[0]): StoredChunk(*r) for r in rows}
+
+    def sentence_vectors(self, ids: Sequence[int]) -> dict[int, SentenceVectors]:
+        """The stored sentence spans and embeddings of the chunks ``ids``."""
+        if not ids:
+            return {}
+        id_list = ",".join(str(int(i)) for i in ids)
+        with self._lock, self._sql_errors("reading sentences"):
+            rows = self._db.execute(
+                "SELECT chunk_id, start, end, embedding FROM sentences "
+                f"WHERE chunk_id IN ({id_list}) ORDER BY chunk_id, start"
+            ).fetchall()
+        grouped: dict[int, list[tuple[int, int, bytes]]] = {}
+        for chunk_id, start, end, blob in rows:
+            grouped.setdefault(int(chunk_id), []).append((int(start), int(end), blob))
+        dim = self.identity.dimension
+        return {
+            chunk_id: SentenceVectors(
+                [(a, b) for a, b, _ in got],
+                np.frombuffer(b"".join(e for _, _, e in got), dtype=np.float32).reshape(-1, dim),
+            )
+            for chunk_id, got in grouped.items()
+        }
 
 
 def _unit(vector: Vector | Sequence[float], dimension: int) -> Vector:

@@ -61,11 +61,13 @@ def _decode(data: bytes, name: str) -> str:
         ) from e
 
 
-_MD_FENCE = re.compile(r"^\s*(```|~~~).*$", re.MULTILINE)
-_MD_HEADING = re.compile(r"^\s{0,3}#{1,6}\s+", re.MULTILINE)
+# [ \t], not \s: a fence or heading must not swallow the blank line before it (the
+# structured chunker splits at blank lines).
+_MD_FENCE = re.compile(r"^[ \t]*(```|~~~).*$", re.MULTILINE)
+_MD_HEADING = re.compile(r"^[ \t]{0,3}#{1,6}[ \t]+", re.MULTILINE)
 _MD_LINK = re.compile(r"!?\[([^\]]*)\]\([^)]*\)")
 _MD_EMPHASIS = re.compile(r"(\*\*|__|\*|`)(?=\S)(.+?)(?<=\S)\1")
-_MD_LIST = re.compile(r"^(\s*)(?:[-*+]|\d+\.)\s+", re.MULTILINE)
+_MD_LIST = re.compile(r"^([ \t]*)(?:[-*+]|\d+\.)[ \t]+", re.MULTILINE)
 
 
 def _markdown_text(source: str) -> tuple[str, str | None]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
+import pydoc
 import re
 import subprocess
 import sys
@@ -52,6 +53,13 @@ SOURCES = (
 )
 
 
+class _PlainText(pydoc.TextDoc):
+    """pydoc's text renderer without the overstrike bold (what ``pydoc.plaintext`` is)."""
+
+    def bold(self, text: str) -> str:
+        return text
+
+
 def _installed_version(source: Source) -> str:
     if source.package == "python":
         return ".".join(str(p) for p in sys.version_info[:3])
@@ -83,13 +91,11 @@ def extract(source: Source) -> str:
         col = subprocess.run(["col", "-bx"], input=man.stdout, capture_output=True, check=True)
         return col.stdout.decode("utf-8")
     if source.kind == "pydoc":
-        import pydoc
-
-        text = pydoc.render_doc(source.ref, renderer=pydoc.plaintext)
+        text = pydoc.render_doc(source.ref, renderer=_PlainText())
         return _ADDRESS.sub(" at 0x...", text)  # object addresses differ per run
     if source.kind == "metadata":
-        body = importlib.metadata.metadata(source.ref).get_payload()
-        return str(body)
+        metadata = importlib.metadata.distribution(source.ref).read_text("METADATA") or ""
+        return metadata.split("\n\n", 1)[1]  # the body after the headers
     return Path(source.ref).read_text(encoding="utf-8")
 
 

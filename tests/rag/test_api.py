@@ -120,6 +120,28 @@ def test_query_answers_with_verified_span_citations(client: httpx.Client) -> Non
     assert citation["end"] - citation["start"] == len(citation["quote"])
 
 
+def test_sources_carry_their_text_and_citations_point_inside_it(client: httpx.Client) -> None:
+    """A client can show what was retrieved, and where the quote sits in it, without the
+    index: ``quote == sources[n - 1].text[source_start:source_end]``.
+    """
+    body = client.post(
+        "/v1/rag/query",
+        json={
+            "question": "How many loading docks does the Rotterdam depot have?",
+            "generate": False,
+        },
+    ).json()
+    assert body["sources"] and all(s["text"] for s in body["sources"])
+    for s in body["sources"]:
+        assert len(s["text"]) == s["end"] - s["start"]
+    [citation] = body["citations"]
+    source = body["sources"][citation["source"] - 1]
+    assert source["number"] == citation["source"]
+    quoted = source["text"][citation["source_start"] : citation["source_end"]]
+    assert quoted == citation["quote"] and "38" in quoted
+    assert citation["start"] - source["start"] == citation["source_start"]
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="product bug (issue 8): the handbook says 'between 2 and 8 degrees Celsius' and"

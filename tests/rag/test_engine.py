@@ -143,3 +143,48 @@ def test_an_engine_refuses_an_index_built_with_another_model(
 def test_query_vectors_are_unit_length(handbook: RagEngine) -> None:
     vector = handbook._embed(["battery"])[0]
     assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_answering_embeds_only_the_question(handbook: RagEngine) -> None:
+    """Candidate sentences are embedded at ingest: a query costs one embedding call, for the
+    question, not one per quoted sentence.
+    """
+    calls: list[list[str]] = []
+    model = handbook.embedder
+
+    class Counting:
+        identity = model.identity
+
+        def embed(self, texts: Sequence[str]) -> list[list[float]]:
+            calls.append(list(texts))
+            return model.embed(texts)
+
+    engine = RagEngine(handbook.index, Counting())
+    question = "How long does the Pika tag battery last?"
+    answer = engine.answer(question, generate=False)
+    assert not answer.abstained and "18 months" in " ".join(c.quote for c in answer.citations)
+    assert calls == [[question]]
+
+
+def test_the_reranker_orders_the_fused_candidates_by_its_score(handbook: RagEngine) -> None:
+    import dataclasses
+
+    from edge_agent.rag import RetrievalSettings
+
+    question = "How long does the Pika tag battery last?"
+    hybrid = RagEngine(
+        handbook.index, handbook.embedder, settings=RetrievalSettings(mode="hybrid")
+    ).retrieve(question, k=20)
+    reranked = handbook.retrieve(question, k=20)
+    assert {s.chunk_id for s in reranked} == {s.chunk_id for s in hybrid}
+    assert reranked[0].document == "pika-sensor-tags.md"
+    lexical_only = dataclasses.replace(
+        handbook.settings,
+        rerank_weights=dataclasses.replace(
+            handbook.settings.rerank_weights, chunk=0.0, sentence=0.0, terms=1.0
+        ),
+    )
+    by_terms = RagEngine(handbook.index, handbook.embedder, settings=lexical_only).retrieve(
+        question, k=20
+    )
+    assert [s.chunk_id for s in by_terms] != [s.chunk_id for s in reranked]

@@ -191,3 +191,60 @@ def test_overwritten_pages_are_reported_as_corrupt(index_path: Path, tmp_path: P
     with pytest.raises(StoreError), RagIndex.open(damaged) as index:
         index.counts()
     assert read_identity(index_path) == MODEL  # the original is untouched
+
+
+def test_an_index_of_another_schema_version_is_refused_with_the_rebuild_command(
+    index_path: Path,
+) -> None:
+    """Schema 1 indexes (window chunks, no sentence vectors) cannot be read by this agent."""
+    import apsw
+
+    db = apsw.Connection(str(index_path))
+    db.execute("PRAGMA user_version=1")
+    db.close()
+    with pytest.raises(StoreError, match=r"schema 1.*python -m edge_agent.rag build-index"):
+        RagIndex.open(index_path)
+
+
+def test_sentence_vectors_are_stored_with_their_chunk_and_removed_with_it(
+    tmp_path: Path,
+) -> None:
+    from edge_agent.rag.index import SentenceVectors
+
+    path = tmp_path / "s.sqlite"
+    text = "Alpha gateways buffer readings. They keep fourteen days of them in flash memory."
+    rng = np.random.default_rng(3)
+    with RagIndex.create(path, MODEL) as index:
+        chunks = chunk_text(text, index.policy)
+        spans = [(0, 31), (32, len(text))]
+        vectors = unit_rows(rng, 2)
+        index.put_document(
+            key="a.txt",
+            title="a",
+            media_type="text/plain",
+            text=text,
+            content_sha256=content_sha256(text),
+            metadata={},
+            minhash=minhash_signature(text),
+            chunks=chunks,
+            embeddings=unit_rows(rng, 1),
+            sentences=[SentenceVectors(spans, vectors)],
+        )
+        [(chunk_id, got)] = index.sentence_vectors(list(index.chunks([1, 2, 3]))).items()
+        assert got.spans == spans and np.allclose(got.vectors, vectors)
+        with pytest.raises(StoreError, match="sentence embeddings"):
+            put_bad = SentenceVectors(spans, unit_rows(rng, 1))
+            index.put_document(
+                key="b.txt",
+                title="b",
+                media_type="text/plain",
+                text=text + " b",
+                content_sha256=content_sha256(text + " b"),
+                metadata={},
+                minhash=minhash_signature(text + " b"),
+                chunks=chunks,
+                embeddings=unit_rows(rng, 1),
+                sentences=[put_bad],
+            )
+        index.delete_document("a.txt")
+        assert index.sentence_vectors([chunk_id]) == {}

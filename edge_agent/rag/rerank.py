@@ -1,0 +1,59 @@
+"""Second-stage ranking of the fused candidates: a pure scoring rule over features the
+index already holds (no cross-encoder model can be had offline here; see docs/rag.md).
+
+Each candidate chunk is scored by the cosine of its own embedding with the question, the
+cosine of its best-matching sentence (sentence embeddings are computed at ingest, so this
+costs one matrix product per query), and the share of the question's content words it
+contains (title and heading included). The weights were chosen on the tuning split of the
+real-document eval (``evals/realdocs``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edge_agent.rag.text import content_terms, stem
+
+__all__ = ["Candidate", "RerankWeights", "rerank", "term_coverage"]
+
+
+@dataclass(frozen=True)
+class RerankWeights:
+    chunk: float = 1.0
+    sentence: float = 1.0
+    terms: float = 0.3
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    chunk_similarity: float
+    sentence_similarity: float  # best sentence of the chunk; the chunk's own when it has none
+    term_coverage: float
+
+
+def term_coverage(terms: Sequence[str], text: str) -> float:
+    """Share of ``terms`` (question words) whose stem occurs among ``text``'s words."""
+    wanted = {stem(t) for t in terms}
+    if not wanted:
+        return 0.0
+    words = {stem(w) for w in content_terms(text)}
+    return len(wanted & words) / len(wanted)
+
+
+def rerank(candidates: Sequence[Candidate], weights: RerankWeights = RerankWeights()) -> list[int]:
+    """Candidate ids, best first; ties keep the fused order."""
+    scored = [
+        (
+            -(
+                weights.chunk * c.chunk_similarity
+                + weights.sentence * c.sentence_similarity
+                + weights.terms * c.term_coverage
+            ),
+            n,
+            c.id,
+        )
+        for n, c in enumerate(candidates)
+    ]
+    return [i for _, _, i in sorted(scored)]

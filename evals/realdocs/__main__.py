@@ -1,0 +1,5 @@
+import sys
+
+from evals.realdocs.harness import main
+
+sys.exit(main())

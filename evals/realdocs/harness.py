@@ -1,0 +1,252 @@
+"""Side-by-side RAG eval on real documents: BM25 only, dense only, hybrid, hybrid + rerank.
+
+    python -m evals.realdocs [--split tune|heldout|all] [--out FILE] [--check-baseline]
+
+One index of ``docs/`` (the shipped chunking), the same questions for every retriever, one
+run. Per split and retriever: recall@1/5, MRR, nDCG@10 (over the gold passages of the
+answerable questions), citation support, abstention precision and recall (abstaining is
+the positive class), how many answerable questions were abstained on, and the p50/p95 of
+one extractive ``RagEngine.answer`` call. ``--split tune`` is what tuning looks at;
+``heldout`` is what is reported and gated (``baseline.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_agent.rag import RagEngine, RagIndex, RetrievalSettings
+from edge_agent.rag.engine import RETRIEVAL_MODES, EmbeddingModel, RetrievalMode
+from evals.rag.runner import RETRIEVAL_METRICS, GoldSpan, regressions, retrieval_scores
+
+PACK = Path(__file__).resolve().parent
+DOCS = PACK / "docs"
+QUESTIONS = PACK / "questions.json"
+BASELINE = PACK / "baseline.json"
+SPLITS = ("tune", "heldout")
+SHIPPED: RetrievalMode = RetrievalSettings().mode
+
+
+def _occurrences(quote: str, text: str) -> list[tuple[int, int]]:
+    """Every span of ``quote`` in ``text``, ignoring differences in whitespace."""
+    import re
+
+    pattern = r"\s+".join(re.escape(w) for w in quote.split())
+    spans = [m.span() for m in re.finditer(pattern, text)]
+    if not spans:
+        raise ValueError(f"gold quote not found: {quote!r}")
+    return spans
+
+
+def build_index(path: Path, embedder: EmbeddingModel) -> RagIndex:
+    """A fresh index of ``DOCS`` in one transaction, as ``build-index`` makes it."""
+    index = RagIndex.create(path, embedder.identity)
+    engine = RagEngine(index, embedder)
+    with index.batch():
+        for result in engine.ingest_paths(sorted(DOCS.iterdir()), root=DOCS):
+            if isinstance(result, Exception):
+                raise result
+    return index
+
+
+def index_key(identity_sha256: str) -> str:
+    """What an index of ``DOCS`` depends on: the documents, the code that loads, chunks,
+    embeds and stores them, and the embedding model. Equal keys mean equal indexes.
+    """
+    import hashlib
+
+    import edge_agent.rag
+
+    digest = hashlib.sha256(identity_sha256.encode())
+    code = Path(edge_agent.rag.__file__).parent
+    for path in [*sorted(DOCS.iterdir()), *sorted(code.glob("*.py"))]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def cached_index(cache_dir: Path, embedder: EmbeddingModel) -> Path:
+    """An index of ``DOCS`` in ``cache_dir``, built only when no index for the current
+    documents, code and model exists there yet (building takes minutes on 2 cores).
+    """
+    path = cache_dir / f"realdocs-{index_key(embedder.identity.sha256)}.sqlite"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        partial.unlink(missing_ok=True)
+        build_index(partial, embedder).close()
+        partial.replace(path)
+    return path
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return round(float(np.percentile(values, q)), 2) if values else 0.0
+
+
+def _metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    answerable = [r for r in rows if r["answerable"]]
+    unanswerable = [r for r in rows if not r["answerable"]]
+    abstained = [r for r in rows if r["abstained"]]
+    out = {
+        name: round(sum(r[name] for r in answerable) / len(answerable), 4)
+        for name in RETRIEVAL_METRICS
+        if name != "recall@10"
+    }
+    out["citation_support"] = round(
+        sum(r["citation_supported"] for r in answerable) / len(answerable), 4
+    )
+    right = sum(not r["answerable"] for r in abstained)
+    out["abstention_precision"] = round(right / len(abstained), 4) if abstained else 1.0
+    out["abstention_recall"] = round(right / len(unanswerable), 4) if unanswerable else 1.0
+    out["answerable_abstained"] = sum(r["abstained"] for r in answerable)
+    out["unanswerable_abstained"] = right
+    ms = [r["ms"] for r in rows]
+    out["query_p50_ms"] = _percentile(ms, 50)
+    out["query_p95_ms"] = _percentile(ms, 95)
+    return out
+
+
+def evaluate(
+    index: RagIndex,
+    embedder: EmbeddingModel,
+    *,
+    splits: tuple[str, ...] = SPLITS,
+    modes: tuple[RetrievalMode, ...] = RETRIEVAL_MODES,
+    settings: RetrievalSettings | None = None,
+) -> dict[str, Any]:
+    """Every retriever on the same index and questions; metrics per split and retriever."""
+    pack = json.loads(QUESTIONS.read_text())
+    questions = [q for q in pack["questions"] if q["split"] in splits]
+    base = settings or RetrievalSettings()
+    rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+    texts: dict[str, str] = {}
+    for mode in modes:
+        engine = RagEngine(index, embedder, settings=dataclasses.replace(base, mode=mode))
+        engine.answer("warm-up question", k=5, generate=False)
+        for q in questions:
+            golds = []
+            for g in q["gold"]:
+                if g["document"] not in texts:
+                    text = index.document_text(g["document"])
+                    if text is None:
+                        raise ValueError(f"{q['id']}: {g['document']} is not indexed")
+                    texts[g["document"]] = text
+                spans = _occurrences(g["quote"], texts[g["document"]])
+                golds.append([GoldSpan(g["document"], a, b) for a, b in spans])
+            row: dict[str, Any] = {"id": q["id"], "split": q["split"], "answerable": bool(golds)}
+            if golds:
+                ranked = [
+                    (s.document, s.start, s.end) for s in engine.retrieve(q["question"], k=10)
+                ]
+                per_gold = [
+                    max(
+                        (retrieval_scores(ranked, [occ]) for occ in occs),
+                        key=lambda r: r["mrr"],
+                    )
+                    for occs in golds
+                ]
+                row.update({m: sum(p[m] for p in per_gold) / len(per_gold) for m in per_gold[0]})
+            started = time.perf_counter()
+            answer = engine.answer(q["question"], k=5, generate=False)
+            row["ms"] = (time.perf_counter() - started) * 1000
+            row.update(abstained=answer.abstained, reason=answer.reason)
+            if golds:
+                row["citation_supported"] = any(
+                    _squash(q["answer"]) in _squash(c.quote) for c in answer.citations
+                )
+            rows[mode].append(row)
+    results = {
+        split: {mode: _metrics([r for r in rows[mode] if r["split"] == split]) for mode in modes}
+        for split in splits
+    }
+    counts = index.counts()
+    return {
+        "pack": "evals/realdocs",
+        "documents": counts["documents"],
+        "chunks": counts["chunks"],
+        "questions": {
+            s: {
+                "answerable": sum(bool(q["gold"]) for q in questions if q["split"] == s),
+                "unanswerable": sum(not q["gold"] for q in questions if q["split"] == s),
+            }
+            for s in splits
+        },
+        "embedding_model": index.identity.name,
+        "shipped_mode": base.mode,
+        "results": results,
+        "metrics": {
+            f"{s}/{m}/{k}": v
+            for s, per in results.items()
+            for m, r in per.items()
+            for k, v in r.items()
+        },
+        "rows": rows,
+    }
+
+
+def beats_single_retrievers(results: dict[str, dict[str, float]], mode: str) -> list[str]:
+    """Where the shipped retriever does not beat the better of BM25-only and dense-only."""
+    failed = []
+    for metric in ("recall@5", "mrr"):
+        best_single = max(results["bm25"][metric], results["dense"][metric])
+        if results[mode][metric] < best_single:
+            failed.append(f"{mode} {metric} {results[mode][metric]:.3f} < {best_single:.3f}")
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.realdocs", description=__doc__)
+    parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune")
+    parser.add_argument("--out", type=Path, help="also write the JSON report here")
+    parser.add_argument("--check-baseline", action="store_true", help="exit 1 on regression")
+    parser.add_argument("--write-baseline", action="store_true", help="record a new baseline")
+    parser.add_argument(
+        "--index", type=Path, help="reuse this index of docs/ (built there when missing)"
+    )
+    args = parser.parse_args(argv)
+    from converters.minilm_gguf import cached_gguf
+    from edge_agent.rag.llama import LlamaEmbedder
+
+    splits = SPLITS if args.split == "all" else (args.split,)
+    if args.check_baseline or args.write_baseline:
+        splits = ("heldout",)
+    embedder = LlamaEmbedder(cached_gguf())
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        path = args.index or Path(tmp) / "realdocs.sqlite"
+        index = (
+            RagIndex.open(path, embedder.identity) if path.exists() else build_index(path, embedder)
+        )
+        report = {"build_seconds": round(time.perf_counter() - started, 1)}
+        with index:
+            report.update(evaluate(index, embedder, splits=splits))
+    summary = {k: v for k, v in report.items() if k not in ("rows", "metrics")}
+    print(json.dumps(summary, indent=1))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    shipped = report["shipped_mode"]
+    status = 0
+    if args.write_baseline:
+        kept = {k: v for k, v in report["metrics"].items() if f"/{shipped}/" in k}
+        gated = {k: v for k, v in kept.items() if not k.endswith("_ms")}
+        BASELINE.write_text(json.dumps({"metrics": gated}, indent=1) + "\n")
+    if args.check_baseline:
+        baseline = json.loads(BASELINE.read_text())["metrics"]
+        failed = regressions(report["metrics"], baseline)
+        failed += beats_single_retrievers(report["results"]["heldout"], shipped)
+        for line in failed:
+            print("REGRESSION", line, file=sys.stderr)
+        status = 1 if failed else 0
+    return status
