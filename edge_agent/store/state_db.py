@@ -230,6 +230,13 @@ class StateDB:
             return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads by a typed table adapter (no write lock is taken, so
+        it also works on a database that cannot be written)."""
+        with self._lock:
+            yield self._conn
+
+    @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction for a typed table adapter (e.g. the telemetry
         ledger and outbox, which must change together); failures map like every write."""

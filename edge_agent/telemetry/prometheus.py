@@ -22,6 +22,7 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from starlette.concurrency import run_in_threadpool
 
 from edge_agent.telemetry.metrics import AgentMetrics
 from edge_agent.telemetry.system import SystemSampler
@@ -162,6 +163,8 @@ def metrics_router(collector: AgentCollector) -> APIRouter:
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE)
+        # the collector reads the state database: off the event loop
+        body = await run_in_threadpool(generate_latest, registry)
+        return Response(body, media_type=CONTENT_TYPE)
 
     return router

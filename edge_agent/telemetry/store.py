@@ -119,12 +119,12 @@ class TelemetryStore:
         return Spent(period=float(period), lifetime=float(lifetime))
 
     def spent(self, window: BudgetWindow) -> Spent:
-        with self._db.transaction() as c:
+        with self._db.reading() as c:
             return self._spent(c, window)
 
     def ledger_entries(self, limit: int = 50) -> list[tuple[str, str, str, float]]:
         """The latest charges: (report id, charged at, budget period start, epsilon)."""
-        with self._db.transaction() as c:
+        with self._db.reading() as c:
             rows = c.execute(
                 "SELECT report_id, charged_at, period_start, epsilon FROM telemetry_ledger"
                 " ORDER BY seq DESC LIMIT ?",
@@ -233,7 +233,7 @@ class TelemetryStore:
 
     def pending(self, limit: int) -> list[tuple[str, str]]:
         """Queued reports, oldest first: (report id, body as queued)."""
-        with self._db.transaction() as c:
+        with self._db.reading() as c:
             rows = c.execute(
                 "SELECT report_id, body FROM telemetry_outbox ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
@@ -261,7 +261,7 @@ class TelemetryStore:
 
     def history(self, limit: int = 20) -> list[SentRecord]:
         """The latest reports, newest first: queued ones, then delivered ones."""
-        with self._db.transaction() as c:
+        with self._db.reading() as c:
             queued = c.execute(
                 "SELECT report_id, body, queued_at FROM telemetry_outbox ORDER BY seq DESC LIMIT ?",
                 (limit,),
@@ -277,14 +277,14 @@ class TelemetryStore:
 
     def outbox_size(self) -> tuple[int, int]:
         """(queued reports, their bytes)."""
-        with self._db.transaction() as c:
+        with self._db.reading() as c:
             row = c.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM telemetry_outbox"
             ).fetchone()
         return int(row[0]), int(row[1])
 
     def dropped_total(self) -> int:
-        with self._db.transaction() as c:
+        with self._db.reading() as c:
             return _kv_int(c, _DROPPED_TOTAL)
 
     # --- restarts and crashes ------------------------------------------------------------
