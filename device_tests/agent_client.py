@@ -7,9 +7,11 @@ agent's own stage timings are not used, so what is measured is what a caller wai
 
 from __future__ import annotations
 
+import http.client
 import json
 import time
 from typing import Any
+from urllib.parse import urlencode, urlsplit
 
 import httpx
 
@@ -28,6 +30,12 @@ class HttpAgent:
         self, url: str, token: str, workload: Workload, *, timeout_s: float = 120.0
     ) -> None:
         self.url = url.rstrip("/")
+        parsed = urlsplit(self.url)
+        if parsed.scheme != "http" or not parsed.hostname:
+            raise AgentError(f"--agent {url!r} is not an http://host:port address")
+        self._host, self._port = parsed.hostname, parsed.port or 80
+        self._auth = f"Bearer {token}"
+        self._conn: http.client.HTTPConnection | None = None
         self._workload = workload
         self._first: dict[str, str | None] = {}
         self._http = httpx.Client(
@@ -39,6 +47,8 @@ class HttpAgent:
 
     def close(self) -> None:
         self._http.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         try:
@@ -149,44 +159,66 @@ class HttpAgent:
             out["decode_tokens_per_s"] = (tokens - 1) / (last - first)
         return out
 
+    def _timed_post(self, path: str, body: bytes, content_type: str) -> tuple[int, bytes, float]:
+        """POST over a kept-alive ``http.client`` connection (the lightest client: what is
+        timed is the agent, not the client library); (status, body, milliseconds)."""
+        headers = {"Authorization": self._auth, "Content-Type": content_type}
+        for attempt in (1, 2):  # a kept-alive connection the server closed is opened again
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=120)
+            started = time.perf_counter()
+            try:
+                self._conn.request("POST", path, body=body, headers=headers)
+                response = self._conn.getresponse()
+                payload = response.read()
+            except (OSError, http.client.HTTPException) as e:
+                self._conn.close()
+                self._conn = None
+                if attempt == 2 or isinstance(e, ConnectionRefusedError):
+                    raise AgentUnreachableError(
+                        f"no agent answers at {self.url} ({type(e).__name__}: {e})"
+                    ) from e
+                continue
+            elapsed = (time.perf_counter() - started) * 1e3
+            if response.status == 401:
+                raise AgentAuthError(f"the agent at {self.url} refused the API token (401)")
+            return response.status, payload, elapsed
+        raise AssertionError("unreachable")
+
+    def _timed_json(self, path: str, body: dict[str, Any]) -> tuple[int, bytes, float]:
+        return self._timed_post(path, json.dumps(body).encode(), "application/json")
+
     def embed(self, model: str, sentence: str) -> float:
-        started = time.perf_counter()
-        r = self._request("POST", "/v1/embeddings", json={"model": model, "input": sentence})
-        elapsed = (time.perf_counter() - started) * 1e3
-        if r.status_code != 200:
-            raise AgentError(f"embedding on {model!r} answered {r.status_code}: {r.text[:300]}")
+        status, body, elapsed = self._timed_json(
+            "/v1/embeddings", {"model": model, "input": sentence}
+        )
+        if status != 200:
+            raise AgentError(f"embedding on {model!r} answered {status}: {body[:300]!r}")
         return elapsed
 
     def vision(self, model: str, image: bytes) -> dict[str, float]:
         tasks = [self._vision_task[model]] if model in self._vision_task else ["classify", "detect"]
         problems = []
+        statuses = []
         for task in tasks:
-            started = time.perf_counter()
-            r = self._request(
-                "POST",
-                f"/v1/vision/{task}",
-                params={"model": model},
-                content=image,
-                headers={"Content-Type": _image_type(image)},
-            )
-            elapsed = (time.perf_counter() - started) * 1e3
-            if r.status_code == 200:
+            path = f"/v1/vision/{task}?{urlencode({'model': model})}"
+            status, body, elapsed = self._timed_post(path, image, _image_type(image))
+            if status == 200:
                 self._vision_task[model] = task
-                inference = float(r.json()["timings_ms"]["inference_ms"])
+                inference = float(json.loads(body)["timings_ms"]["inference_ms"])
                 return {"ms": elapsed, "inference_ms": inference}
-            problems.append(f"{task}: {r.status_code} {r.text[:200]}")
-        if all(" 404 " in f" {p.split(':', 1)[1]} " for p in problems):
+            statuses.append(status)
+            problems.append(f"{task}: {status} {body[:200]!r}")
+        if all(s == 404 for s in statuses):
             raise NotServed(f"the agent serves no vision model named {model!r}")
         raise AgentError(f"vision on {model!r} failed: {'; '.join(problems)}")
 
     def rag_query(self, question: str, k: int) -> float:
-        started = time.perf_counter()
-        r = self._request(
-            "POST", "/v1/rag/query", json={"question": question, "k": k, "generate": False}
+        status, body, elapsed = self._timed_json(
+            "/v1/rag/query", {"question": question, "k": k, "generate": False}
         )
-        elapsed = (time.perf_counter() - started) * 1e3
-        if r.status_code != 200:
-            raise AgentError(f"RAG query answered {r.status_code}: {r.text[:300]}")
+        if status != 200:
+            raise AgentError(f"RAG query answered {status}: {body[:300]!r}")
         return elapsed
 
 
