@@ -54,25 +54,31 @@ class OpenDPDiscreteLaplace:
     """Discrete Laplace noise from OpenDP (exact integer sampling, OS randomness)."""
 
     def __init__(self) -> None:
-        try:
-            import opendp.prelude as dp
-            from opendp.mod import GLOBAL_FEATURES
-        except ImportError as e:  # a dependency of the agent: a broken install
-            raise ConfigError(
-                "telemetry needs the 'opendp' package (pip install opendp); it is a"
-                " dependency of the agent, reinstall it"
-            ) from e
-        self._dp: Any = dp
-        self._features: set[str] = GLOBAL_FEATURES
+        self._dp: Any = None  # imported at the first release: it costs ~40 MiB of RSS
+        self._features: set[str] = set()
         self._lock = threading.Lock()
         self._measurements: dict[float, Callable[[list[int]], list[int]]] = {}
         self._maps: dict[tuple[float, int], float] = {}
+
+    def _load(self) -> Any:
+        if self._dp is None:
+            try:
+                import opendp.prelude as dp
+                from opendp.mod import GLOBAL_FEATURES
+            except ImportError as e:  # a dependency of the agent: a broken install
+                raise ConfigError(
+                    "telemetry needs the 'opendp' package (pip install opendp); it is a"
+                    " dependency of the agent, reinstall it"
+                ) from e
+            self._dp, self._features = dp, GLOBAL_FEATURES
+        return self._dp
 
     @property
     def name(self) -> Mechanism:
         return "discrete_laplace"
 
     def _measurement(self, scale: float) -> Any:
+        dp = self._load()
         weakened = _FORBIDDEN_FEATURES & self._features
         if weakened:  # checked on every use: a measurement built before stays refused too
             raise ConfigError(
@@ -84,7 +90,6 @@ class OpenDPDiscreteLaplace:
             cached = self._measurements.get(scale)
             if cached is not None:
                 return cached
-            dp = self._dp
             had_contrib = "contrib" in self._features
             dp.enable_features("contrib")  # OpenDP 0.16 flags every constructor (see above)
             try:

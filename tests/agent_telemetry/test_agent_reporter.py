@@ -191,3 +191,23 @@ def test_opendp_refuses_to_run_with_a_weakening_feature_enabled() -> None:
             OpenDPDiscreteLaplace().release([1], 4.0)
     finally:
         dp.disable_features("idealized-numerics")
+
+
+def test_opendp_is_loaded_only_when_a_report_is_built() -> None:
+    """An idle agent does not pay OpenDP's ~40 MiB before its first report."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from edge_agent.telemetry.mechanisms import OpenDPDiscreteLaplace\n"
+        "m = OpenDPDiscreteLaplace()\n"
+        "assert 'opendp' not in sys.modules, 'imported at construction'\n"
+        "m.release([1], 2.0)\n"
+        "assert 'opendp' in sys.modules\n"
+    )
+    root = str(Path(__file__).resolve().parents[2])
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
