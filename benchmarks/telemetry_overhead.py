@@ -29,26 +29,24 @@ import platform
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from edge_agent.api import create_local_api  # noqa: E402
-from edge_agent.release import InstalledArtifact, InstalledRelease  # noqa: E402
 from edge_agent.runtime import ModelRegistry  # noqa: E402
 from edge_agent.settings import AgentSettings  # noqa: E402
 from edge_agent.telemetry.agent import TelemetryAgent  # noqa: E402
 from edge_agent.telemetry.instrument import GenerationObserver, TelemetryMiddleware  # noqa: E402
 from edge_agent.telemetry.metrics import AgentMetrics  # noqa: E402
 from protocol.remote_config import TelemetrySettings  # noqa: E402
+from tests.agent_api.conftest import LiveServer, release  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "telemetry_overhead.json"
 TOKEN = "benchmark-token-0123456789"
@@ -63,41 +61,6 @@ def smollm2_path() -> Path:
         return smollm2_gguf()
     except FileNotFoundError as e:
         raise SystemExit(str(e)) from e
-
-
-def _release(model: Path) -> InstalledRelease:
-    artifact = InstalledArtifact(
-        name=MODEL, kind="llm", format="gguf", sha256="0" * 64, length=model.stat().st_size,
-        path=model,
-    )  # fmt: skip
-    return InstalledRelease(
-        release_id="bench",
-        release_name="bench",
-        release_version="1",
-        assignment_version=1,
-        artifacts=(artifact,),
-        config={},
-    )
-
-
-class _Server:
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -186,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     state = Path(tempfile.mkdtemp(prefix="telemetry-bench-"))
     settings = AgentSettings(state_dir=state, n_threads=args.threads, n_ctx=512, max_queue=8)
     registry = ModelRegistry(settings)
-    registry.activate(_release(model))
+    registry.activate(release("bench", {MODEL: ("llm", model)}))
     registry.warm()
     off_app = create_local_api(registry, settings, api_token=TOKEN)
     telemetry = TelemetryAgent(
@@ -211,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         "max_tokens": args.max_tokens,
         "temperature": 0,
     }
-    with _Server(off_app) as off_url, _Server(on_app) as on_url:
+    with LiveServer(off_app) as off_server, LiveServer(on_app) as on_server:
+        off_url, on_url = off_server.url, on_server.url
         clients = {
             "off": httpx.Client(base_url=off_url, headers=auth, timeout=300),
             "on": httpx.Client(base_url=on_url, headers=auth, timeout=300),

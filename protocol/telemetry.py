@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -131,18 +131,7 @@ _VECTOR_LABELS: dict[SensitiveField, tuple[str, ...]] = {
     "errors_by_class": ERROR_CLASSES,
     "rag_abstentions": ("abstained",),
 }
-SENSITIVE_FIELDS: tuple[SensitiveField, ...] = (
-    "requests_by_feature",
-    "errors_by_class",
-    "chat_ttft_seconds",
-    "chat_time_per_output_token_seconds",
-    "completion_seconds",
-    "embedding_seconds",
-    "vision_seconds",
-    "rag_seconds",
-    "prompt_tokens",
-    "rag_abstentions",
-)
+SENSITIVE_FIELDS: tuple[SensitiveField, ...] = get_args(SensitiveField)
 # One request changes each usage field by at most this much in L1 (the privacy unit).
 SENSITIVITY = 1
 
