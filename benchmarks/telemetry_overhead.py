@@ -42,11 +42,10 @@ sys.path.insert(0, str(ROOT))
 from edge_agent.api import create_local_api  # noqa: E402
 from edge_agent.runtime import ModelRegistry  # noqa: E402
 from edge_agent.settings import AgentSettings  # noqa: E402
-from edge_agent.telemetry.agent import TelemetryAgent  # noqa: E402
 from edge_agent.telemetry.instrument import GenerationObserver, TelemetryMiddleware  # noqa: E402
 from edge_agent.telemetry.metrics import AgentMetrics  # noqa: E402
-from protocol.remote_config import TelemetrySettings  # noqa: E402
 from tests.agent_api.conftest import LiveServer, release  # noqa: E402
+from tests.agent_telemetry.helpers import telemetry_app  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "telemetry_overhead.json"
 TOKEN = "benchmark-token-0123456789"
@@ -152,21 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     registry.activate(release("bench", {MODEL: ("llm", model)}))
     registry.warm()
     off_app = create_local_api(registry, settings, api_token=TOKEN)
-    telemetry = TelemetryAgent(
-        settings,
-        device_id="bench",
-        layers=lambda: (None, TelemetrySettings()),
-        release_id=lambda: "bench",
-        models_loaded=lambda: 1,
-    )
-    on_app = create_local_api(
-        registry,
-        settings,
-        api_token=TOKEN,
-        extra_routers=[telemetry.router()],
-        generation_observer=telemetry.observer,
-    )
-    telemetry.install(on_app)
+    on_app, _ = telemetry_app(registry, settings, api_token=TOKEN, device_id="bench")
     auth = {"Authorization": f"Bearer {TOKEN}"}
     body = {
         "model": MODEL,

@@ -10,7 +10,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
+
+from edge_agent.api import create_local_api
+from edge_agent.runtime import ModelRegistry
+from edge_agent.settings import AgentSettings
 from edge_agent.store.state_db import StateDB
+from edge_agent.telemetry.agent import TelemetryAgent
 from edge_agent.telemetry.metrics import AgentMetrics
 from edge_agent.telemetry.policy import TelemetryPolicy, resolve_policy
 from edge_agent.telemetry.reporter import TelemetryReporter
@@ -107,3 +113,26 @@ def make_reporter(
 
 def open_db(path: Path) -> StateDB:
     return StateDB(path / "state.db")
+
+
+def telemetry_app(
+    registry: ModelRegistry, settings: AgentSettings, *, api_token: str, device_id: str
+) -> tuple[FastAPI, TelemetryAgent]:
+    """The local API as the daemon composes it for telemetry: ``/metrics``, the
+    generation observer and the counting middleware (outermost)."""
+    telemetry = TelemetryAgent(
+        settings,
+        device_id=device_id,
+        layers=lambda: (None, TelemetrySettings()),
+        release_id=lambda: registry.release.release_id if registry.release else None,
+        models_loaded=lambda: sum(1 for m in registry.models() if m.loaded),
+    )
+    app = create_local_api(
+        registry,
+        settings,
+        api_token=api_token,
+        extra_routers=[telemetry.router()],
+        generation_observer=telemetry.observer,
+    )
+    telemetry.install(app)
+    return app, telemetry

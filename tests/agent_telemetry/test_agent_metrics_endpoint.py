@@ -13,11 +13,10 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge_agent.api import create_local_api
 from edge_agent.runtime import ModelRegistry
 from edge_agent.telemetry.agent import TelemetryAgent
-from protocol.remote_config import TelemetrySettings
 from tests.agent_api.conftest import LLM, TOKEN, LiveServer, release, settings_for_tests
+from tests.agent_telemetry.helpers import telemetry_app
 from tests.requirements import LLAMA, require_installed, smollm2_gguf_path
 
 DEVICE_ID = "dev-canary-7f3a"
@@ -26,22 +25,7 @@ ALLOWED_LABELS = {"feature", "class", "le", "version", "release", "scope"}
 
 def _app(registry: ModelRegistry, tmp_path: Path) -> tuple[FastAPI, TelemetryAgent]:
     settings = settings_for_tests(state_dir=tmp_path)
-    telemetry = TelemetryAgent(
-        settings,
-        device_id=DEVICE_ID,
-        layers=lambda: (None, TelemetrySettings()),
-        release_id=lambda: registry.release.release_id if registry.release else None,
-        models_loaded=lambda: 0,
-    )
-    app = create_local_api(
-        registry,
-        settings,
-        api_token=TOKEN,
-        extra_routers=[telemetry.router()],
-        generation_observer=telemetry.observer,
-    )
-    telemetry.install(app)
-    return app, telemetry
+    return telemetry_app(registry, settings, api_token=TOKEN, device_id=DEVICE_ID)
 
 
 def _scrape(
