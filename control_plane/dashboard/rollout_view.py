@@ -58,6 +58,8 @@ class RolloutPage:
 
 
 def _scalar(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
