@@ -63,6 +63,14 @@ class HardwareFacts(_Message):
     accelerators: list[str] = Field(default_factory=list, max_length=16)
 
 
+class InstalledRelease(_Message):
+    """What a device installed before it enrolled (from an offline bundle): the control
+    plane adopts it, and numbers the device's next assignment above ``assignment_version``."""
+
+    release_id: str = Field(min_length=1, max_length=64)
+    assignment_version: int = Field(ge=1, le=INT64_MAX)
+
+
 class EnrollRequest(_Message):
     """Sent once by a new device with its one-time enrollment token."""
 
@@ -72,6 +80,7 @@ class EnrollRequest(_Message):
     name: str = Field(min_length=1, max_length=128)
     hardware: HardwareFacts
     tags: list[str] = Field(default_factory=list, max_length=32)
+    installed: InstalledRelease | None = None
 
 
 class EnrollResponse(_Message):

@@ -64,6 +64,30 @@ def latest_assignment(session: Session, device_id: str) -> AssignmentRecord | No
     ).first()
 
 
+def latest_versions(session: Session, device_ids: Sequence[str]) -> dict[str, int]:
+    """Each device's highest assignment version: signed here, or adopted from an offline
+    bundle it installed before enrolling (``Device.installed_assignment_version``)."""
+    latest: dict[str, int] = {}
+    for start in range(0, len(device_ids), 1000):
+        chunk = device_ids[start : start + 1000]
+        latest.update(
+            (device_id, version)
+            for device_id, version in session.execute(
+                select(AssignmentRecord.device_id, func.max(AssignmentRecord.version))
+                .where(AssignmentRecord.device_id.in_(chunk))
+                .group_by(AssignmentRecord.device_id)
+            ).all()
+        )
+        for device_id, installed in session.execute(
+            select(Device.id, Device.installed_assignment_version).where(
+                Device.id.in_(chunk), Device.installed_assignment_version.is_not(None)
+            )
+        ).all():
+            if installed is not None and installed > latest.get(device_id, 0):
+                latest[device_id] = int(installed)
+    return latest
+
+
 def issue_assignment(
     session: Session,
     *,
@@ -74,10 +98,10 @@ def issue_assignment(
     issued_by: str,
     now: datetime,
 ) -> AssignmentRecord:
-    """Sign and store ``device_id``'s next assignment version, naming ``release``."""
-    previous = session.scalar(
-        select(func.max(AssignmentRecord.version)).where(AssignmentRecord.device_id == device_id)
-    )
+    """Sign and store ``device_id``'s next assignment version, naming ``release``; above
+    the version a device adopted from an offline bundle installed (the agent refuses a
+    lower one as a replay)."""
+    previous = latest_versions(session, [device_id]).get(device_id)
     assignment = build_assignment(
         device_id=device_id,
         version=next_version(previous),
@@ -213,17 +237,7 @@ class Director:
                 " retry shortly, else see docs/runbooks/cp-online-key-compromise.md"
             )
         device_ids = [device_id for device_id, _ in moves]
-        previous: dict[str, int] = {}
-        for start in range(0, len(device_ids), 1000):
-            chunk = device_ids[start : start + 1000]
-            previous.update(
-                (device_id, version)
-                for device_id, version in session.execute(
-                    select(AssignmentRecord.device_id, func.max(AssignmentRecord.version))
-                    .where(AssignmentRecord.device_id.in_(chunk))
-                    .group_by(AssignmentRecord.device_id)
-                ).all()
-            )
+        previous = latest_versions(session, device_ids)
         facts: dict[str, ReleaseFacts] = {}
         records: dict[str, AssignmentRecord] = {}
         for device_id, release in moves:

@@ -13,9 +13,10 @@ from control_plane.access.tokens import new_id, new_secret, secret_hash
 from control_plane.errors import ConflictError, EnrollmentTokenError, InvalidRequestError
 from control_plane.fleet.device_keys import is_usable_ed25519_public_key
 from control_plane.fleet.tags import enrollment_tags
+from control_plane.releases.state import ReleaseState
 from control_plane.storage.database import Database
-from control_plane.storage.models import Device, EnrollmentToken
-from protocol.messages import EnrollRequest
+from control_plane.storage.models import Device, EnrollmentToken, Release
+from protocol.messages import EnrollRequest, InstalledRelease
 
 
 def create_enrollment_token(
@@ -94,6 +95,18 @@ def enroll(db: Database, request: EnrollRequest, now: datetime) -> Device:
         ) from e
 
 
+def _adoptable(session: Session, request: EnrollRequest) -> InstalledRelease | None:
+    """The release a device installed from an offline bundle, if this control plane
+    published it: the device is adopted as serving it (nothing is reinstalled)."""
+    installed = request.installed
+    if installed is None:
+        return None
+    release = session.get(Release, installed.release_id)
+    if release is None or release.state != ReleaseState.PUBLISHED:
+        return None
+    return installed
+
+
 def _enroll(db: Database, request: EnrollRequest, now: datetime) -> Device:
     with db.transaction() as session:
         token = _consume(session, request.token, now)
@@ -104,6 +117,7 @@ def _enroll(db: Database, request: EnrollRequest, now: datetime) -> Device:
             raise ConflictError(
                 "this public key is already enrolled; every device needs its own key pair"
             )
+        adopted = _adoptable(session, request)
         device = Device(
             id=new_id("dev"),
             name=request.name,
@@ -112,8 +126,8 @@ def _enroll(db: Database, request: EnrollRequest, now: datetime) -> Device:
             tags=enrollment_tags(token.tags, request.tags),
             enrolled_at=now,
             last_seen_at=now,
-            installed_release_id=None,
-            installed_assignment_version=None,
+            installed_release_id=adopted.release_id if adopted else None,
+            installed_assignment_version=adopted.assignment_version if adopted else None,
             enrollment_token_id=token.id,
         )
         session.add(device)
@@ -123,7 +137,12 @@ def _enroll(db: Database, request: EnrollRequest, now: datetime) -> Device:
             action="device.enroll",
             target=device.id,
             now=now,
-            details={"name": device.name, "tags": device.tags, "hardware": device.hardware},
+            details={
+                "name": device.name,
+                "tags": device.tags,
+                "hardware": device.hardware,
+                "adopted": adopted.model_dump() if adopted else None,
+            },
         )
         session.flush()
         return device

@@ -17,6 +17,8 @@ DEVICE_FILE = "device.json"
 DEVICE_KEY_FILE = "device.key"
 TRUSTED_ROOT_FILE = "trusted-root.json"
 API_TOKEN_FILE = "api-token"
+# written by install-bundle on a device that was never enrolled (edge_agent.updates.bundle)
+KIOSK_FILE = "offline-kiosk.json"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from edge_agent.errors import (
 )
 from edge_agent.store.identity import (
     DEVICE_KEY_FILE,
+    KIOSK_FILE,
     DeviceIdentity,
     create_api_token,
     is_enrolled,
@@ -68,7 +69,6 @@ from protocol.keys import generate_key_pair
 BUNDLE_URL = "http://bundle.invalid"  # never resolved: BundleTransport answers it
 WORK_DIR = "bundle-work"
 BUNDLE_TUF_DIR = "tuf-bundle"  # bundle metadata never mixes with the network's
-KIOSK_FILE = "offline-kiosk.json"
 RUNBOOK = "docs/runbooks/bundle-refused.md"
 _CHUNK = 1 << 20
 

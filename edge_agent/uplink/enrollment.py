@@ -16,15 +16,18 @@ from tuf.api.metadata import Metadata, Root
 from edge_agent.errors import ConfigError, UntrustedSignatureError
 from edge_agent.store import (
     DeviceIdentity,
+    ReleaseFiles,
     create_api_token,
     is_enrolled,
     write_device_key,
     write_identity,
     write_trusted_root,
 )
+from edge_agent.store.identity import KIOSK_FILE
 from edge_agent.trust import DirectorTrust
 from edge_agent.uplink.client import enroll_device, fetch_root_metadata
 from protocol import EnrollRequest, HardwareFacts, generate_key_pair
+from protocol.messages import InstalledRelease
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,19 @@ def trusted_first_root(http: httpx.Client, pin: RootPin) -> bytes:
     return root
 
 
+def installed_before_enrollment(state_dir: Path) -> InstalledRelease | None:
+    """The release an offline bundle installed on this never-enrolled device, for the
+    control plane to adopt (it then numbers assignments above its version)."""
+    if not (state_dir / KIOSK_FILE).exists():
+        return None
+    release = ReleaseFiles(state_dir).serveable_release()
+    if release is None:
+        return None
+    return InstalledRelease(
+        release_id=release.release_id, assignment_version=release.assignment_version
+    )
+
+
 def enroll(
     http: httpx.Client,
     *,
@@ -104,6 +120,7 @@ def enroll(
         name=name,
         hardware=hardware or detect_hardware(),
         tags=tags,
+        installed=installed_before_enrollment(state_dir),
     )
     response = enroll_device(http, request)
     write_device_key(state_dir, key)

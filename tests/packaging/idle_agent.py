@@ -1,5 +1,7 @@
-"""A real agent process with no release installed: what a device runs before its first
-assignment. Used by the footprint test and ``benchmarks/footprint.py``."""
+"""Real agent processes for the packaging tests and benchmarks: an agent with no release
+installed (what a device runs before its first assignment), ``bundle create`` and
+``install-bundle`` as an operator runs them. Used by tests/packaging and
+``benchmarks/footprint.py``, ``benchmarks/bundle_install.py``."""
 
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from edge_agent.store.identity import (
     write_trusted_root,
 )
 from protocol.keys import generate_key_pair
-from tests.e2e.conftest import REPO, free_port
+from tests.e2e.conftest import REPO, ControlPlane, _env, free_port
 
 # Modules that cost memory or start-up time and that an agent serving no model never needs.
 HEAVY_MODULES = (
@@ -79,6 +81,7 @@ def start_agent(
     python_flags: tuple[str, ...] = (),
     executable: str = sys.executable,
     timeout: float = 60,
+    extra_args: tuple[str, ...] = (),
 ) -> RunningAgent:
     """Start ``python -m edge_agent run`` and wait until ``/healthz`` answers."""
     port = free_port()
@@ -97,6 +100,7 @@ def start_agent(
                 str(state_dir),
                 "--port",
                 str(port),
+                *extra_args,
             ],
             cwd=REPO,
             env=env,
@@ -125,3 +129,49 @@ def imported_modules(importtime_log: str) -> set[str]:
             name = line.rsplit("|", 1)[1].strip()
             names.add(name.split(".", 1)[0])
     return names
+
+
+def bundle_create(cp: ControlPlane, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "control_plane",
+            "bundle",
+            "create",
+            "--data-dir",
+            str(cp.data_dir),
+            *cp._database_args(),
+            *(str(a) for a in args),
+        ],
+        cwd=REPO,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def install_bundle_cli(
+    prefix: list[str], bundle: Path, state: Path, *args: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            *prefix,
+            sys.executable,
+            "-m",
+            "edge_agent",
+            "install-bundle",
+            str(bundle),
+            "--state-dir",
+            str(state),
+            *args,
+        ],
+        cwd=REPO,
+        env={**_env(), "OUTPOST_AGENT_N_CTX": "512", "OUTPOST_AGENT_N_THREADS": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )

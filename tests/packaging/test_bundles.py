@@ -25,8 +25,8 @@ import pytest
 from edge_agent.errors import ExpiredUpdateError
 from edge_agent.settings import AgentSettings
 from edge_agent.uplink import RootPin
-from tests.e2e.conftest import REPO, ControlPlane, _env, smollm2_path
-from tests.packaging.idle_agent import start_agent
+from tests.e2e.conftest import REPO, ControlPlane, _env, smollm2_path, wait_until
+from tests.packaging.idle_agent import bundle_create, install_bundle_cli, start_agent
 from tests.requirements import require
 
 pytestmark = pytest.mark.slow
@@ -39,28 +39,7 @@ class Kiosk:
     cp: ControlPlane
     bundle: Path
     created: dict[str, object]
-
-
-def bundle_create(cp: ControlPlane, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "control_plane",
-            "bundle",
-            "create",
-            "--data-dir",
-            str(cp.data_dir),
-            *cp._database_args(),
-            *(str(a) for a in args),
-        ],
-        cwd=REPO,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    release_id: str
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +69,7 @@ def no_network() -> Iterator[list[str]]:
 def kiosk(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Kiosk:
     artifact = control_plane.upload(smollm2_path(), name="smollm2", kind="llm", fmt="gguf")
     name, _, version = RELEASE.partition("@")
-    control_plane.release(name, version, [artifact["id"]])
+    release_id = control_plane.release(name, version, [artifact["id"]])
     out = tmp_path_factory.mktemp("bundle") / "kiosk.bundle"
     made = bundle_create(
         control_plane,
@@ -106,31 +85,7 @@ def kiosk(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
     assert created["root_sha256"] == control_plane.init["root_sha256"]
-    return Kiosk(control_plane, out, created)
-
-
-def install(
-    prefix: list[str], bundle: Path, state: Path, *args: str
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            *prefix,
-            sys.executable,
-            "-m",
-            "edge_agent",
-            "install-bundle",
-            str(bundle),
-            "--state-dir",
-            str(state),
-            *args,
-        ],
-        cwd=REPO,
-        env={**_env(), "OUTPOST_AGENT_N_CTX": "512", "OUTPOST_AGENT_N_THREADS": "2"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    return Kiosk(control_plane, out, created, release_id)
 
 
 def serves(state: Path, log: Path) -> dict[str, object]:
@@ -167,7 +122,7 @@ def test_a_kiosk_installs_a_bundle_with_no_network_then_refuses_bad_ones_and_kee
     state = tmp_path / "kiosk-state"
     pin = ["--device-class", "rpi5", "--root-sha256", str(kiosk.created["root_sha256"])]
 
-    done = install(no_network, kiosk.bundle, state, *pin)
+    done = install_bundle_cli(no_network, kiosk.bundle, state, *pin)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["installed"] is True and result["release"] == RELEASE
@@ -176,7 +131,7 @@ def test_a_kiosk_installs_a_bundle_with_no_network_then_refuses_bad_ones_and_kee
     assert f"{serving['release_name']}@{serving['release_version']}" == RELEASE
 
     # the same bundle again: nothing new, nothing reinstalled
-    again = install(no_network, kiosk.bundle, state, *pin)
+    again = install_bundle_cli(no_network, kiosk.bundle, state, *pin)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["installed"] is False
 
@@ -192,7 +147,7 @@ def test_a_kiosk_installs_a_bundle_with_no_network_then_refuses_bad_ones_and_kee
         (kiosk.bundle, ["--device-class", "jetson-orin-nano"], "device-class:rpi5"),
     ]
     for bundle, args, why in cases:
-        refused = install(no_network, bundle, state, *args)
+        refused = install_bundle_cli(no_network, bundle, state, *args)
         assert refused.returncode == 1, (bundle.name, refused.stdout, refused.stderr)
         assert why in refused.stderr and "refused" in refused.stderr, refused.stderr
         assert not (state / "bundle-work").exists()
@@ -237,3 +192,50 @@ def test_a_bundle_with_a_model_license_off_the_allow_list_is_not_written(
     assert made.returncode == 1
     assert "smollm2" in made.stderr and "LicenseRef-Gemma-Terms-of-Use" in made.stderr
     assert not out.exists()
+
+
+def test_a_kiosk_that_enrolls_later_is_adopted_without_reinstalling(
+    kiosk: Kiosk, tmp_path: Path
+) -> None:
+    state = tmp_path / "kiosk-state"
+    root_sha256 = str(kiosk.created["root_sha256"])
+    done = install_bundle_cli(
+        [], kiosk.bundle, state, "--device-class", "rpi5", "--root-sha256", root_sha256
+    )
+    assert done.returncode == 0, done.stderr
+    (blob,) = [p for p in (state / "blobs").rglob("*") if p.is_file()]
+    inode = blob.stat().st_ino
+
+    enrolled = subprocess.run(
+        [
+            sys.executable, "-m", "edge_agent", "enroll", "--server", kiosk.cp.url,
+            "--token", kiosk.cp.enrollment_token(), "--root-sha256", root_sha256,
+            "--state-dir", str(state),
+        ],
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert enrolled.returncode == 0, enrolled.stderr
+    device_id = json.loads(enrolled.stdout)["device_id"]
+    installed = kiosk.cp.device(device_id)["installed_release"]
+    assert installed is not None and installed["version"] == "1.1.0", "the release is recognized"
+
+    agent = start_agent(state, stderr=tmp_path / "agent.log", extra_args=("--poll-interval", "0.3"))
+    try:
+        version = kiosk.cp.assign(device_id, kiosk.release_id)
+        assert version == int(str(kiosk.created["assignment_version"])) + 1
+        token = (state / "api-token").read_text().strip()
+        wait_until(
+            lambda: (
+                httpx.get(
+                    f"http://127.0.0.1:{agent.port}/v1/status",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=5,
+                ).json()["updates"]["assignment_version"]
+                == version
+            ),
+            timeout=120,
+            what="the adopted kiosk to take the control plane's assignment",
+        )
+    finally:
+        agent.stop()
+    assert blob.stat().st_ino == inode, "the model was not downloaded again"
