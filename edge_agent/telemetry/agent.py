@@ -13,6 +13,7 @@ from importlib import metadata
 
 from fastapi import APIRouter, FastAPI
 
+from edge_agent.errors import StoreError
 from edge_agent.settings import AgentSettings
 from edge_agent.store.state_db import StateDB
 from edge_agent.telemetry.instrument import GenerationObserver, TelemetryMiddleware
@@ -129,7 +130,10 @@ class TelemetryAgent:
             models_loaded=self._models_loaded,
             clock=self._clock,
         )
-        reporter.start()
+        try:
+            reporter.start()
+        except StoreError as e:  # never keep the caller (the update thread) from going on
+            log.warning("telemetry could not count this start: %s", e)
         self.reporter = reporter
 
         def deliver() -> DeliveryOutcome:
