@@ -14,7 +14,7 @@ import logging
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -183,7 +183,8 @@ class TelemetryService:
                 f"the telemetry report is about device {report.device_id!r} but was signed by"
                 f" {signer!r}; a device may only report about itself"
             )
-        if report.period_end > now + self.limits.max_clock_skew:
+        period_start, period_end = _aware(report.period_start), _aware(report.period_end)
+        if period_end > now + self.limits.max_clock_skew:
             raise InvalidRequestError(
                 f"telemetry report {report.report_id}: period_end {report.period_end.isoformat()}"
                 f" is more than {self.limits.max_clock_skew} ahead of the control plane's clock;"
@@ -211,8 +212,8 @@ class TelemetryService:
                         release_id=report.release_id,
                         device_class=report.device_class,
                         cohort=_cohort_of(session, signer, report.release_id),
-                        period_start=report.period_start,
-                        period_end=report.period_end,
+                        period_start=period_start,
+                        period_end=period_end,
                         received_at=now,
                         aggregated_at=None,
                         facts=facts,
@@ -638,6 +639,11 @@ class TelemetryService:
                 if value is not None:
                     out.append((metric, release, klass, value))
         return out
+
+
+def _aware(moment: datetime) -> datetime:
+    """A report's time as UTC (a time without an offset is taken as UTC)."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _rng(key: str) -> np.random.Generator:

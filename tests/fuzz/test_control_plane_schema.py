@@ -27,6 +27,7 @@ from protocol.device_auth import sign_device_request
 from protocol.keys import generate_key_pair
 from protocol.messages import ARTIFACT_FORMATS, ARTIFACT_KINDS, StatusReport
 from protocol.remote_config import ConfigReport
+from protocol.telemetry import TelemetryReport
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
     FakeDevice,
@@ -148,6 +149,7 @@ def control_plane_spec(cp: ControlPlaneUnderTest) -> dict[str, Any]:
     for path, model in (
         (paths.DEVICE_STATUS, StatusReport),
         (paths.DEVICE_CONFIG_STATUS, ConfigReport),
+        (paths.DEVICE_TELEMETRY, TelemetryReport),
     ):
         document_body(spec, "post", path, "application/json", model_schema(spec, model))
     upload = {"type": "string", "format": "binary", "maxLength": 4096}

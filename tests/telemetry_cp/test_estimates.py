@@ -165,3 +165,25 @@ def test_aggregates_merge_like_one_big_fold_and_round_trip_through_storage(
     assert merged.as_json() == Aggregate.from_json(whole.as_json()).as_json()
     assert merged.count("requests.chat").variance == pytest.approx(2.0 * len(facts))
     assert merged.epsilon == pytest.approx(0.5 * len(facts))
+
+
+def test_the_noise_of_empty_tail_buckets_does_not_pass_for_slow_requests() -> None:
+    """100 devices, 20 requests each (about 300 ms), scale 2: the twenty empty buckets up
+    to 120 s carry only noise; read as requests, they would put the p95 seconds away."""
+    rng = np.random.default_rng(3)
+    scale, devices = 2.0, 100
+    variance = noise_variance("discrete_laplace", scale) * devices
+    errors = []
+    for _ in range(30):
+        samples = rng.lognormal(math.log(0.3), 0.3, devices * 20)
+        exact = _histogram(samples)
+        noise = discrete_laplace((len(EDGES) + 1) * devices, scale, rng).reshape(devices, -1)
+        noisy = exact + noise.sum(axis=0)
+        truth = interpolated_quantile(list(exact), EDGES, 0.95)
+        estimate = estimate_quantile(
+            list(noisy), [variance] * len(noisy), EDGES, 0.95, rng, devices=devices, draws=50
+        )
+        assert estimate.value is not None
+        errors.append(abs(estimate.value - truth) / truth)
+    assert max(errors) < 0.5
+    assert float(np.median(errors)) < 0.1

@@ -113,3 +113,14 @@ def test_a_report_from_the_future_is_refused(
     assert r.status_code == 422
     assert "ahead of the control plane's clock" in r.json()["error"]["message"]
     assert _stored(tcp) == 0
+
+
+def test_a_period_without_a_utc_offset_is_taken_as_utc(
+    tcp: ControlPlaneUnderTest, reporter: Reporter
+) -> None:
+    body = json.loads(reporter.build().model_dump_json())
+    for key in ("period_start", "period_end"):
+        body[key] = body[key].replace("Z", "").split("+")[0]
+    r = reporter.send_bytes(json.dumps(body).encode())
+    assert r.status_code == 200, r.text
+    assert _stored(tcp) == 1
