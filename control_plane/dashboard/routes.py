@@ -28,6 +28,7 @@ from control_plane.dashboard.session import (
     SESSION_COOKIE,
     DashboardSession,
     SessionSigner,
+    fresh_id,
     same_origin,
 )
 from control_plane.errors import (
@@ -170,7 +171,7 @@ def create_router(signer: SessionSigner) -> APIRouter:
         )
 
     def login_page(request: Request, error: str = "", status: int = 200) -> HTMLResponse:
-        nonce = signer.login_nonce(_cp(request).clock())
+        nonce = signer.login_nonce(_cp(request).clock(), fresh_id())
         response = render(
             request, None, "login.html", error=error, login_csrf=signer.login_csrf_token(nonce)
         )

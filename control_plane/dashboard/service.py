@@ -10,7 +10,7 @@ from control_plane.access.roles import Role
 from control_plane.access.tokens import Principal, authenticate_api_token
 from control_plane.dashboard.fleet_view import FleetOverview, overview
 from control_plane.dashboard.rollout_view import RolloutPage, rollout_page
-from control_plane.dashboard.session import DashboardSession
+from control_plane.dashboard.session import DashboardSession, fresh_id
 from control_plane.dashboard.telemetry_view import PLOTTED, TelemetryPage, telemetry_page
 from control_plane.errors import AuthenticationError
 from control_plane.fleet import devices as fleet_devices
@@ -31,7 +31,7 @@ def sign_in(cp: ControlPlane, secret: str, now: datetime) -> tuple[Principal, Da
         raise AuthenticationError("that is not an API token; paste the token 'outpost-cp' gave")
     with cp.db.transaction() as session:
         principal = authenticate_api_token(session, secret)
-        started = DashboardSession.start(principal.token_id, now)
+        started = DashboardSession.start(principal.token_id, now, fresh_id())
         audit.record(
             session,
             actor=principal.actor,

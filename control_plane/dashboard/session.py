@@ -39,13 +39,20 @@ class DashboardSession:
     expires_at: datetime
 
     @classmethod
-    def start(cls, token_id: str, now: datetime) -> DashboardSession:
+    def start(cls, token_id: str, now: datetime, session_id: str) -> DashboardSession:
+        """A session from ``now`` for :data:`SESSION_LIFETIME`; ``session_id`` is random
+        (:func:`fresh_id`)."""
         return cls(
             token_id=token_id,
-            session_id=secrets.token_urlsafe(16),
+            session_id=session_id,
             issued_at=now,
             expires_at=now + SESSION_LIFETIME,
         )
+
+
+def fresh_id() -> str:
+    """128 random bits, URL-safe: session ids and sign-in form nonces."""
+    return secrets.token_urlsafe(16)
 
 
 def _b64(data: bytes) -> str:
@@ -114,9 +121,10 @@ class SessionSigner:
                 " submit again"
             )
 
-    def login_nonce(self, now: datetime) -> str:
-        """A signed, expiring nonce for the sign-in form's double-submit cookie."""
-        stamp = f"{secrets.token_urlsafe(16)}.{int((now + LOGIN_FORM_LIFETIME).timestamp())}"
+    def login_nonce(self, now: datetime, random_part: str) -> str:
+        """A signed, expiring nonce for the sign-in form's double-submit cookie
+        (``random_part`` from :func:`fresh_id`)."""
+        stamp = f"{random_part}.{int((now + LOGIN_FORM_LIFETIME).timestamp())}"
         return f"{stamp}.{_b64(self._mac('login', stamp.encode()))}"
 
     def login_csrf_token(self, nonce: str) -> str:

@@ -21,7 +21,7 @@ KEY = bytes(range(32))
 
 def test_a_sealed_session_opens_until_it_expires_and_only_under_its_key() -> None:
     signer = SessionSigner(KEY)
-    session = DashboardSession.start("tok_1", NOW)
+    session = DashboardSession.start("tok_1", NOW, "session-1")
     cookie = signer.seal(session)
     assert signer.open(cookie, NOW + timedelta(hours=7)) == session
     with pytest.raises(AuthenticationError, match="expired"):
@@ -45,7 +45,7 @@ def test_csrf_tokens_belong_to_one_session() -> None:
 
 def test_a_login_form_expires() -> None:
     signer = SessionSigner(KEY)
-    nonce = signer.login_nonce(NOW)
+    nonce = signer.login_nonce(NOW, "nonce-1")
     signer.check_login(nonce, signer.login_csrf_token(nonce), NOW + timedelta(minutes=29))
     with pytest.raises(PermissionDeniedError, match="expired"):
         signer.check_login(nonce, signer.login_csrf_token(nonce), NOW + timedelta(minutes=30))
