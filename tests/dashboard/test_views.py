@@ -8,12 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from control_plane.dashboard.fleet_view import Presence, presence_of
+from control_plane.dashboard.fleet_view import MAX_DEVICE_ROWS, Presence, overview, presence_of
 from control_plane.dashboard.plots import Point, Series, line_chart
 from control_plane.dashboard.rollout_view import allowed_actions, gate_rows
 from control_plane.dashboard.session import DashboardSession, SessionSigner, same_origin
 from control_plane.errors import AuthenticationError, PermissionDeniedError
+from control_plane.fleet.devices import DeviceView
 from control_plane.rollouts.core import Action, RolloutState
+from control_plane.storage.models import Device
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 KEY = bytes(range(32))
@@ -138,3 +140,27 @@ def test_an_interval_far_above_the_estimates_is_clipped_and_said_so() -> None:
     assert band is not None
     assert min(float(xy.split(",")[1]) for xy in band.group(1).split()) >= 44, "inside the plot"
     assert "95% interval 0 ms-120.00 s" in svg, "the tooltip keeps the whole interval"
+
+
+def test_the_fleet_table_is_bounded_and_counts_the_whole_fleet() -> None:
+    views = [
+        DeviceView(
+            device=Device(
+                id=f"dev_{i:04d}",
+                name=f"kiosk-{i:04d}",
+                tags=["hw=rpi5"] if i % 2 else [],
+                last_seen_at=NOW - timedelta(minutes=10 if i % 100 == 0 else 1),
+            ),
+            installed_release=None,
+            assignment=None,
+            last_status=None,
+        )
+        for i in range(MAX_DEVICE_ROWS + 20)
+    ]
+    fleet = overview(views, NOW)
+    assert fleet.total == MAX_DEVICE_ROWS + 20 and len(fleet.rows) == MAX_DEVICE_ROWS
+    assert fleet.truncated
+    assert fleet.by_presence[Presence.STALE] == 6 and fleet.by_presence[Presence.ONLINE] == 514
+    assert [r.presence for r in fleet.rows[:6]] == [Presence.STALE] * 6, "stale ones first"
+    assert fleet.by_class == {"rpi5": 260, "unclassified": 260}
+    assert [(s.release, s.devices) for s in fleet.releases] == [("none", 520)]
