@@ -211,3 +211,17 @@ def test_opendp_is_loaded_only_when_a_report_is_built() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
+
+
+def test_the_noise_has_the_variance_the_protocol_tells_the_control_plane() -> None:
+    """The control plane's intervals use protocol.telemetry.discrete_laplace_variance;
+    OpenDP's samples must match it (20,000 draws: the sample variance's relative standard
+    error is about 1.6%, so 8% is five of them)."""
+    from protocol.telemetry import discrete_laplace_variance
+
+    scale = 8.0
+    noisy = OpenDPDiscreteLaplace().release([0] * 20_000, scale)
+    mean = sum(noisy) / len(noisy)
+    variance = sum((v - mean) ** 2 for v in noisy) / (len(noisy) - 1)
+    assert abs(mean) < 0.5  # standard error 0.08
+    assert variance == pytest.approx(discrete_laplace_variance(scale), rel=0.08)
