@@ -128,3 +128,17 @@ def test_reports_are_aggregated_once_into_hourly_rows(gated: Fleet) -> None:
     budget = service.privacy_budget(since=now.replace(minute=0), until=now)
     assert [(b.device_class, b.reports, b.devices) for b in budget] == [("rpi5", 20, 20)]
     assert budget[0].epsilon_spent == pytest.approx(20 * 10 * 0.5)  # 10 fields at scale 2
+
+
+def test_retention_drops_old_raw_reports_once_folded_and_old_aggregates(gated: Fleet) -> None:
+    service = telemetry_of(gated.cp)
+    _send(gated.kiosks[:4], gated.releases["1.0.0"]["id"], 0.30, seed=5)
+    gated.cp.clock.advance(days=15)  # past the raw retention (14 days)
+    assert service.prune(gated.cp.clock()) == (0, 0), "unfolded reports are kept"
+    service.aggregate_pending(gated.cp.clock())
+    assert service.prune(gated.cp.clock()) == (4, 0)
+    summary = service.summary()
+    assert summary.reports_stored == 0 and summary.aggregate_rows == 1
+    gated.cp.clock.advance(days=400)  # past the aggregate retention
+    assert service.prune(gated.cp.clock()) == (0, 1)
+    assert service.summary().aggregate_rows == 0
