@@ -9,15 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from device_tests.errors import EXIT_FAILED, EXIT_PASSED, EXIT_USAGE, DeviceTestError
+from pydantic import ValidationError
+
+from device_tests.errors import EXIT_FAILED, EXIT_PASSED, DeviceTestError
 from device_tests.profile import load_profile, profile_names
 from device_tests.report import table, write_json, write_junit
 from device_tests.runner import run_suite
-from device_tests.workload import load_workload
+from device_tests.workload import Workload, load_workload
+from edge_agent.updates.acceptance import Measurement, Observer, describe_errors
 
 __all__ = ["main"]
 
@@ -31,10 +36,17 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="measure an agent against a profile")
     run.add_argument("--profile", required=True, help=f"{', '.join(profile_names())} or a path")
-    run.add_argument("--agent", default="http://127.0.0.1:8800", help="the agent's local API")
-    token = run.add_mutually_exclusive_group(required=True)
-    token.add_argument("--token", help="the agent's API token")
-    token.add_argument("--token-file", type=Path, help="a file holding it (<state dir>/api-token)")
+    target = run.add_mutually_exclusive_group(required=True)
+    target.add_argument("--agent", help="the agent's local API, e.g. http://127.0.0.1:8800")
+    target.add_argument(
+        "--state-dir",
+        type=Path,
+        help="in-process: load the release this agent state directory serves (no agent"
+        " running; measures cold start too)",
+    )
+    run.add_argument("--release-dir", help="with --state-dir: releases/<this> instead of current")
+    run.add_argument("--token", help="the agent's API token (with --agent)")
+    run.add_argument("--token-file", type=Path, help="a file holding it (<state dir>/api-token)")
     run.add_argument("--json", type=Path, help="write the result as JSON here")
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
     run.add_argument("--device-class", help="the class reported (default: the profile's name)")
@@ -50,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 def _token(args: argparse.Namespace) -> str:
     if args.token is not None:
         return str(args.token)
+    if args.token_file is None:
+        raise DeviceTestError("--agent needs --token or --token-file (<state dir>/api-token)")
     path: Path = args.token_file
     try:
         return path.read_text(encoding="utf-8").strip()
@@ -58,8 +72,6 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from device_tests.agent_client import HttpAgent
-
     profile = load_profile(args.profile)
     overrides = {
         k: v
@@ -68,31 +80,57 @@ def _run(args: argparse.Namespace) -> int:
     }
     measurement = profile.measurement
     if overrides:
-        measurement = type(measurement).model_validate({**measurement.model_dump(), **overrides})
+        try:
+            measurement = Measurement.model_validate({**measurement.model_dump(), **overrides})
+        except ValidationError as e:
+            raise DeviceTestError(describe_errors(e, "the command-line overrides")) from e
     workload = load_workload()
-    agent = HttpAgent(args.agent, _token(args), workload)
-    try:
-        facts = agent.facts()  # the address and the token, before anything is measured
+    with _target(args, workload) as (target, label, facts):
         result = run_suite(
             profile.thresholds,
             measurement.rules(),
-            agent,
+            target,
             profile=profile.name,
-            workload_version=workload.version,
             device_class=args.device_class or profile.name,
-            target_label=f"agent {args.agent}",
+            workload_version=workload.version,
+            target_label=label,
             clock=time.monotonic,
             now=lambda: datetime.now(UTC),
-            facts={"serving": facts.get("serving"), "device_id": facts.get("device_id")},
+            facts=facts,
         )
-    finally:
-        agent.close()
     print(table(result))
     if args.json is not None:
         write_json(result, args.json)
     if args.junit is not None:
         write_junit(result, args.junit)
     return EXIT_PASSED if result.passed else EXIT_FAILED
+
+
+@contextmanager
+def _target(
+    args: argparse.Namespace, workload: Workload
+) -> Iterator[tuple[Observer, str, dict[str, Any]]]:
+    """The agent over HTTP (its address and token checked first), or a release in process."""
+    if args.state_dir is not None:
+        from device_tests.in_process import in_process, load_release
+
+        release = load_release(args.state_dir, args.release_dir)
+        with in_process(release, workload) as observer:
+            label = f"in-process {release.release_name} {release.release_version}"
+            yield observer, label, {"release_id": release.release_id}
+        return
+    from device_tests.agent_client import HttpAgent
+
+    agent = HttpAgent(args.agent, _token(args), workload)
+    try:
+        facts = agent.facts()  # the address and the token, before anything is measured
+        yield (
+            agent,
+            f"agent {args.agent}",
+            {"serving": facts.get("serving"), "device_id": facts.get("device_id")},
+        )
+    finally:
+        agent.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +144,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DeviceTestError as e:
         print(f"device_tests: {e}", file=sys.stderr)
         return e.exit_code
-    except ValueError as e:  # an override out of range
-        print(f"device_tests: {e}", file=sys.stderr)
-        return EXIT_USAGE

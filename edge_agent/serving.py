@@ -16,9 +16,10 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -44,7 +45,6 @@ T = TypeVar("T")
 
 SMOKE_CHAT = (ChatTurn("user", "Reply with one word: are you ready?"),)
 SMOKE_SAMPLING = Sampling(max_tokens=4, temperature=0.0, seed=0)
-ACCEPTANCE_SAMPLING = Sampling(max_tokens=16, temperature=0.0, seed=0)
 SMOKE_SENTENCE = "The device checks that its new release answers before it commits to it."
 SMOKE_QUESTION = "What do these documents say?"
 
@@ -217,8 +217,10 @@ class ReleaseServing:
 
     # --- the health window's acceptance suite (edge_agent.updates.AcceptanceProbe) -------
 
-    def observer(self, release: InstalledRelease) -> OnDeviceObserver:
-        return OnDeviceObserver(self, release)
+    def observer(
+        self, release: InstalledRelease, inputs: AcceptanceInputs | None = None
+    ) -> OnDeviceObserver:
+        return OnDeviceObserver(self, release, inputs or AcceptanceInputs())
 
     def routers(self) -> list[APIRouter]:
         return [
@@ -235,15 +237,32 @@ class ReleaseServing:
         self.registry.close()
 
 
-class OnDeviceObserver:
-    """One query of the bounded acceptance suite at a time, through the same objects the
-    local API calls (an :class:`~edge_agent.updates.acceptance.Observer`). Inputs are
-    built in: the smoke prompt, sentence and question, and a generated 480x480 image."""
+@dataclass(frozen=True)
+class AcceptanceInputs:
+    """What the acceptance queries send: the health window's built-in inputs by default
+    (the smoke prompt, sentence and question, a generated 480x480 image); the
+    ``device_tests`` suite passes its versioned workload instead."""
 
-    def __init__(self, serving: ReleaseServing, release: InstalledRelease) -> None:
+    prompts: tuple[str, ...] = (SMOKE_CHAT[0].content,)
+    max_tokens: int = 16
+    sentences: tuple[str, ...] = (SMOKE_SENTENCE,)
+    questions: tuple[str, ...] = (SMOKE_QUESTION,)
+    images: Callable[[str], tuple[bytes, ...]] | None = None  # by model name
+    rag_k: int = 5
+
+
+class OnDeviceObserver:
+    """One acceptance query at a time, through the same objects the local API calls (an
+    :class:`~edge_agent.updates.acceptance.Observer`)."""
+
+    def __init__(
+        self, serving: ReleaseServing, release: InstalledRelease, inputs: AcceptanceInputs
+    ) -> None:
         self._serving = serving
         self._release = release
-        self._image: bytes | None = None
+        self._inputs = inputs
+        self._sampling = Sampling(max_tokens=inputs.max_tokens, temperature=0.0, seed=0)
+        self._generated: tuple[bytes, ...] | None = None
 
     def _first(self, kind: str) -> str:
         for artifact in self._release.artifacts:
@@ -252,21 +271,23 @@ class OnDeviceObserver:
         raise NotServed(f"the release serves no {kind} model")
 
     def observe(self, kind: str, model: str | None, i: int) -> Mapping[str, float]:
-        s = self._serving
+        s, inputs = self._serving, self._inputs
         if kind == "chat":
-            return self._chat(self._first("llm"))
+            prompt = inputs.prompts[i % len(inputs.prompts)]
+            return self._chat(self._first("llm"), prompt)
         if kind == "embedding":
+            sentence = inputs.sentences[i % len(inputs.sentences)]
             with s.registry.lease_embedder(self._first("embedding")) as lease:
                 started = time.perf_counter()
-                s._wait(lease.run(lambda m: m.embed([SMOKE_SENTENCE])), "an embedding")
+                s._wait(lease.run(lambda m: m.embed([sentence])), "an embedding")
                 return {"ms": _ms_since(started)}
         if kind == "vision":
-            return self._vision(model)
+            return self._vision(model, i)
         if kind == "rag":
             self._first("rag-index")
             engine = s.rag()
             started = time.perf_counter()
-            engine.retrieve(SMOKE_QUESTION, k=5)
+            engine.retrieve(inputs.questions[i % len(inputs.questions)], k=inputs.rag_k)
             return {"ms": _ms_since(started)}
         if kind == "memory":
             return {"peak_rss_mb": process_memory()["peak_rss_mb"]}
@@ -276,12 +297,14 @@ class OnDeviceObserver:
                 return {"ms": ms}
         raise NotServed(f"the agent cannot measure {kind} here")
 
-    def _chat(self, name: str) -> dict[str, float]:
+    def _chat(self, name: str, prompt: str) -> dict[str, float]:
+        turns = (ChatTurn("user", prompt),)
+
         def timed(m: TextGenerator) -> dict[str, float]:
             started = time.perf_counter()
             first = last = 0.0
             tokens = 0
-            for piece in m.chat(SMOKE_CHAT, ACCEPTANCE_SAMPLING):
+            for piece in m.chat(turns, self._sampling):
                 if piece.text:
                     last = time.perf_counter()
                     first = first or last
@@ -296,19 +319,22 @@ class OnDeviceObserver:
         with self._serving.registry.lease_generator(name) as lease:
             return self._serving._wait(lease.run(timed), "a chat completion")
 
-    def _vision(self, name: str | None) -> dict[str, float]:
+    def _vision(self, name: str | None, i: int) -> dict[str, float]:
         kinds = {a.name: a.kind for a in self._release.artifacts}
         if name not in kinds or kinds[name] not in VISION_TASK_OF_KIND:
             raise NotServed(f"the release serves no vision model named {name!r}")
         task = VISION_TASK_OF_KIND[kinds[name]]
         model = self._serving.vision.vision_model(name, task)
-        if self._image is None:
-            self._image = _smoke_png(480)
+        if self._inputs.images is not None:
+            images = self._inputs.images(name)
+        else:
+            self._generated = self._generated or (_smoke_png(480),)
+            images = self._generated
         started = time.perf_counter()
-        pixels = decode_image(self._image, max_pixels=self._serving.settings.max_image_pixels)
-        run = (
-            model.classify(pixels.pixels, 1) if task == "classify" else model.detect(pixels.pixels)
-        )
+        pixels = decode_image(
+            images[i % len(images)], max_pixels=self._serving.settings.max_image_pixels
+        ).pixels
+        run = model.classify(pixels, 1) if task == "classify" else model.detect(pixels)
         return {"ms": _ms_since(started), "inference_ms": run.times.inference_ms}
 
 

@@ -106,9 +106,28 @@ def classify_page(agent: Agent) -> dict[str, Any]:
     return dict(r.json())
 
 
+def config_with(limit: float) -> dict[str, Any]:
+    """The release config: the model's spec and an x86-ci threshold on its median time."""
+    return {
+        "vision": {VISION_NAME: SPEC},
+        "acceptance": {
+            "device_classes": {
+                DEVICE_CLASS: {
+                    "thresholds": {"vision_inference_p50_ms": {VISION_NAME: limit}},
+                    "measurement": {"warmup": 3, "min_queries": 60, "min_duration_s": 2.0},
+                },
+                "rpi5": {"thresholds": {"vision_inference_p50_ms": {VISION_NAME: 0.001}}},
+            }
+        },
+    }
+
+
 def test_int8_with_an_fp32_derived_threshold_is_refused_on_device_and_fp32_passes(
     control_plane: ControlPlane, agent: Agent, tmp_path: Path
 ) -> None:
+    """Up to three rounds (calibrate, INT8 release, FP32 release): on a machine whose load
+    swings from one second to the next, one round whose calibration, INT8 check and FP32
+    check all saw comparable load is the evidence; with the check removed, no round is."""
     cp = control_plane
     fp32 = cp.upload(
         text_orientation_path("fp32"), name=VISION_NAME, kind="vision-classify", fmt="onnx"
@@ -119,46 +138,45 @@ def test_int8_with_an_fp32_derived_threshold_is_refused_on_device_and_fp32_passe
     base = publish(cp, "1.0.0", fp32["id"], {"vision": {VISION_NAME: SPEC}})
     version = cp.assign(agent.device_id, base)
     assert final_report(cp, agent.device_id, version)["state"] == "committed"
+    serving_id, serving_label = base, "reader 1.0.0"
+    rounds: list[str] = []
+    for n in range(1, 4):
+        fp32_ms, int8_ms = medians_ms(tmp_path / f"calibrate-{n}")
+        if int8_ms < fp32_ms * PREMISE:
+            rounds.append(
+                f"round {n}: INT8 {int8_ms:.2f} ms vs FP32 {fp32_ms:.2f} ms, not {PREMISE}x"
+                f" slower (load {os.getloadavg()}): INT8's slowdown is its poorer use of the"
+                " second core, which a saturated machine hides"
+            )
+            continue
+        limit = round(fp32_ms * HEADROOM, 3)
+        refused = publish(cp, f"1.{n}.0-int8", int8["id"], config_with(limit))
+        report = final_report(cp, agent.device_id, cp.assign(agent.device_id, refused))
+        if report["state"] != "rolled_back":
+            rounds.append(
+                f"round {n} (limit {limit} ms): INT8 {report['state']}: {report['detail']}"
+            )
+            serving_id, serving_label = refused, f"reader 1.{n}.0-int8"
+            continue
+        detail = report["detail"]
+        assert f"acceptance check failed for device class {DEVICE_CLASS}" in detail, detail
+        assert f"vision_inference_p50_ms[{VISION_NAME}]" in detail and f"<= {limit:g}" in detail
+        assert f"now serving {serving_label}" in detail
+        assert cp.device(agent.device_id)["installed_release"]["id"] == serving_id
+        status = agent.status()
+        assert status["updates"]["release_id"] == serving_id
+        assert status["updates"]["last_health"].startswith("acceptance check failed")
+        assert classify_page(agent)["predictions"]  # the previous release still answers
 
-    fp32_ms, int8_ms = medians_ms(tmp_path)
-    assert int8_ms >= fp32_ms * PREMISE, (
-        f"the premise does not hold on this machine now: INT8 {int8_ms:.2f} ms vs FP32"
-        f" {fp32_ms:.2f} ms (benchmarks/results/vision.json measured INT8 1.4x slower at p50"
-        f" with 2 threads); load average {os.getloadavg()}: INT8's slowdown is its poorer"
-        " use of the second core, which a saturated machine hides"
-    )
-    limit = round(fp32_ms * HEADROOM, 3)
-    config = {
-        "vision": {VISION_NAME: SPEC},
-        "acceptance": {
-            "device_classes": {
-                DEVICE_CLASS: {
-                    "thresholds": {"vision_inference_p50_ms": {VISION_NAME: limit}},
-                    "measurement": {"warmup": 3, "min_queries": 40, "min_duration_s": 1.0},
-                },
-                "rpi5": {"thresholds": {"vision_inference_p50_ms": {VISION_NAME: 0.001}}},
-            }
-        },
-    }
-
-    refused = publish(cp, "1.1.0-int8", int8["id"], config)
-    bad_version = cp.assign(agent.device_id, refused)
-    report = final_report(cp, agent.device_id, bad_version)
-    assert report["state"] == "rolled_back", report
-    detail = report["detail"]
-    assert f"acceptance check failed for device class {DEVICE_CLASS}" in detail, detail
-    assert f"vision_inference_p50_ms[{VISION_NAME}]" in detail and f"<= {limit:g}" in detail
-    assert "now serving reader 1.0.0" in detail
-    assert cp.device(agent.device_id)["installed_release"]["id"] == base
-    status = agent.status()
-    assert status["updates"]["release_id"] == base
-    assert status["updates"]["last_health"].startswith("acceptance check failed")
-    assert classify_page(agent)["predictions"]  # the FP32 release still answers
-
-    accepted = publish(cp, "1.1.0-fp32", fp32["id"], config)
-    good_version = cp.assign(agent.device_id, accepted)
-    report = final_report(cp, agent.device_id, good_version)
-    assert report["state"] == "committed", report
-    assert f"acceptance check passed for device class {DEVICE_CLASS}" in report["detail"]
-    assert agent.status()["updates"]["release_id"] == accepted
-    print(f"FP32 {fp32_ms:.2f} ms, INT8 {int8_ms:.2f} ms, threshold {limit} ms")
+        accepted = publish(cp, f"1.{n}.0-fp32", fp32["id"], config_with(limit))
+        report = final_report(cp, agent.device_id, cp.assign(agent.device_id, accepted))
+        if report["state"] != "committed":
+            rounds.append(
+                f"round {n} (limit {limit} ms): FP32 {report['state']}: {report['detail']}"
+            )
+            continue
+        assert f"acceptance check passed for device class {DEVICE_CLASS}" in report["detail"]
+        assert agent.status()["updates"]["release_id"] == accepted
+        print(f"round {n}: FP32 {fp32_ms:.2f} ms, INT8 {int8_ms:.2f} ms, threshold {limit} ms")
+        return
+    pytest.fail("no round showed it:\n" + "\n".join(rounds))

@@ -6,6 +6,7 @@ show what the device measured."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -112,3 +113,29 @@ def test_a_rollout_requiring_qualification_waits_for_a_passing_device_of_the_cla
     )
     assert started.status_code == 201, started.text
     assert started.json()["state"] in ("running", "completed")
+
+
+def test_the_suite_runs_in_process_against_the_release_a_device_installed(
+    agent: Agent, tmp_path: Path
+) -> None:
+    """``--state-dir``: the release the agent's store serves, loaded by the agent's runtime
+    in this process (after the test above installed it); cold start is measured here."""
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        'schema = 1\nname = "in-process"\ndevice = "test"\n[source]\nkind = "estimate"\n'
+        'basis = "generous"\n[measurement]\nwarmup = 1\nmin_queries = 5\nmin_duration_s = 0.0\n'
+        f'[thresholds]\ncold_start_ms = 60000\nvision_p95_ms = {{ "{VISION_NAME}" = 5000 }}\n'
+        "embedding_p95_ms = 5000\n"
+    )
+    out = tmp_path / "r.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "device_tests", "run", "--profile", str(profile),
+         "--state-dir", str(agent.state_dir), "--json", str(out)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    got = {f["figure"]: f for f in json.loads(out.read_text())["figures"]}
+    assert got["cold_start_ms"]["status"] == "pass" and 0 < got["cold_start_ms"]["value"] < 60000
+    assert got[f"vision_p95_ms[{VISION_NAME}]"]["status"] == "pass"
+    assert got["embedding_p95_ms"]["status"] == "not_measured"  # the release has no embedder
+    assert "in-process reader 2.0.0-qualify" in done.stdout

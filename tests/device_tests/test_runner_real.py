@@ -110,12 +110,14 @@ def test_a_threshold_inside_the_interval_is_inconclusive_not_a_pass(
     # a median's interval over a few queries is wide: the next run's likely holds it
     interval = figures(first)["decode_tokens_per_s_p50"]["interval"]
     statuses = []
-    for attempt in range(5):  # another run's interval may, rarely, miss the threshold
+    # a median of 3 queries has an interval about as wide as their range; on a machine
+    # whose load drifts, another run's interval may still miss the threshold: try again
+    for attempt in range(8):
         limit = sum(interval) / 2
         profile = tmp_path / f"straddle{attempt}.toml"
         profile.write_text(
             'schema = 1\nname = "straddle"\ndevice = "test"\n[source]\nkind = "estimate"\n'
-            'basis = "inside the last interval"\n[measurement]\nwarmup = 1\nmin_queries = 8\n'
+            'basis = "inside the last interval"\n[measurement]\nwarmup = 1\nmin_queries = 3\n'
             f"min_duration_s = 0.0\n[thresholds]\ndecode_tokens_per_s_p50 = {limit}\n"
         )
         out = tmp_path / f"straddle{attempt}.json"
