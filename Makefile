@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/vision.py
 	$(PY) benchmarks/rag_retrieval.py
 	$(PY) benchmarks/control_plane_fleet.py
+	$(PY) benchmarks/telemetry_ingest.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo

@@ -6,7 +6,7 @@ the control plane goes away and the agent keeps answering; a tampered release is
 refused while the device keeps serving the good one. Then a fleet: the real agent and a
 few hundred simulated devices (real keys, signed requests, verified assignments) get a
 healthy release in stages, and a bad one that halts at its first judged stage and rolls
-back by itself.
+back by itself; a lab fleet's slower release halts on the p95 telemetry gate.
 """
 
 from __future__ import annotations
@@ -377,6 +377,37 @@ def fleet_act(
         sim_http.close()
 
 
+def p95_act(
+    cp: ControlPlane,
+    cp_dir: Path,
+    created: dict[str, Any],
+    artifacts: list[str],
+    summary: list[str],
+) -> None:
+    """Act 13: a slower release halts on the p95 gate (scripts/demo_p95_gate.py)."""
+    from demo_p95_gate import p95_gate_act
+
+    banner("13. A slower release halts on the p95 gate (simulated lab fleet, real telemetry)")
+    token_file = WORK / "admin-p95.token"
+    token_file.write_text(created["admin_token"])
+    token_file.chmod(0o600)
+    halted = p95_gate_act(
+        cp.url,
+        token_file,
+        created["admin_token"],
+        (cp_dir / "root.json").read_bytes(),
+        artifacts,
+        info,
+    )
+    if halted["state"] != "halted":
+        raise SystemExit(f"demo: the slower release ended {halted['state']}: {halted['reason']}")
+    info(f"rollout halted: {halted['reason']}")
+    summary.append(
+        f"lab-assistant@2.0.0 (50% slower) halted on the p95 gate at stage {halted['stage']}"
+        f" and rolled back {halted['rolled_back']} devices"
+    )
+
+
 def broker_up(host: str = "127.0.0.1", port: int = 1883) -> bool:
     """Whether an MQTT broker listens here (the machine's Mosquitto); the demo uses it for
     nudges when it does and falls back to polling when it does not."""
@@ -707,6 +738,7 @@ def main() -> int:
             summary=summary,
         )
         config_act(cp, device_id=device_id, client=client, model=model, mqtt=mqtt, summary=summary)
+        p95_act(cp, cp_dir, created, [artifact["id"], *(a["id"] for a in shared)], summary)
     finally:
         agent_proc.stop()
         cp_proc.stop()
