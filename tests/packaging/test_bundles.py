@@ -8,11 +8,13 @@ model is the real SmolLM2, health-checked by the real runtime before it is commi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,27 +67,38 @@ def no_network() -> Iterator[list[str]]:
         subprocess.run(["ip", "netns", "delete", name], check=False)
 
 
-@pytest.fixture(scope="module")
-def kiosk(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Kiosk:
-    artifact = control_plane.upload(smollm2_path(), name="smollm2", kind="llm", fmt="gguf")
+def _publish_and_bundle(cp: ControlPlane, out: Path) -> Kiosk:
+    artifact = cp.upload(smollm2_path(), name="smollm2", kind="llm", fmt="gguf")
     name, _, version = RELEASE.partition("@")
-    release_id = control_plane.release(name, version, [artifact["id"]])
-    out = tmp_path_factory.mktemp("bundle") / "kiosk.bundle"
+    release_id = cp.release(name, version, [artifact["id"]])
     made = bundle_create(
-        control_plane,
-        "--release",
-        RELEASE,
-        "--device-class",
-        "rpi5",
-        "--out",
-        out,
-        "--model-license",
-        "smollm2=Apache-2.0",
-    )
+        cp, "--release", RELEASE, "--device-class", "rpi5", "--out", out,
+        "--model-license", "smollm2=Apache-2.0",
+    )  # fmt: skip
     assert made.returncode == 0, made.stderr
     created = json.loads(made.stdout)
-    assert created["root_sha256"] == control_plane.init["root_sha256"]
-    return Kiosk(control_plane, out, created, release_id)
+    assert created["root_sha256"] == cp.init["root_sha256"]
+    return Kiosk(cp, out, created, release_id)
+
+
+@pytest.fixture(scope="module")
+def kiosk(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> Kiosk:
+    """A bundle from the control plane on each database (bundle create reads it, and
+    enrollment adopts from it)."""
+    return _publish_and_bundle(control_plane, tmp_path_factory.mktemp("bundle") / "kiosk.bundle")
+
+
+@pytest.fixture(scope="module")
+def offline_kiosk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kiosk]:
+    """A bundle for the device-side tests, which never touch the control plane's
+    database: made once, by a control plane on its default SQLite file."""
+    tmp = tmp_path_factory.mktemp("offline-cp")
+    cp = ControlPlane(tmp / "data")
+    try:
+        yield _publish_and_bundle(cp, tmp / "kiosk.bundle")
+    finally:
+        cp.stop()
+        cp.admin.close()
 
 
 def serves(state: Path, log: Path) -> dict[str, object]:
@@ -117,8 +130,9 @@ def serves(state: Path, log: Path) -> dict[str, object]:
 
 
 def test_a_kiosk_installs_a_bundle_with_no_network_then_refuses_bad_ones_and_keeps_serving(
-    kiosk: Kiosk, no_network: list[str], tmp_path: Path
+    offline_kiosk: Kiosk, no_network: list[str], tmp_path: Path
 ) -> None:
+    kiosk = offline_kiosk
     state = tmp_path / "kiosk-state"
     pin = ["--device-class", "rpi5", "--root-sha256", str(kiosk.created["root_sha256"])]
 
@@ -156,7 +170,8 @@ def test_a_kiosk_installs_a_bundle_with_no_network_then_refuses_bad_ones_and_kee
     assert f"{serving['release_name']}@{serving['release_version']}" == RELEASE
 
 
-def test_an_expired_bundle_installs_nothing(kiosk: Kiosk, tmp_path: Path) -> None:
+def test_an_expired_bundle_installs_nothing(offline_kiosk: Kiosk, tmp_path: Path) -> None:
+    kiosk = offline_kiosk
     from edge_agent.bundle_install import install_bundle
 
     expires = datetime.fromisoformat(str(kiosk.created["expires_at"]))
@@ -239,3 +254,48 @@ def test_a_kiosk_that_enrolls_later_is_adopted_without_reinstalling(
     finally:
         agent.stop()
     assert blob.stat().st_ino == inode, "the model was not downloaded again"
+
+
+def test_a_bundle_with_the_agent_wheels_lists_every_model_and_package_and_their_licenses(
+    offline_kiosk: Kiosk, agent_wheelhouse: Path, tmp_path: Path
+) -> None:
+    """Fails when a package the agent ships has a license off the allow-list."""
+    out = tmp_path / "full.bundle"
+    made = bundle_create(
+        offline_kiosk.cp, "--release", RELEASE, "--device-class", "rpi5", "--out", out,
+        "--model-license", "smollm2=Apache-2.0", "--agent-wheels", agent_wheelhouse,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    wheels = sorted(p.name for p in agent_wheelhouse.glob("*.whl"))
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        sbom = json.loads(_member(tar, "outpost-bundle/sbom.cdx.json"))
+        inventory = json.loads(_member(tar, "outpost-bundle/licenses.json"))["entries"]
+    assert sorted(n.rsplit("/", 1)[1] for n in names if "/wheels/" in n) == wheels
+    assert sbom["bomFormat"] == "CycloneDX" and sbom["specVersion"] == "1.5"
+    by_type: dict[str, list[dict[str, object]]] = {}
+    for component in sbom["components"]:
+        by_type.setdefault(component["type"], []).append(component)
+    (model,) = by_type["machine-learning-model"]
+    assert model["name"] == "smollm2"
+    assert model["hashes"] == [{"alg": "SHA-256", "content": _sha256(smollm2_path())}]
+    assert len(by_type["library"]) == len(wheels)
+    assert all(str(c["purl"]).startswith("pkg:pypi/") for c in by_type["library"])
+    packages = {e["name"].lower(): e["license"] for e in inventory if e["kind"] == "package"}
+    assert packages["outpost-agent"] == "Apache-2.0"
+    assert packages["llama_cpp_python"] == "MIT" or packages.get("llama-cpp-python") == "MIT"
+    assert "NOASSERTION" not in packages.values()
+
+
+def _member(tar: tarfile.TarFile, name: str) -> bytes:
+    extracted = tar.extractfile(name)
+    assert extracted is not None
+    return extracted.read()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
