@@ -52,7 +52,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    os.environ.update({"OUTPOST_AGENT_N_CTX": "512", "OUTPOST_AGENT_N_THREADS": "2"})
+    os.environ.update(
+        {
+            "OUTPOST_AGENT_N_CTX": "512",
+            "OUTPOST_AGENT_N_THREADS": "2",
+            # a busy shared box: a smoke request slower than the default 30 s is load, not
+            # a broken model, and both paths run the same health window
+            "OUTPOST_AGENT_HEALTH_CHECK_TIMEOUT_SECONDS": "120",
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="outpost-bundle-bench-") as name:
         tmp = Path(name)
         cp = ControlPlane(tmp / "cp" / "data")
@@ -85,7 +93,12 @@ def main() -> int:
                     agent.start()
                     started = time.monotonic()
                     version = cp.assign(agent.device_id, release_id)
-                    agent.wait_installed(version, timeout=300)
+                    try:
+                        agent.wait_installed(version, timeout=300)
+                    except AssertionError:
+                        print(json.dumps(agent.status(), indent=2), file=sys.stderr)
+                        print(agent.log_path.read_text()[-4000:], file=sys.stderr)
+                        raise
                     network_runs.append(time.monotonic() - started)
                 finally:
                     stop_agent(agent)
