@@ -142,13 +142,6 @@ def test_sources_carry_their_text_and_citations_point_inside_it(client: httpx.Cl
     assert citation["start"] - source["start"] == citation["source_start"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (issue 8): the handbook says 'between 2 and 8 degrees Celsius' and"
-    " retrieval ranks cold-chain-thresholds.md first (similarity 0.68, evidence sufficient),"
-    " yet /v1/rag/query abstains after generation ('the best-matching sentences do not mention"
-    " 'temperature range''), while grounded chat answers the same question supported",
-)
 def test_query_with_the_chat_model_answers_with_citations(client: httpx.Client) -> None:
     """The handbook states the range: the (greedy) chat model answers, citing it."""
     response = client.post(

@@ -36,12 +36,6 @@ def test_chat_messages_get_numbered_sources_and_the_answer_gets_citations(
         assert source_text is not None and source_text[c.start : c.end] == c.quote
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug (issue 8): pika-sensor-tags.md says the battery 'lasts about 18"
-    " months' and ranks first (similarity 0.72, evidence sufficient), yet RagEngine.answer"
-    " abstains after generation with 'no retrieved sentence states a number'",
-)
 def test_a_generated_answer_through_the_engine_is_grounded(
     handbook: RagEngine, chat: object
 ) -> None:
