@@ -49,7 +49,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-ROOT=$(cd "$ROOT" 2>/dev/null && pwd) || die "--root $ROOT is not a directory"
+ROOT=$(cd "$ROOT" 2>/dev/null && pwd) || die "--root is not a directory"
 R=${ROOT%/}   # "" for the real root
 OPT=/opt/outpost
 STATE=/var/lib/outpost

@@ -29,6 +29,7 @@ from edge_agent.settings import AgentSettings
 from edge_agent.uplink import RootPin
 from tests.e2e.conftest import REPO, ControlPlane, _env, smollm2_path, wait_until
 from tests.packaging.idle_agent import bundle_create, install_bundle_cli, start_agent
+from tests.packaging.test_install_script import scratch_root
 from tests.requirements import require
 
 pytestmark = pytest.mark.slow
@@ -256,16 +257,25 @@ def test_a_kiosk_that_enrolls_later_is_adopted_without_reinstalling(
     assert blob.stat().st_ino == inode, "the model was not downloaded again"
 
 
-def test_a_bundle_with_the_agent_wheels_lists_every_model_and_package_and_their_licenses(
-    offline_kiosk: Kiosk, agent_wheelhouse: Path, tmp_path: Path
-) -> None:
-    """Fails when a package the agent ships has a license off the allow-list."""
-    out = tmp_path / "full.bundle"
+@pytest.fixture(scope="module")
+def full_bundle(
+    offline_kiosk: Kiosk, agent_wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, object]]:
+    """The kiosk release plus the agent's wheels: everything a bare machine needs.
+    ``bundle create`` refuses it if any shipped package's license is off the allow-list."""
+    out = tmp_path_factory.mktemp("full-bundle") / "full.bundle"
     made = bundle_create(
         offline_kiosk.cp, "--release", RELEASE, "--device-class", "rpi5", "--out", out,
         "--model-license", "smollm2=Apache-2.0", "--agent-wheels", agent_wheelhouse,
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
+    return out, json.loads(made.stdout)
+
+
+def test_a_bundle_with_the_agent_wheels_lists_every_model_and_package_and_their_licenses(
+    full_bundle: tuple[Path, dict[str, object]], agent_wheelhouse: Path
+) -> None:
+    out, _ = full_bundle
     wheels = sorted(p.name for p in agent_wheelhouse.glob("*.whl"))
     with tarfile.open(out) as tar:
         names = tar.getnames()
@@ -299,3 +309,32 @@ def _sha256(path: Path) -> str:
         while chunk := f.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def test_a_bare_machine_gets_the_agent_and_the_release_from_one_bundle_with_no_network(
+    full_bundle: tuple[Path, dict[str, object]], no_network: list[str], tmp_path: Path
+) -> None:
+    bundle, created = full_bundle
+    root = scratch_root(tmp_path / "root")
+    done = subprocess.run(
+        [
+            *no_network, "sh", str(REPO / "packaging/install.sh"), "--root", str(root),
+            "--bundle", str(bundle), "--bundle-sha256", str(created["sha256"]),
+            "--device-class", "rpi5", "--root-sha256", str(created["root_sha256"]),
+        ],
+        env={**_env(), "OUTPOST_AGENT_N_CTX": "512", "OUTPOST_AGENT_N_THREADS": "2"},
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert '"installed": true' in done.stdout
+    state = root / "var/lib/outpost"
+    serving = serves(state, tmp_path / "agent.log")
+    assert f"{serving['release_name']}@{serving['release_version']}" == RELEASE
+
+    (tmp_path / "other").mkdir()
+    wrong = subprocess.run(
+        ["sh", str(REPO / "packaging/install.sh"), "--root", str(tmp_path / "other"),
+         "--bundle", str(bundle), "--bundle-sha256", "0" * 64, "--device-class", "rpi5"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "nothing was installed" in wrong.stderr

@@ -29,7 +29,7 @@ ACCOUNT_FILES = ("passwd", "group", "shadow", "gshadow")
 MAX_EXPOSURE = 2.0
 
 
-def _scratch_root(path: Path) -> Path:
+def scratch_root(path: Path) -> Path:
     require(
         shutil.which("useradd") is not None, "useradd (passwd package)", "apt-get install passwd"
     )
@@ -73,7 +73,7 @@ def _verify(root: Path) -> subprocess.CompletedProcess[str]:
 
 def test_install_then_uninstall_in_a_scratch_root(agent_wheelhouse: Path, tmp_path: Path) -> None:
     host_passwd = Path("/etc/passwd").read_text()
-    root = _scratch_root(tmp_path / "root")
+    root = scratch_root(tmp_path / "root")
     done = _run(
         "--root",
         root,
