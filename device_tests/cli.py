@@ -50,6 +50,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--json", type=Path, help="write the result as JSON here")
     run.add_argument("--junit", type=Path, help="write JUnit XML here")
     run.add_argument("--device-class", help="the class reported (default: the profile's name)")
+    run.add_argument(
+        "--report-to-control-plane",
+        action="store_true",
+        help="send the numbers to the control plane, signed by the device key (about the"
+        " release the device serves)",
+    )
+    run.add_argument(
+        "--device-state-dir",
+        type=Path,
+        help="the enrolled agent's state directory, for its key and control plane (default:"
+        " --state-dir, else /var/lib/outpost)",
+    )
     run.add_argument("--min-queries", type=int, help="override the profile's minimum queries")
     run.add_argument(
         "--min-duration", type=float, help="override the profile's minimum duration (s)"
@@ -103,6 +115,12 @@ def _run(args: argparse.Namespace) -> int:
         write_json(result, args.json)
     if args.junit is not None:
         write_junit(result, args.junit)
+    if args.report_to_control_plane:
+        from device_tests.uplink import report_to_control_plane
+
+        state_dir = args.device_state_dir or args.state_dir or Path("/var/lib/outpost")
+        ack = report_to_control_plane(result, result.facts.get("release_id"), state_dir)
+        print(f"reported to the control plane (report {ack.report_id})")
     return EXIT_PASSED if result.passed else EXIT_FAILED
 
 
@@ -124,10 +142,15 @@ def _target(
     agent = HttpAgent(args.agent, _token(args), workload)
     try:
         facts = agent.facts()  # the address and the token, before anything is measured
+        serving = facts.get("serving")
         yield (
             agent,
             f"agent {args.agent}",
-            {"serving": facts.get("serving"), "device_id": facts.get("device_id")},
+            {
+                "serving": serving,
+                "device_id": facts.get("device_id"),
+                "release_id": serving.get("release_id") if isinstance(serving, dict) else None,
+            },
         )
     finally:
         agent.close()

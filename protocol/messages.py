@@ -189,6 +189,25 @@ class AcceptanceResult(_Message):
     temperature_c: float | None = Field(default=None, ge=-100, le=300, allow_inf_nan=False)
 
 
+class AcceptanceReport(_Message):
+    """A run of the acceptance suite on a device outside an install (``python -m
+    device_tests run --report-to-control-plane``), about the release the device serves;
+    sent signed by the device key. ``report_id`` makes delivery idempotent."""
+
+    report_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    device_id: str = Field(max_length=64)
+    release_id: str = Field(max_length=64)
+    at: datetime
+    profile: str = Field(max_length=64)
+    workload_version: str = Field(max_length=32)
+    result: AcceptanceResult
+
+
+class AcceptanceReportAck(_Message):
+    report_id: str
+    duplicate: bool
+
+
 class StatusReport(_Message):
     """An install-status report. ``report_id`` makes delivery idempotent."""
 

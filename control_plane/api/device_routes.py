@@ -15,8 +15,16 @@ from control_plane.errors import InvalidRequestError
 from control_plane.fleet.devices import record_seen
 from control_plane.fleet.enrollment import enroll
 from control_plane.fleet.status import record_status
+from control_plane.releases.qualification import record_acceptance_report
 from protocol import paths
-from protocol.messages import EnrollRequest, EnrollResponse, StatusReport, StatusReportAck
+from protocol.messages import (
+    AcceptanceReport,
+    AcceptanceReportAck,
+    EnrollRequest,
+    EnrollResponse,
+    StatusReport,
+    StatusReportAck,
+)
 from protocol.telemetry import TelemetryAck, TelemetryReport
 
 router = APIRouter()
@@ -75,6 +83,15 @@ async def report_telemetry(request: Request, cp: CP) -> TelemetryAck:
         cp.telemetry.count_invalid()
         raise
     return await run_in_threadpool(cp.telemetry.ingest, device_id, report, cp.clock())
+
+
+@router.post(paths.DEVICE_ACCEPTANCE)
+async def report_acceptance(request: Request, cp: CP) -> AcceptanceReportAck:
+    """Store the numbers of an acceptance-suite run on the device, about the release it
+    serves (a repeated report_id answers duplicate=true)."""
+    device_id, body = await authenticate_device(request, cp)
+    report = parse_device_body(AcceptanceReport, body, "acceptance report")
+    return await run_in_threadpool(record_acceptance_report, cp.db, device_id, report, cp.clock())
 
 
 def parse_device_body(model: type[M], body: bytes, what: str) -> M:

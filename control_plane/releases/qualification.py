@@ -16,13 +16,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Float, ForeignKey, Index, String, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from control_plane.errors import ConflictError
+from control_plane.errors import ConflictError, NotFoundError, PermissionDeniedError
 from control_plane.releases.service import get_release_by_ref
 from control_plane.storage.database import Database
-from control_plane.storage.models import Base, BigId, Release, Rollout, RolloutDevice
-from protocol.messages import StatusReport
+from control_plane.storage.models import Base, BigId, Device, Release, Rollout, RolloutDevice
+from protocol.messages import (
+    AcceptanceReport,
+    AcceptanceReportAck,
+    AcceptanceResult,
+    StatusReport,
+)
 
 __all__ = [
     "QUALIFYING_PASS_RATE",
@@ -32,6 +38,7 @@ __all__ = [
     "Qualification",
     "ReleaseNotQualifiedError",
     "qualification",
+    "record_acceptance_report",
     "release_qualification",
     "require_qualified",
     "rollout_acceptance_signals",
@@ -63,7 +70,7 @@ class AcceptanceRecord(Base):
     release_id: Mapped[str] = mapped_column(String(64))
     assignment_version: Mapped[int | None]
     device_class: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(32))  # committed / rolled_back
+    state: Mapped[str] = mapped_column(String(32))  # committed / rolled_back / suite
     passed: Mapped[bool]
     duration_s: Mapped[float] = mapped_column(Float)
     loadavg_1m: Mapped[float | None] = mapped_column(Float)
@@ -73,20 +80,64 @@ class AcceptanceRecord(Base):
     received_at: Mapped[datetime]
 
 
-def store_acceptance(session: Session, report: StatusReport, now: datetime) -> None:
-    """Keep the acceptance block of a status report being stored (same transaction)."""
-    result = report.acceptance
-    if result is None or report.release_id is None:
-        return
+SUITE_STATE = "suite"  # a row from a suite run outside an install (not a status report)
+
+
+def record_acceptance_report(
+    db: Database, signer: str, report: AcceptanceReport, now: datetime
+) -> AcceptanceReportAck:
+    """Store a suite run's numbers once, about the release the device serves now; a
+    report about another device, or another release, is refused (nothing stored)."""
+    if report.device_id != signer:
+        raise PermissionDeniedError(
+            f"the report is about device {report.device_id!r} but was signed by {signer!r};"
+            " a device may only report about itself"
+        )
     at = report.at if report.at.tzinfo else report.at.replace(tzinfo=UTC)
+    try:
+        with db.transaction() as session:
+            seen = session.scalars(
+                select(AcceptanceRecord.id).where(AcceptanceRecord.report_id == report.report_id)
+            ).first()
+            if seen is not None:
+                return AcceptanceReportAck(report_id=report.report_id, duplicate=True)
+            device = session.get(Device, signer)
+            if device is None:
+                raise NotFoundError(f"no device with id {signer!r}")
+            if device.installed_release_id != report.release_id:
+                raise ConflictError(
+                    f"acceptance report refused: it is about release {report.release_id!r},"
+                    f" but this device serves {device.installed_release_id!r} as far as the"
+                    " control plane knows (run the suite against the release the device"
+                    " committed)"
+                )
+            _add(session, report.report_id, signer, report.release_id, None, SUITE_STATE,
+                 report.result, at, now)  # fmt: skip
+            session.flush()
+    except IntegrityError:  # the same report twice at once: the other copy won
+        return AcceptanceReportAck(report_id=report.report_id, duplicate=True)
+    return AcceptanceReportAck(report_id=report.report_id, duplicate=False)
+
+
+def _add(
+    session: Session,
+    report_id: str,
+    device_id: str,
+    release_id: str,
+    assignment_version: int | None,
+    state: str,
+    result: AcceptanceResult,
+    at: datetime,
+    now: datetime,
+) -> None:
     session.add(
         AcceptanceRecord(
-            report_id=report.report_id,
-            device_id=report.device_id,
-            release_id=report.release_id,
-            assignment_version=report.assignment_version,
+            report_id=report_id,
+            device_id=device_id,
+            release_id=release_id,
+            assignment_version=assignment_version,
             device_class=result.device_class,
-            state=report.state.value,
+            state=state,
             passed=result.passed,
             duration_s=result.duration_s,
             loadavg_1m=result.loadavg_1m,
@@ -96,6 +147,16 @@ def store_acceptance(session: Session, report: StatusReport, now: datetime) -> N
             received_at=now,
         )
     )
+
+
+def store_acceptance(session: Session, report: StatusReport, now: datetime) -> None:
+    """Keep the acceptance block of a status report being stored (same transaction)."""
+    result = report.acceptance
+    if result is None or report.release_id is None:
+        return
+    at = report.at if report.at.tzinfo else report.at.replace(tzinfo=UTC)
+    _add(session, report.report_id, report.device_id, report.release_id,
+         report.assignment_version, report.state.value, result, at, now)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ __all__ = [
     "judge",
     "judge_acceptance",
     "smoke_checks",
+    "wire_figure",
 ]
 
 HEALTH_RUNBOOK = "docs/runbooks/agent-health-window.md"
@@ -230,7 +231,8 @@ def judge(
     )
 
 
-def _wire(figure: FigureResult) -> AcceptanceFigure:
+def wire_figure(figure: FigureResult) -> AcceptanceFigure:
+    """A judged figure as the status report carries it."""
     est = figure.estimate
     return AcceptanceFigure(
         figure=figure.figure,
@@ -264,7 +266,7 @@ def judge_acceptance(
     result = AcceptanceResult(
         device_class=device_class,
         passed=not failing and all(f.status is not Status.INCONCLUSIVE for f in got),
-        figures=[_wire(f) for f in got],
+        figures=[wire_figure(f) for f in got],
         duration_s=round(max(duration_s, 0.0), 3),
         loadavg_1m=loadavg_1m,
         temperature_c=temperature_c,

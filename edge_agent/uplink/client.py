@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from edge_agent.errors import BadUpdateError, ConfigError, TransportError
 from protocol import (
+    AcceptanceReport,
+    AcceptanceReportAck,
     Ed25519KeyPair,
     EnrollRequest,
     EnrollResponse,
@@ -146,6 +148,16 @@ class ControlPlaneClient:
             return StatusReportAck.model_validate_json(answer)
         except ValidationError as e:
             raise TransportError("the control plane's status acknowledgement is malformed") from e
+
+    def send_acceptance(self, report: AcceptanceReport) -> AcceptanceReportAck:
+        """Deliver the numbers of an acceptance-suite run (the server dedupes by id)."""
+        _, answer = self._signed("POST", paths.DEVICE_ACCEPTANCE, report.model_dump_json().encode())
+        try:
+            return AcceptanceReportAck.model_validate_json(answer)
+        except ValidationError as e:
+            raise TransportError(
+                "the control plane's acceptance acknowledgement is malformed"
+            ) from e
 
     def send_telemetry(self, body: bytes) -> TelemetryAck:
         """Deliver one telemetry report, the bytes as queued (the server dedupes by

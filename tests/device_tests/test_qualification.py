@@ -2,7 +2,8 @@
 of device class x86-ci, the real text-orientation model): a rollout that requires
 qualification for the class is refused until a device of the class has reported a passing
 acceptance check of the release, then starts; ``outpost-cp release qualify`` and the API
-show what the device measured."""
+show what the device measured; the suite runs in-process against the installed release and
+reports a run signed by the device key."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from converters.catalog import preset
+from edge_agent.store import load_device_key, load_identity
+from edge_agent.uplink.client import ControlPlaneClient, RequestRejectedError, new_http_client
+from protocol import AcceptanceReport, AcceptanceResult
 from tests.device_tests.agent import VISION_NAME, text_orientation_path
 from tests.device_tests.test_on_device_check import final_report, publish
 from tests.e2e.conftest import Agent, ControlPlane, stop_agent
@@ -139,3 +144,53 @@ def test_the_suite_runs_in_process_against_the_release_a_device_installed(
     assert got[f"vision_p95_ms[{VISION_NAME}]"]["status"] == "pass"
     assert got["embedding_p95_ms"]["status"] == "not_measured"  # the release has no embedder
     assert "in-process reader 2.0.0-qualify" in done.stdout
+
+
+def test_a_suite_run_is_reported_signed_by_the_device_and_counted(
+    control_plane: ControlPlane, agent: Agent, tmp_path: Path
+) -> None:
+    """``--report-to-control-plane``: the suite's numbers go to the control plane signed by
+    the device key, about the release the device serves; one about another release is
+    refused and nothing is stored."""
+    cp = control_plane
+    profile = tmp_path / "p.toml"
+    profile.write_text(
+        'schema = 1\nname = "x86-ci"\ndevice = "test"\n[source]\nkind = "estimate"\n'
+        'basis = "strict on purpose"\n[measurement]\nwarmup = 1\nmin_queries = 5\n'
+        f'min_duration_s = 0.0\n[thresholds]\nvision_p95_ms = {{ "{VISION_NAME}" = 0.01 }}\n'
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "device_tests", "run", "--profile", str(profile),
+         "--agent", agent.url, "--token", agent.token, "--report-to-control-plane",
+         "--device-state-dir", str(agent.state_dir)],
+        cwd=Path(__file__).resolve().parents[2], capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stdout + done.stderr  # failed, and reported anyway
+    assert "reported to the control plane" in done.stdout
+    found = cp.admin.get(
+        "/api/v1/releases/reader@2.0.0-qualify/qualification", params={"device_class": "x86-ci"}
+    ).json()
+    (device,) = found["devices"]  # the device's latest result is now the suite's
+    assert (device["state"], device["passed"], found["qualified"]) == ("suite", False, False)
+    assert device["figures"][0]["status"] == "fail"
+
+    identity = load_identity(agent.state_dir)
+    forged = AcceptanceReport(
+        report_id="0" * 32,
+        device_id=identity.device_id,
+        release_id="rel_not_what_it_serves",
+        at=datetime.now(UTC),
+        profile="x86-ci",
+        workload_version="1",
+        result=AcceptanceResult(device_class="x86-ci", passed=True, figures=[], duration_s=1),
+    )
+    with new_http_client(cp.url) as http:
+        client = ControlPlaneClient(
+            http, device_id=identity.device_id, device_key=load_device_key(agent.state_dir)
+        )
+        with pytest.raises(RequestRejectedError, match="this device serves") as e:
+            client.send_acceptance(forged)
+    assert e.value.status_code == 409
+    assert cp.query("SELECT count(*) FROM acceptance_results WHERE report_id = :r", r="0" * 32) == [
+        (0,)
+    ]
