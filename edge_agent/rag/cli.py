@@ -83,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_build.add_argument("--out", type=Path, required=True)
     p_build.add_argument("--max-tokens", type=int, default=ChunkingPolicy().max_tokens)
     p_build.add_argument("--overlap-tokens", type=int, default=ChunkingPolicy().overlap_tokens)
+    p_build.add_argument(
+        "--chunking",
+        choices=("structured", "window"),
+        default=ChunkingPolicy().method,
+        help="structured: the documents' own blocks and headings (default); window: "
+        "fixed token windows with overlap",
+    )
     p_build.add_argument("--force", action="store_true", help="replace an existing --out")
     p_query = sub.add_parser("query", help="answer a question with citations")
     p_query.add_argument("question")
@@ -130,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
             raise SystemExit(f"{args.out} exists; pass --force to replace it")
         partial = args.out.with_name(args.out.name + ".partial")
         partial.unlink(missing_ok=True)
-        policy = ChunkingPolicy(args.max_tokens, args.overlap_tokens)
+        policy = ChunkingPolicy(args.max_tokens, args.overlap_tokens, args.chunking)
         try:
             with RagIndex.create(partial, embedder.identity, policy) as index, index.batch():
                 status = _ingest(RagEngine(index, embedder), _files([args.docs]))

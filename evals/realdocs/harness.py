@@ -57,9 +57,13 @@ def build_index(path: Path, embedder: EmbeddingModel) -> RagIndex:
     return index
 
 
+# The modules whose code decides what an index of the pack holds.
+_INGEST_MODULES = ("chunking", "dedupe", "engine", "grounding", "index", "loaders", "text")
+
+
 def index_key(identity_sha256: str) -> str:
-    """What an index of ``DOCS`` depends on: the documents, the code that loads, chunks,
-    embeds and stores them, and the embedding model. Equal keys mean equal indexes.
+    """What an index of ``DOCS`` depends on: the documents, the modules that load, chunk,
+    embed and store them, and the embedding model. Equal keys mean equal indexes.
     """
     import hashlib
 
@@ -67,7 +71,8 @@ def index_key(identity_sha256: str) -> str:
 
     digest = hashlib.sha256(identity_sha256.encode())
     code = Path(edge_agent.rag.__file__).parent
-    for path in [*sorted(DOCS.iterdir()), *sorted(code.glob("*.py"))]:
+    ingest = [code / f"{name}.py" for name in _INGEST_MODULES]
+    for path in [*sorted(DOCS.iterdir()), *ingest]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
