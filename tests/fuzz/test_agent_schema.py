@@ -1,12 +1,13 @@
 """Fuzz the agent's local API schema with real models behind it.
 
 The app is assembled as the daemon assembles it (``create_local_api`` with the real RAG and
-vision routers and grounded chat) over one release holding the real SmolLM2 chat model, the
-MiniLM embedder, a RAG index built with it and a small vision classifier, and served by
-uvicorn on loopback. Every request carries the API token; two times in three a generated body
-names a model the release really serves, so the fuzz reaches llama.cpp, the embedder, the
-index and onnxruntime, not only "model not found". Generation is capped at a few tokens
-there (the fuzz is about inputs, not about the model's speed).
+vision routers, grounded chat, and telemetry's middleware and generation observer) over
+one release holding the real SmolLM2 chat model, the MiniLM embedder, a RAG index built
+with it and a small vision classifier, and served by uvicorn on loopback. Every request
+carries the API token; two times in three a generated body names a model the release
+really serves, so the fuzz reaches llama.cpp, the embedder, the index and onnxruntime, not
+only "model not found". Generation is capped at a few tokens there (the fuzz is about
+inputs, not about the model's speed).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from edge_agent.runtime import ModelRegistry
 from edge_agent.serving import ReleaseServing
 from edge_agent.settings import AgentSettings
 from edge_agent.store import sha256_file
+from edge_agent.telemetry.agent import TelemetryAgent
+from protocol.remote_config import TelemetrySettings
 from tests.agent_api.conftest import LiveServer
 from tests.fuzz.harness import (
     FuzzReport,
@@ -114,14 +117,23 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]
     )
     serving = ReleaseServing(ModelRegistry(settings), settings)
     serving.activate(full_release(tmp))
+    telemetry = TelemetryAgent(  # measuring, as in the daemon: it sees every input too
+        settings,
+        device_id="fuzz",
+        layers=lambda: (None, TelemetrySettings()),
+        release_id=lambda: None,
+        models_loaded=lambda: 0,
+    )
     app = create_local_api(
         serving.registry,
         settings,
         api_token=TOKEN,
         status=lambda: {"updates": {}},
-        extra_routers=serving.routers(),
+        extra_routers=[*serving.routers(), telemetry.router()],
         chat_grounding=serving.rag,
+        generation_observer=telemetry.observer,
     )
+    telemetry.install(app)
     try:
         with LiveServer(app) as server:
             yield app, server.url
