@@ -36,9 +36,11 @@ from edge_agent.errors import (
     ExpiredUpdateError,
     TamperedArtifactError,
 )
+from edge_agent.store.durable import write_atomically
 from edge_agent.store.identity import (
     DEVICE_KEY_FILE,
     KIOSK_FILE,
+    TRUSTED_ROOT_FILE,
     DeviceIdentity,
     create_api_token,
     is_enrolled,
@@ -218,7 +220,7 @@ def verify_bundle(
     try:
         trusted = (
             load_trusted_root(state_dir)
-            if (state_dir / "trusted-root.json").exists()
+            if (state_dir / TRUSTED_ROOT_FILE).exists()
             else trusted_first_root(http, pin)
         )
         metadata = ImageMetadataClient(
@@ -227,9 +229,9 @@ def verify_bundle(
             trusted_root=trusted,
             http=http,
         ).refresh()
-        raw = (root / MANIFEST_FILE).read_bytes()
-        if len(raw) > MAX_MANIFEST_BYTES:
+        if (root / MANIFEST_FILE).stat().st_size > MAX_MANIFEST_BYTES:
             raise _refused(BadUpdateError, f"its manifest is over {MAX_MANIFEST_BYTES} bytes")
+        raw = (root / MANIFEST_FILE).read_bytes()
         try:
             envelope = SignedEnvelope.model_validate_json(raw)
         except ValidationError as e:
@@ -305,12 +307,14 @@ def prepare_state_dir(state_dir: Path, *, root: bytes, binding: str) -> None:
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if is_enrolled(state_dir):
         return
-    if not (state_dir / "trusted-root.json").exists():
+    if not (state_dir / TRUSTED_ROOT_FILE).exists():
         write_trusted_root(state_dir, root)
     if not (state_dir / DEVICE_KEY_FILE).exists():
         write_device_key(state_dir, generate_key_pair())
     create_api_token(state_dir)
-    (state_dir / KIOSK_FILE).write_text(json.dumps({"bound_to": binding}) + "\n")
+    write_atomically(
+        state_dir / KIOSK_FILE, (json.dumps({"bound_to": binding}) + "\n").encode(), mode=0o644
+    )
 
 
 def offline_kiosk_identity(state_dir: Path) -> DeviceIdentity | None:

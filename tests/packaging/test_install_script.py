@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import REPO
-from tests.packaging.conftest import AGENT_TEST_EXTRAS
 from tests.requirements import require
 
 pytestmark = pytest.mark.slow
@@ -80,7 +79,7 @@ def test_install_then_uninstall_in_a_scratch_root(agent_wheelhouse: Path, tmp_pa
         "--wheels",
         agent_wheelhouse,
         "--extras",
-        AGENT_TEST_EXTRAS,
+        "llm,rag",  # every extra installs in test_agent_install.py
         "--profile",
         "rpi5",
         "--jetson",
