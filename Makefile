@@ -42,6 +42,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/rag_retrieval.py
 	$(PY) benchmarks/control_plane_fleet.py
 	$(PY) benchmarks/telemetry_ingest.py
+	$(PY) benchmarks/footprint.py
+	$(PY) benchmarks/bundle_install.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
