@@ -8,6 +8,7 @@ previous release keeps serving); the same release with the FP32 variant is commi
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,15 @@ def classify_page(agent: Agent) -> dict[str, Any]:
     return dict(r.json())
 
 
+def wait_for_a_quiet_machine(timeout_s: float) -> None:
+    """Wait (bounded) until the 1-minute load average is below the core count plus one
+    (this test's own agent and control plane): INT8's slowdown shows only when the second
+    core is free. Returns anyway at the deadline; the round then says what it saw."""
+    deadline = time.monotonic() + timeout_s
+    while os.getloadavg()[0] >= (os.cpu_count() or 1) + 1 and time.monotonic() < deadline:
+        time.sleep(1.0)
+
+
 def config_with(limit: float) -> dict[str, Any]:
     """The release config: the model's spec and an x86-ci threshold on its median time."""
     return {
@@ -141,6 +151,7 @@ def test_int8_with_an_fp32_derived_threshold_is_refused_on_device_and_fp32_passe
     serving_id, serving_label = base, "reader 1.0.0"
     rounds: list[str] = []
     for n in range(1, 4):
+        wait_for_a_quiet_machine(timeout_s=30)
         fp32_ms, int8_ms = medians_ms(tmp_path / f"calibrate-{n}")
         if int8_ms < fp32_ms * PREMISE:
             rounds.append(
