@@ -142,12 +142,16 @@ def _bytes_member(path: str, data: bytes) -> _Member:
     return _Member(path, data=data, sha256=hashlib.sha256(data).hexdigest(), length=len(data))
 
 
-def _file_member(path: str, source: Path) -> _Member:
+def _sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
-    with source.open("rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(_CHUNK):
             digest.update(chunk)
-    return _Member(path, source=source, sha256=digest.hexdigest(), length=source.stat().st_size)
+    return digest.hexdigest()
+
+
+def _file_member(path: str, source: Path) -> _Member:
+    return _Member(path, source=source, sha256=_sha256_of(source), length=source.stat().st_size)
 
 
 def _offline_copies(
@@ -370,8 +374,4 @@ def _write_tar(out: Path, members: list[_Member], now: datetime) -> tuple[str, i
     with part.open("rb") as written:
         os.fsync(written.fileno())
     os.replace(part, out)
-    digest = hashlib.sha256()
-    with out.open("rb") as done:
-        while chunk := done.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest(), out.stat().st_size
+    return _sha256_of(out), out.stat().st_size

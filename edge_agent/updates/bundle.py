@@ -17,7 +17,6 @@ nothing; whatever the device serves keeps serving.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tarfile
@@ -36,6 +35,7 @@ from edge_agent.errors import (
     ExpiredUpdateError,
     TamperedArtifactError,
 )
+from edge_agent.store import sha256_file
 from edge_agent.store.durable import write_atomically
 from edge_agent.store.identity import (
     DEVICE_KEY_FILE,
@@ -186,14 +186,6 @@ def bundle_http(root: Path) -> httpx.Client:
     return httpx.Client(base_url=BUNDLE_URL, transport=BundleTransport(root), timeout=60)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass(frozen=True)
 class VerifiedBundle:
     """A bundle whose manifest the director signed for this device and whose every
@@ -278,7 +270,7 @@ def _check_members(root: Path, manifest: BundleManifest) -> None:
         path = root / name
         if not path.is_file() or path.is_symlink():
             raise _refused(TamperedArtifactError, f"{name} is missing (the manifest lists it)")
-        if path.stat().st_size != entry.length or _sha256(path) != entry.sha256:
+        if path.stat().st_size != entry.length or sha256_file(path) != entry.sha256:
             raise _refused(
                 TamperedArtifactError,
                 f"{name} does not match the sha256 and length its signed manifest gives",

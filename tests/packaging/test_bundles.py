@@ -8,7 +8,6 @@ model is the real SmolLM2, health-checked by the real runtime before it is commi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -26,6 +25,7 @@ import pytest
 
 from edge_agent.errors import ExpiredUpdateError
 from edge_agent.settings import AgentSettings
+from edge_agent.store import sha256_file
 from edge_agent.uplink import RootPin
 from tests.e2e.conftest import REPO, ControlPlane, _env, smollm2_path, wait_until
 from tests.packaging.idle_agent import bundle_create, install_bundle_cli, start_agent
@@ -288,7 +288,7 @@ def test_a_bundle_with_the_agent_wheels_lists_every_model_and_package_and_their_
         by_type.setdefault(component["type"], []).append(component)
     (model,) = by_type["machine-learning-model"]
     assert model["name"] == "smollm2"
-    assert model["hashes"] == [{"alg": "SHA-256", "content": _sha256(smollm2_path())}]
+    assert model["hashes"] == [{"alg": "SHA-256", "content": sha256_file(smollm2_path())}]
     assert len(by_type["library"]) == len(wheels)
     assert all(str(c["purl"]).startswith("pkg:pypi/") for c in by_type["library"])
     packages = {e["name"].lower(): e["license"] for e in inventory if e["kind"] == "package"}
@@ -301,14 +301,6 @@ def _member(tar: tarfile.TarFile, name: str) -> bytes:
     extracted = tar.extractfile(name)
     assert extracted is not None
     return extracted.read()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def test_a_bare_machine_gets_the_agent_and_the_release_from_one_bundle_with_no_network(
