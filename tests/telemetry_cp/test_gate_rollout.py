@@ -4,13 +4,17 @@ same cohort, from real signed telemetry reports."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from control_plane.rollouts import service as rollout_service
+from control_plane.rollouts.core import StagePlan, bucket_of
 from tests.control_plane.conftest import make_control_plane
 from tests.rollouts.conftest import Fleet, Kiosk
 from tests.telemetry_cp.conftest import Reporter, telemetry_of
@@ -53,11 +57,28 @@ def _on(fleet: Fleet, version: str) -> list[Kiosk]:
     return [k for k in fleet.kiosks if k.running == fleet.releases[version]["id"]]
 
 
-def _start(fleet: Fleet, **body: Any) -> dict[str, Any]:
+def _salt_drawing(fleet: Fleet, stages: list[float], low: int, high: int) -> str:
+    """A salt whose first stage holds ``low`` to ``high`` of the fleet's devices, by the
+    engine's own buckets: 30% of 20 devices by a random salt holds fewer than the gate's
+    sample of 3 about 3.5% of the time, and the test then failed."""
+    plan = StagePlan.parse(stages)
+    for n in itertools.count():
+        salt = f"gate-rollout-{n}"
+        drawn = sum(plan.covers(0, bucket_of(salt, k.id)) for k in fleet.kiosks)
+        if low <= drawn <= high:
+            return salt
+    raise AssertionError("unreachable")
+
+
+def _start(fleet: Fleet, monkeypatch: pytest.MonkeyPatch, **body: Any) -> dict[str, Any]:
     _send(fleet.kiosks, fleet.releases["1.0.0"]["id"], 0.30, seed=1)  # the baseline
-    r = fleet.create(
-        "kiosk-assistant@1.1.0", stages=[30, 100], min_sample=2, gates=[TTFT_GATE], **body
-    )
+    stages = [30.0, 100.0]
+    salt = _salt_drawing(fleet, stages, 3, 10)
+    with monkeypatch.context() as m:  # the rollout's salt, else secrets.token_hex(16)
+        m.setattr(rollout_service, "secrets", SimpleNamespace(token_hex=lambda _n: salt))
+        r = fleet.create(
+            "kiosk-assistant@1.1.0", stages=stages, min_sample=2, gates=[TTFT_GATE], **body
+        )
     assert r.status_code == 201, r.text
     rollout: dict[str, Any] = r.json()
     fleet.step()  # stage 1's devices install and commit the new release
@@ -68,8 +89,10 @@ def _start(fleet: Fleet, **body: Any) -> dict[str, Any]:
     return rollout
 
 
-def test_a_slower_release_halts_at_the_first_stage_naming_both_p95s(gated: Fleet) -> None:
-    rollout = _start(gated)
+def test_a_slower_release_halts_at_the_first_stage_naming_both_p95s(
+    gated: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rollout = _start(gated, monkeypatch)
     stage1 = _on(gated, "1.1.0")
     assert 3 <= len(stage1) < 20
     _send(stage1, gated.releases["1.1.0"]["id"], 0.60, seed=2)  # twice as slow
@@ -93,8 +116,10 @@ def test_a_slower_release_halts_at_the_first_stage_naming_both_p95s(gated: Fleet
     assert set(gated.installed().values()) == {"1.0.0"}
 
 
-def test_a_release_as_fast_as_the_previous_one_advances(gated: Fleet) -> None:
-    rollout = _start(gated)
+def test_a_release_as_fast_as_the_previous_one_advances(
+    gated: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rollout = _start(gated, monkeypatch)
     _send(_on(gated, "1.1.0"), gated.releases["1.1.0"]["id"], 0.31, seed=3)
     gated.tick()
     shown = gated.show(rollout["id"])
