@@ -177,36 +177,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from benchmarks.serving_llm import TOKEN
-    from edge_agent.api import create_local_api
-    from edge_agent.runtime import ModelRegistry
-    from edge_agent.serving import ReleaseServing
-    from edge_agent.settings import AgentSettings
-    from tests.agent_api.conftest import LiveServer
-    from tests.device_tests.agent import suite_release
+    from tests.device_tests.agent import serving_release, suite_release
 
     tmp = Path(tempfile.mkdtemp(prefix="outpost-device-suite-"))
     release = suite_release(tmp, "fp32")
-    settings = AgentSettings(state_dir=tmp / "state", n_ctx=2048)  # the daemon's defaults
-    serving = ReleaseServing(ModelRegistry(settings), settings)
-    serving.activate(release)
-    app = create_local_api(
-        serving.registry,
-        settings,
-        api_token=TOKEN,
-        status=lambda: {},
-        extra_routers=serving.routers(),
-        chat_grounding=serving.rag,
-    )
     load_before = load_average()
-    try:
-        with LiveServer(app) as server:
-            results = {
-                "overhead": overhead(server.url, TOKEN, args.queries),
-                "full_run_x86_ci": full_run(server.url, TOKEN),
-                "bounded_on_device_run": bounded_run(serving, release),
-            }
-    finally:
-        serving.close()
+    with serving_release(release, tmp / "state", TOKEN, n_ctx=2048) as (url, serving):
+        results = {
+            "overhead": overhead(url, TOKEN, args.queries),
+            "full_run_x86_ci": full_run(url, TOKEN),
+            "bounded_on_device_run": bounded_run(serving, release),
+        }
+        n_threads = serving.settings.n_threads
     body = {
         "benchmark": "device_suite",
         "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -217,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": platform.python_version(),
             "loadavg_at_start": list(load_before),
             "loadavg_at_end": list(load_average()),
-            "n_threads": settings.n_threads,
+            "n_threads": n_threads,
         },
         "release": [a.name for a in release.artifacts],
         **results,

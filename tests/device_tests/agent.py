@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from converters.catalog import preset
 from converters.demo import DEMO_ARTIFACTS
@@ -53,21 +54,31 @@ def suite_release(tmp: Path, precision: str = "fp32") -> InstalledRelease:
 
 
 @contextmanager
-def served(release: InstalledRelease, state_dir: Path) -> Iterator[str]:
-    """The release served on a free loopback port; yields the base URL."""
-    settings = AgentSettings(state_dir=state_dir, n_ctx=512, n_threads=1)
-    serving = ReleaseServing(ModelRegistry(settings), settings)
+def serving_release(
+    release: InstalledRelease, state_dir: Path, token: str = TOKEN, **settings: Any
+) -> Iterator[tuple[str, ReleaseServing]]:
+    """The release served on a free loopback port as the daemon assembles its local API;
+    yields the base URL and the runtime (``settings``: AgentSettings overrides)."""
+    agent_settings = AgentSettings(state_dir=state_dir, **settings)
+    serving = ReleaseServing(ModelRegistry(agent_settings), agent_settings)
     serving.activate(release)
     app = create_local_api(
         serving.registry,
-        settings,
-        api_token=TOKEN,
+        serving.settings,
+        api_token=token,
         status=lambda: {"serving": {"release_id": release.release_id}},
         extra_routers=serving.routers(),
         chat_grounding=serving.rag,
     )
     try:
         with LiveServer(app) as server:
-            yield server.url
+            yield server.url, serving
     finally:
         serving.close()
+
+
+@contextmanager
+def served(release: InstalledRelease, state_dir: Path) -> Iterator[str]:
+    """The release served small (512-token context, 1 thread); yields the base URL."""
+    with serving_release(release, state_dir, n_ctx=512, n_threads=1) as (url, _):
+        yield url

@@ -22,7 +22,9 @@ from edge_agent.serving import ReleaseServing
 from edge_agent.settings import AgentSettings
 from edge_agent.updates.acceptance import QueryRules, estimate
 from tests.device_tests.agent import VISION_NAME, text_orientation_path
-from tests.e2e.conftest import Agent, ControlPlane, stop_agent, wait_until
+from tests.e2e import test_health_window as health_window
+from tests.e2e.conftest import Agent, ControlPlane, stop_agent
+from tests.e2e.test_health_window import final_report
 from tests.fuzz.test_agent_schema import _artifact
 
 pytestmark = pytest.mark.slow
@@ -75,23 +77,7 @@ def medians_ms(tmp: Path) -> tuple[float, float]:
 
 
 def publish(cp: ControlPlane, version: str, artifact_id: str, config: dict[str, Any]) -> str:
-    r = cp.admin.post(
-        "/api/v1/releases",
-        json={"name": "reader", "version": version, "artifacts": [artifact_id], "config": config},
-    )
-    r.raise_for_status()
-    return str(r.json()["id"])
-
-
-def final_report(cp: ControlPlane, device_id: str, version: int) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        status = cp.device(device_id)["last_status"]
-        final = ("committed", "rolled_back", "failed", "refused")
-        if status and status["assignment_version"] == version and status["state"] in final:
-            return dict(status)
-        return None
-
-    return dict(wait_until(done, timeout=120, what=f"a final report for assignment {version}"))
+    return health_window.publish(cp, version, artifact_id, config, name="reader")
 
 
 def classify_page(agent: Agent) -> dict[str, Any]:

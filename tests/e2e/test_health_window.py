@@ -39,10 +39,12 @@ def agent(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory)
     stop_agent(device)
 
 
-def publish(cp: ControlPlane, version: str, artifact_id: str, config: dict[str, Any]) -> str:
+def publish(
+    cp: ControlPlane, version: str, artifact_id: str, config: dict[str, Any], name: str = "health"
+) -> str:
     r = cp.admin.post(
         "/api/v1/releases",
-        json={"name": "health", "version": version, "artifacts": [artifact_id], "config": config},
+        json={"name": name, "version": version, "artifacts": [artifact_id], "config": config},
     )
     r.raise_for_status()
     return str(r.json()["id"])
