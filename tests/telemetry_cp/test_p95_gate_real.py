@@ -46,7 +46,10 @@ __all__ = ["control_plane", "fresh_postgres_database"]  # fixtures: SQLite and P
 pytestmark = pytest.mark.slow
 
 COHORT_TAG = "hw=p95-gate-lab"
-DEVICES = 12  # stage 1 (50%) draws fewer than 2 of them 0.3% of the time
+DEVICES = 4
+# Stage 1 is the whole cohort: by salted bucket, 50% of 12 devices drew fewer than the
+# gate's sample of 2 (or all 12) about 0.3% of the time, and the test failed. A partial
+# first stage is tested with a chosen salt in test_gate_rollout.py.
 SAMPLES = 5  # measured chats per release (prompt processing is slow on a loaded 2-core box)
 REPEAT = 4  # each measured chat stands for this many requests in a device's report
 SHORT_PROMPT = "Say hello."
@@ -206,7 +209,7 @@ def test_a_slower_release_halts_on_the_p95_gate_at_the_first_stage(
         "--cohort",
         COHORT_TAG,
         "--stages",
-        "50,100",
+        "100",
         "--min-sample",
         "2",
         "--max-p95-regression",
@@ -222,7 +225,7 @@ def test_a_slower_release_halts_on_the_p95_gate_at_the_first_stage(
         return [d for d in devices if d.running == releases["2.0.0"]]
 
     stage1 = wait_until(lambda: moved() or None, timeout=30, what="stage 1 to be assigned")
-    assert 2 <= len(stage1) < DEVICES, f"stage 1 drew {len(stage1)} of {DEVICES} devices"
+    assert len(stage1) == DEVICES, f"stage 1 moved {len(stage1)} of {DEVICES} devices"
     for device in stage1:
         device.send_telemetry(measured["2.0.0"], rng)
 
