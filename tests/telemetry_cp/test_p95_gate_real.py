@@ -6,11 +6,12 @@ workers), on SQLite and on a fresh PostgreSQL database; the rollout is created w
 real ``outpost-cp rollout create --max-p95-regression 20%``. The latencies are measured
 here with the real SmolLM2 in llama.cpp: release 1.0.0 answers a short prompt, release
 2.0.0 carries a long system prompt (a prompt-pack regression: every chat first reads ~150
-more tokens). The devices are protocol clients over loopback that poll, install, report
+more tokens; the model is reset before each chat, so none reuses the previous one's
+evaluated prefix). The devices are protocol clients over loopback that poll, install, report
 and send signed telemetry reports holding those measured times (each measurement counted
 for REPEAT requests, released with discrete Laplace noise as the protocol declares), so
-the gate judges what llama.cpp really took. (Once the agent sends telemetry itself, real
-agents can replace these clients.)
+the gate judges what llama.cpp really took. The same halt with real agents sending their
+own telemetry: tests/agent_telemetry/test_p95_gate_real_agents.py.
 """
 
 from __future__ import annotations
