@@ -41,13 +41,18 @@ class GoldSpan:
     end: int
 
 
-def locate(quote: str, text: str) -> tuple[int, int]:
-    """Span of ``quote`` in ``text``, ignoring differences in whitespace."""
+def occurrences(quote: str, text: str) -> list[tuple[int, int]]:
+    """Every span of ``quote`` in ``text``, ignoring differences in whitespace."""
     pattern = r"\s+".join(re.escape(w) for w in quote.split())
-    m = re.search(pattern, text)
-    if m is None:
+    spans = [m.span() for m in re.finditer(pattern, text)]
+    if not spans:
         raise ValueError(f"gold quote not found: {quote!r}")
-    return m.span()
+    return spans
+
+
+def locate(quote: str, text: str) -> tuple[int, int]:
+    """Span of the first occurrence of ``quote`` in ``text``, ignoring whitespace."""
+    return occurrences(quote, text)[0]
 
 
 def _covers(chunk: tuple[str, int, int], gold: GoldSpan) -> bool:

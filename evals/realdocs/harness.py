@@ -25,7 +25,13 @@ import numpy as np
 
 from edge_agent.rag import RagEngine, RagIndex, RetrievalSettings
 from edge_agent.rag.engine import RETRIEVAL_MODES, EmbeddingModel, RetrievalMode
-from evals.rag.runner import RETRIEVAL_METRICS, GoldSpan, regressions, retrieval_scores
+from evals.rag.runner import (
+    RETRIEVAL_METRICS,
+    GoldSpan,
+    occurrences,
+    regressions,
+    retrieval_scores,
+)
 
 PACK = Path(__file__).resolve().parent
 DOCS = PACK / "docs"
@@ -33,17 +39,6 @@ QUESTIONS = PACK / "questions.json"
 BASELINE = PACK / "baseline.json"
 SPLITS = ("tune", "heldout")
 SHIPPED: RetrievalMode = RetrievalSettings().mode
-
-
-def _occurrences(quote: str, text: str) -> list[tuple[int, int]]:
-    """Every span of ``quote`` in ``text``, ignoring differences in whitespace."""
-    import re
-
-    pattern = r"\s+".join(re.escape(w) for w in quote.split())
-    spans = [m.span() for m in re.finditer(pattern, text)]
-    if not spans:
-        raise ValueError(f"gold quote not found: {quote!r}")
-    return spans
 
 
 def build_index(path: Path, embedder: EmbeddingModel) -> RagIndex:
@@ -147,7 +142,7 @@ def evaluate(
                     if text is None:
                         raise ValueError(f"{q['id']}: {g['document']} is not indexed")
                     texts[g["document"]] = text
-                spans = _occurrences(g["quote"], texts[g["document"]])
+                spans = occurrences(g["quote"], texts[g["document"]])
                 golds.append([GoldSpan(g["document"], a, b) for a, b in spans])
             row: dict[str, Any] = {"id": q["id"], "split": q["split"], "answerable": bool(golds)}
             if golds:
@@ -233,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         index = (
             RagIndex.open(path, embedder.identity) if path.exists() else build_index(path, embedder)
         )
-        report = {"build_seconds": round(time.perf_counter() - started, 1)}
+        report: dict[str, Any] = {"build_seconds": round(time.perf_counter() - started, 1)}
         with index:
             report.update(evaluate(index, embedder, splits=splits))
     summary = {k: v for k, v in report.items() if k not in ("rows", "metrics")}
