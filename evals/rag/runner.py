@@ -82,7 +82,7 @@ def retrieval_scores(
     }
 
 
-def _squash(text: str) -> str:
+def squash(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
@@ -99,7 +99,7 @@ def build_index(path: Path, embedder: EmbeddingModel) -> RagEngine:
 SPLITS = ("tune", "heldout")
 
 
-def _split_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+def split_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     answerable = [r for r in rows if r["answerable"]]
     unanswerable = [r for r in rows if not r["answerable"]]
     abstained = [r for r in rows if r["abstained"]]
@@ -144,11 +144,11 @@ def evaluate(engine: RagEngine, *, generate: bool = False) -> dict[str, Any]:
         row.update(abstained=result.abstained, reason=result.reason)
         if gold:
             row["citation_supported"] = any(
-                _squash(q["answer"]) in _squash(c.quote) for c in result.citations
+                squash(q["answer"]) in squash(c.quote) for c in result.citations
             )
         per_question.append(row)
     splits = {
-        name: _split_metrics([r for r in per_question if r["split"] == name]) for name in SPLITS
+        name: split_metrics([r for r in per_question if r["split"] == name]) for name in SPLITS
     }
     return {
         "pack": {

@@ -26,11 +26,12 @@ import numpy as np
 from edge_agent.rag import RagEngine, RagIndex, RetrievalSettings
 from edge_agent.rag.engine import RETRIEVAL_MODES, EmbeddingModel, RetrievalMode
 from evals.rag.runner import (
-    RETRIEVAL_METRICS,
     GoldSpan,
     occurrences,
     regressions,
     retrieval_scores,
+    split_metrics,
+    squash,
 )
 
 PACK = Path(__file__).resolve().parent
@@ -86,29 +87,17 @@ def cached_index(cache_dir: Path, embedder: EmbeddingModel) -> Path:
     return path
 
 
-def _squash(text: str) -> str:
-    return " ".join(text.casefold().split())
-
-
 def _percentile(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 2) if values else 0.0
 
 
 def _metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The handbook runner's metrics (without recall@10), the abstention counts and the
+    answer latency percentiles.
+    """
     answerable = [r for r in rows if r["answerable"]]
-    unanswerable = [r for r in rows if not r["answerable"]]
-    abstained = [r for r in rows if r["abstained"]]
-    out = {
-        name: round(sum(r[name] for r in answerable) / len(answerable), 4)
-        for name in RETRIEVAL_METRICS
-        if name != "recall@10"
-    }
-    out["citation_support"] = round(
-        sum(r["citation_supported"] for r in answerable) / len(answerable), 4
-    )
-    right = sum(not r["answerable"] for r in abstained)
-    out["abstention_precision"] = round(right / len(abstained), 4) if abstained else 1.0
-    out["abstention_recall"] = round(right / len(unanswerable), 4) if unanswerable else 1.0
+    out = {k: v for k, v in split_metrics(rows).items() if k != "recall@10"}
+    right = sum(r["abstained"] and not r["answerable"] for r in rows)
     out["answerable_abstained"] = sum(r["abstained"] for r in answerable)
     out["unanswerable_abstained"] = right
     ms = [r["ms"] for r in rows]
@@ -163,7 +152,7 @@ def evaluate(
             row.update(abstained=answer.abstained, reason=answer.reason)
             if golds:
                 row["citation_supported"] = any(
-                    _squash(q["answer"]) in _squash(c.quote) for c in answer.citations
+                    squash(q["answer"]) in squash(c.quote) for c in answer.citations
                 )
             rows[mode].append(row)
     results = {
