@@ -42,8 +42,8 @@ from edge_agent.rag.index import (
     Vector,
 )
 from edge_agent.rag.loaders import load_document
-from edge_agent.rag.rerank import Candidate, RerankWeights, rerank, term_coverage
-from edge_agent.rag.text import normalize_text, question_terms, token_spans
+from edge_agent.rag.rerank import Candidate, RerankWeights, rerank
+from edge_agent.rag.text import normalize_text, question_terms, term_coverage, token_spans
 
 __all__ = [
     "Answer",

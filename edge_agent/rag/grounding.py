@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from edge_agent.rag.text import content_terms, question_terms, stem
+from edge_agent.rag.text import content_terms, question_terms, stem, term_coverage
 
 __all__ = [
     "AnswerShape",
@@ -222,21 +222,13 @@ def candidate_sentences(sources: Sequence[Source]) -> list[Sentence]:
     return out
 
 
-def _lexical_overlap(terms: Sequence[str], sentence: Sentence) -> float:
-    wanted = {stem(t) for t in terms}
-    if not wanted:
-        return 0.0
-    words = {stem(w) for w in content_terms(sentence.text)}
-    return len(wanted & words) / len(wanted)
-
-
 def _ranked(
     claim: str, sentences: Sequence[Sentence], relevance: Relevance
 ) -> list[tuple[float, Sentence]]:
     terms = content_terms(claim)
     scores = relevance(claim, sentences)
     ranked = [
-        (float(sim) + LEXICAL_WEIGHT * _lexical_overlap(terms, s), s)
+        (float(sim) + LEXICAL_WEIGHT * term_coverage(terms, s.text), s)
         for sim, s in zip(scores, sentences, strict=True)
     ]
     return sorted(ranked, key=lambda x: -x[0])

@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edge_agent.rag.text import content_terms, stem
-
-__all__ = ["Candidate", "RerankWeights", "rerank", "term_coverage"]
+__all__ = ["Candidate", "RerankWeights", "rerank"]
 
 
 @dataclass(frozen=True)
@@ -37,15 +35,6 @@ class Candidate:
     chunk_similarity: float
     sentence_similarity: float  # best sentence of the chunk; the chunk's own when it has none
     term_coverage: float
-
-
-def term_coverage(terms: Sequence[str], text: str) -> float:
-    """Share of ``terms`` (question words) whose stem occurs among ``text``'s words."""
-    wanted = {stem(t) for t in terms}
-    if not wanted:
-        return 0.0
-    words = {stem(w) for w in content_terms(text)}
-    return len(wanted & words) / len(wanted)
 
 
 def rerank(candidates: Sequence[Candidate], weights: RerankWeights = RerankWeights()) -> list[int]:

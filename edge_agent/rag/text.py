@@ -4,8 +4,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 
-__all__ = ["content_terms", "normalize_text", "question_terms", "stem", "token_spans"]
+__all__ = [
+    "content_terms",
+    "normalize_text",
+    "question_terms",
+    "stem",
+    "term_coverage",
+    "token_spans",
+]
 
 _SPACES = re.compile(r"[^\S\n]+")
 _BLANK_LINES = re.compile(r"\n{3,}")
@@ -66,3 +74,12 @@ def stem(word: str) -> str:
 def question_terms(question: str) -> list[str]:
     """The content terms of a question, without interrogatives such as "how long"."""
     return content_terms(_INTERROGATIVE.sub(" ", question))
+
+
+def term_coverage(terms: Sequence[str], text: str) -> float:
+    """Share of ``terms`` (question words) whose stem occurs among ``text``'s words."""
+    wanted = {stem(t) for t in terms}
+    if not wanted:
+        return 0.0
+    words = {stem(w) for w in content_terms(text)}
+    return len(wanted & words) / len(wanted)
