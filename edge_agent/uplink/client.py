@@ -179,7 +179,11 @@ def enroll_device(http: httpx.Client, request: EnrollRequest) -> EnrollResponse:
             http.build_request(
                 "POST",
                 paths.ENROLL,
-                content=request.model_dump_json().encode(),
+                # ``installed`` only when a bundle put a release here, so that a control
+                # plane from before bundles (which refuses unknown fields) still enrolls it
+                content=request.model_dump_json(
+                    exclude={"installed"} if request.installed is None else None
+                ).encode(),
                 headers={"Content-Type": "application/json"},
             ),
         )
