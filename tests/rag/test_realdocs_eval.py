@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,19 +22,24 @@ from evals.realdocs.harness import (
     index_key,
 )
 
+if TYPE_CHECKING:
+    from edge_agent.rag.llama import LlamaEmbedder
+
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def heldout_report(tmp_path_factory: pytest.TempPathFactory, embedder: object) -> dict[str, Any]:
+def heldout_report(
+    tmp_path_factory: pytest.TempPathFactory, embedder: LlamaEmbedder
+) -> dict[str, Any]:
     """The held-out report over an index of the pack (kept in the model cache per code)."""
     from converters.sources import cache_root
 
-    built = cached_index(cache_root() / "rag-eval", embedder)  # type: ignore[arg-type]
+    built = cached_index(cache_root() / "rag-eval", embedder)
     path = tmp_path_factory.mktemp("realdocs") / "realdocs.sqlite"
     shutil.copy(built, path)
-    with RagIndex.open(path, embedder.identity) as index:  # type: ignore[attr-defined]
-        return evaluate(index, embedder, splits=("heldout",))  # type: ignore[arg-type]
+    with RagIndex.open(path, embedder.identity) as index:
+        return evaluate(index, embedder, splits=("heldout",))
 
 
 def test_heldout_quality_keeps_the_baseline(heldout_report: dict[str, Any]) -> None:
