@@ -16,8 +16,10 @@ __all__ = ["gated"]  # the fixture: a fleet on 1.0.0 with 1.1.0 published
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_the_p95_gate_decision_shows_both_numbers_and_intervals(gated: Fleet) -> None:
-    rollout = _start(gated)
+def test_the_p95_gate_decision_shows_both_numbers_and_intervals(
+    gated: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rollout = _start(gated, monkeypatch)
     _send(_on(gated, "1.1.0"), gated.releases["1.1.0"]["id"], 0.60, seed=2)  # twice as slow
     gated.tick()
     shown = gated.show(rollout["id"])
