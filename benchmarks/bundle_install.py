@@ -32,8 +32,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.e2e.conftest import Agent, ControlPlane, smollm2_path, stop_agent  # noqa: E402
-from tests.packaging.idle_agent import bundle_create, install_bundle_cli  # noqa: E402
+from tests.e2e.conftest import Agent, ControlPlane, smollm2_path, stop_agent
+from tests.packaging.idle_agent import bundle_create, install_bundle_cli
 
 RESULT = REPO / "benchmarks/results/bundle_install.json"
 RELEASE = ("kiosk-assistant", "1.1.0")

@@ -37,13 +37,13 @@ from urllib.parse import urlparse
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.serving_llm import PROMPT, agent_side  # noqa: E402
-from device_tests.agent_client import HttpAgent  # noqa: E402
-from device_tests.profile import load_profile  # noqa: E402
-from device_tests.runner import load_average, run_suite  # noqa: E402
-from device_tests.workload import load_workload  # noqa: E402
-from edge_agent.updates.acceptance import QueryRules, estimate, measure  # noqa: E402
-from edge_agent.updates.health import ON_DEVICE_MEASUREMENT  # noqa: E402
+from benchmarks.serving_llm import PROMPT, agent_side
+from device_tests.agent_client import HttpAgent
+from device_tests.profile import load_profile
+from device_tests.runner import load_average, run_suite
+from device_tests.workload import load_workload
+from edge_agent.updates.acceptance import QueryRules, estimate, measure
+from edge_agent.updates.health import ON_DEVICE_MEASUREMENT
 
 RESULTS = ROOT / "benchmarks" / "results" / "device_suite.json"
 MAX_TOKENS = 16

@@ -37,11 +37,11 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.e2e.conftest import ControlPlane, free_port, smollm2_path  # noqa: E402
-from tests.packaging.conftest import llama_wheel_dir  # noqa: E402
-from tests.packaging.idle_agent import (  # noqa: E402
+from tests.e2e.conftest import ControlPlane, free_port, smollm2_path
+from tests.packaging.conftest import llama_wheel_dir
+from tests.packaging.idle_agent import (
     bundle_create,
     enrolled_state_dir,
     install_bundle_cli,

@@ -45,22 +45,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from control_plane.settings import ControlPlaneSettings  # noqa: E402
-from control_plane.storage.database import Database  # noqa: E402
-from control_plane.telemetry.estimates import (  # noqa: E402
+from control_plane.settings import ControlPlaneSettings
+from control_plane.storage.database import Database
+from control_plane.telemetry.estimates import (
     NoisyValue,
     estimate_quantile,
     estimate_sum,
     interpolated_quantile,
     noise_variance,
 )
-from control_plane.telemetry.service import TelemetryService  # noqa: E402
-from edge_agent.telemetry.mechanisms import OpenDPDiscreteLaplace  # noqa: E402
-from edge_agent.telemetry.policy import resolve_policy  # noqa: E402
-from edge_agent.telemetry.report import plan_release  # noqa: E402
-from protocol import generate_key_pair, paths, sign_device_request  # noqa: E402
-from protocol.telemetry import LATENCY_BUCKETS_SECONDS  # noqa: E402
-from simulator.telemetry import telemetry_report  # noqa: E402
+from control_plane.telemetry.service import TelemetryService
+from edge_agent.telemetry.mechanisms import OpenDPDiscreteLaplace
+from edge_agent.telemetry.policy import resolve_policy
+from edge_agent.telemetry.report import plan_release
+from protocol import generate_key_pair, paths, sign_device_request
+from protocol.telemetry import LATENCY_BUCKETS_SECONDS
+from simulator.telemetry import telemetry_report
 
 RESULTS = REPO / "benchmarks" / "results" / "telemetry_ingest.json"
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"

@@ -39,13 +39,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from edge_agent.api import create_local_api  # noqa: E402
-from edge_agent.runtime import ModelRegistry  # noqa: E402
-from edge_agent.settings import AgentSettings  # noqa: E402
-from edge_agent.telemetry.instrument import GenerationObserver, TelemetryMiddleware  # noqa: E402
-from edge_agent.telemetry.metrics import AgentMetrics  # noqa: E402
-from tests.agent_api.conftest import LiveServer, release  # noqa: E402
-from tests.agent_telemetry.helpers import telemetry_app  # noqa: E402
+from edge_agent.api import create_local_api
+from edge_agent.runtime import ModelRegistry
+from edge_agent.settings import AgentSettings
+from edge_agent.telemetry.instrument import GenerationObserver, TelemetryMiddleware
+from edge_agent.telemetry.metrics import AgentMetrics
+from tests.agent_api.conftest import LiveServer, release
+from tests.agent_telemetry.helpers import telemetry_app
 
 RESULTS = ROOT / "benchmarks" / "results" / "telemetry_overhead.json"
 TOKEN = "benchmark-token-0123456789"

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import REPO
+from tests.e2e.conftest import REPO, control_plane, fresh_postgres_database
 from tests.requirements import require
+
+# the real control plane on SQLite and PostgreSQL, as the end-to-end tests start it
+__all__ = ["control_plane", "fresh_postgres_database"]
 
 # The extras a device may install (coreml is macOS-only: its coremltools is a converter's
 # toolchain on Linux and stays out of the closure checked here).
@@ -52,7 +55,3 @@ def agent_wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
         f"check the package index is reachable: {built.stderr[-2000:]}",
     )
     return out
-
-
-# The real control plane on SQLite and PostgreSQL, as the end-to-end tests start it.
-from tests.e2e.conftest import control_plane, fresh_postgres_database  # noqa: E402, F401
