@@ -15,6 +15,7 @@ from edge_agent.runtime.backends import (
     Sampling,
     TextGenerator,
     TextPiece,
+    TokenLogprob,
     join_pieces,
 )
 from edge_agent.runtime.options import ModelOverrides, resolve_options
@@ -44,6 +45,7 @@ __all__ = [
     "ServedModel",
     "TextGenerator",
     "TextPiece",
+    "TokenLogprob",
     "is_idle",
     "join_pieces",
     "resolve_options",

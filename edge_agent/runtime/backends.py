@@ -35,17 +35,33 @@ class Sampling:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    grammar: str | None = None
+    """A GBNF grammar every generated token must keep to (structured output, tool calls)."""
+    logprobs: int | None = None
+    """None: no log probabilities. n >= 0: each generated token's log probability and the
+    n most likely alternatives at that position (OpenAI ``top_logprobs``)."""
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token with its log probability and the most likely alternatives."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
 class TextPiece:
     """A fragment of generated text. The last piece of a generation has ``finish_reason``
-    and the token counts; earlier ones have neither."""
+    and the token counts; earlier ones have neither. ``logprobs`` holds the tokens of this
+    piece when the request asked for them."""
 
     text: str
     finish_reason: FinishReason | None = None
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)
