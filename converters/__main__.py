@@ -44,12 +44,32 @@ def cmd_image_sets(args: argparse.Namespace) -> int:
 
     root = args.cache or cache_root()
     fetch_all(root)
+    if getattr(args, "natural", None):
+        return _write_natural_set(root, args.natural, args.out or root / "sets" / args.natural)
     cal, ev = _sets(root)
     n_cal = write_image_set(root / "images", cal, count=args.calibration_count, seed=0)
     n_ev = write_image_set(
         root / "images", ev, count=args.evaluation_count, seed=1, include_sources=True
     )
     _say(f"{len(n_cal)} calibration images in {cal}, {len(n_ev)} evaluation images in {ev}")
+    return 0
+
+
+def _write_natural_set(root: Path, kind: str, folder: Path) -> int:
+    """The natural set (photos, mirror images, large crops) as PNGs: a held-out folder for
+    ``quantize --holdout`` that the gate never sees."""
+    import cv2
+
+    from converters.images import natural_set
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    images = natural_set(root / "images", kind)
+    for i, img in enumerate(images):
+        if not cv2.imwrite(str(folder / f"{i:04d}.png"), img):
+            raise OSError(f"could not write {folder / f'{i:04d}.png'}")
+    _say(f"{len(images)} {kind} images in {folder}")
     return 0
 
 
@@ -246,9 +266,31 @@ def _recipe_notes(recipe: Any, kept: list[str]) -> tuple[str, ...]:
     return tuple(notes)
 
 
+def _default_spec_path(model: Path) -> Path:
+    return model.with_name(model.name + ".vision.json")
+
+
 def cmd_quantize(args: argparse.Namespace) -> int:
     from converters.catalog import Int8Recipe, preset
 
+    model = args.source or args.model
+    if model is None or (args.source and args.model):
+        _say("ERROR: name the FP32 model once (python -m converters quantize MODEL.onnx ...)")
+        return 2
+    args.model = model
+    if args.preset is None and args.spec is None:
+        if not _default_spec_path(model).is_file():
+            _say(
+                f"ERROR: no vision spec for {model.name}: pass --spec SPEC.json or --preset "
+                f"(or put the release config entry in {_default_spec_path(model).name})"
+            )
+            return 2
+        args.spec = _default_spec_path(model)
+    if args.out is None:
+        stem = model.name.removesuffix(model.suffix).removesuffix("-fp32")
+        args.out = model.with_name(stem + "-int8" + model.suffix)
+    if args.target is not None:
+        return _quantize_search(args)
     root = args.cache or cache_root()
     cal, ev = _sets(root)
     p = preset(args.preset) if args.preset else None
@@ -272,6 +314,40 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         cards=args.cards,
         recipe=recipe,
     )
+
+
+def _quantize_search(args: argparse.Namespace) -> int:
+    from converters.autoquant import SearchRequest, quantize_with_search
+    from converters.catalog import preset
+
+    root = args.cache or cache_root()
+    cal, ev = _sets(root)
+    p = preset(args.preset) if args.preset else None
+    try:
+        spec = _spec_for(args)
+    except Exception as e:  # a spec file that is not JSON or not a vision config
+        _say(f"ERROR: the vision spec cannot be read: {e}")
+        return 2
+    request = SearchRequest(
+        model=args.model,
+        out=args.out,
+        spec=spec,
+        calibration=args.calibration or cal,
+        evaluation=args.evaluation or ev,
+        min_agreement=args.min_agreement,
+        target=args.target,
+        report=args.report,
+        time_budget_s=args.time_budget,
+        seed=args.seed,
+        calibration_limit=args.calibration_limit,
+        holdout=args.holdout,
+        cards=args.cards,
+        title=(p.title + " - static INT8 (QDQ), recipe found by search") if p else "",
+        source=p.source if p else "",
+        license=p.license if p else "see source",
+        command=_command_line(),
+    )
+    return quantize_with_search(request, say=_say)
 
 
 def cmd_coreml(args: argparse.Namespace) -> int:
@@ -438,21 +514,45 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("image-sets", help="write calibration/evaluation crop sets")
     p.add_argument("--calibration-count", type=int, default=48)
     p.add_argument("--evaluation-count", type=int, default=96)
+    p.add_argument(
+        "--natural",
+        choices=("photos", "rotated_text"),
+        help="write this natural set instead (a held-out folder for quantize --holdout)",
+    )
+    p.add_argument("--out", type=Path, help="folder for --natural (default: sets/<kind>)")
     p.set_defaults(func=cmd_image_sets)
 
     p = sub.add_parser("export-efficientnet", help="PyTorch -> ONNX FP32 (EfficientNet-Lite0)")
     p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
     p.set_defaults(func=cmd_export_efficientnet)
 
-    p = sub.add_parser("quantize", help="ONNX FP32 -> static QDQ INT8 with an agreement gate")
-    p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    group = p.add_mutually_exclusive_group(required=True)
+    p = sub.add_parser(
+        "quantize",
+        help="ONNX FP32 -> static QDQ INT8 with an agreement gate (--target: search the recipe)",
+    )
+    p.add_argument("source", type=Path, nargs="?", help="the FP32 .onnx model (or --model)")
+    p.add_argument("--model", type=Path, help="the FP32 .onnx model (older spelling)")
+    p.add_argument("--out", type=Path, help="INT8 model (default: <model>-int8.onnx beside it)")
+    group = p.add_mutually_exclusive_group()
     group.add_argument("--preset", help="efficientnet-lite0, text-orientation, pp-ocr-cls")
-    group.add_argument("--spec", type=Path, help="vision spec JSON (release config entry)")
+    group.add_argument(
+        "--spec", type=Path, help="vision spec JSON (default: <model>.vision.json beside it)"
+    )
     p.add_argument("--calibration", type=Path, help="folder of calibration images")
-    p.add_argument("--evaluation", type=Path, help="folder of evaluation images")
+    p.add_argument("--evaluation", "--eval", type=Path, help="folder of evaluation images")
     p.add_argument("--min-agreement", type=float, required=True, help="refuse below this")
+    p.add_argument(
+        "--target",
+        choices=("onnxruntime", "litert"),
+        help="search recipes for this runtime: the fastest one meeting --min-agreement",
+    )
+    p.add_argument("--report", type=Path, help="search report JSON (default: <out>.report.json)")
+    p.add_argument("--time-budget", type=float, help="seconds the search may take")
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling and tie order")
+    p.add_argument("--calibration-limit", type=int, default=64, help="calibration images used")
+    p.add_argument(
+        "--holdout", type=Path, help="held-out images: reported for the pick, never tuned on"
+    )
     p.add_argument(
         "--calibration-method", choices=("minmax", "percentile", "entropy"), default="minmax"
     )

@@ -46,9 +46,21 @@ class Int8Recipe:
     reduce_range: bool = True
     keep_first_and_last_fp32: bool = True
     min_agreement: float = 0.5
+    # What the search (``converters quantize --target``) chose beyond the above: per-tensor
+    # weights, and the graph nodes it kept float; ``found_by`` names its report in models/.
+    per_channel: bool = True
+    float_nodes: tuple[str, ...] = ()
+    found_by: str = ""
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.per_channel and not self.float_nodes and not self.found_by:
+            # recipes from before the search compare equal to their recorded reports
+            for key in ("per_channel", "float_nodes", "found_by"):
+                out.pop(key)
+        else:
+            out["float_nodes"] = list(self.float_nodes)
+        return out
 
 
 @dataclass(frozen=True)

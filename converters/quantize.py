@@ -134,6 +134,19 @@ def sensitive_nodes(model: onnx.ModelProto) -> list[str]:
     return ([first] if first else []) + last
 
 
+def name_nodes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Give every unnamed node a unique name (the quantizer selects nodes by name)."""
+    taken = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+    return model
+
+
 def image_tensors(paths: Sequence[Path], spec: VisionModelSpec) -> list[Tensor]:
     """Decode and preprocess images exactly as the agent will."""
     return [prepare(img, spec.preprocess)[0] for img in load_images(paths)]
@@ -233,17 +246,19 @@ def quantize_onnx(
             quant_pre_process(str(base), str(prepared), skip_symbolic_shape=True)
         except Exception:  # optimization is an optional nicety; quantize the plain graph
             prepared = base
+        onnx.save(name_nodes(onnx.load(str(prepared))), str(prepared))
         int8 = work / "int8.onnx"
         input_name = _session(prepared).get_inputs()[0].name
         excluded = (
             sensitive_nodes(onnx.load(str(prepared))) if recipe.keep_first_and_last_fp32 else []
         )
+        excluded += [n for n in recipe.float_nodes if n not in excluded]
         quantize_static(
             str(prepared),
             str(int8),
             ImageTensors(input_name, calib),
             quant_format=QuantFormat.QDQ,
-            per_channel=True,
+            per_channel=recipe.per_channel,
             reduce_range=recipe.reduce_range,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
@@ -277,7 +292,8 @@ def quantize_onnx(
         settings={
             "format": "QDQ",
             "activations": "uint8",
-            "weights": "int8 per-channel" + (", 7-bit range" if recipe.reduce_range else ""),
+            "weights": ("int8 per-channel" if recipe.per_channel else "int8 per-tensor")
+            + (", 7-bit range" if recipe.reduce_range else ""),
             "calibration": recipe.calibration_method,
             "kept_fp32": excluded,
             "recipe": recipe.as_dict(),
