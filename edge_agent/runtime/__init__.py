@@ -16,6 +16,7 @@ from edge_agent.runtime.backends import (
     TextGenerator,
     TextPiece,
     TokenLogprob,
+    ToolCall,
     join_pieces,
 )
 from edge_agent.runtime.options import ModelOverrides, resolve_options
@@ -46,6 +47,7 @@ __all__ = [
     "TextGenerator",
     "TextPiece",
     "TokenLogprob",
+    "ToolCall",
     "is_idle",
     "join_pieces",
     "resolve_options",

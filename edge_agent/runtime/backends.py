@@ -6,9 +6,9 @@ them into OpenAI wire messages, and nothing here imports a runtime.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from edge_agent.release import InstalledArtifact
 
@@ -17,11 +17,23 @@ ChatRole = Literal["system", "developer", "user", "assistant", "tool"]
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call an assistant made: ``arguments`` is a JSON object as text."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
 class ChatTurn:
-    """One message of a conversation, text only."""
+    """One message of a conversation: its text, and for an assistant the tool calls it
+    made, for a ``tool`` message the id of the call it answers."""
 
     role: ChatRole
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +61,10 @@ class TokenLogprob:
     token: str
     logprob: float
     top: tuple[tuple[str, float], ...] = ()
+    token_bytes: bytes = b""
+    """The token's own bytes (a token may hold part of a UTF-8 character)."""
+    offset: int = 0
+    """Where the token's text starts in the generated text, in characters."""
 
 
 @dataclass(frozen=True)
@@ -72,18 +88,25 @@ class GeneratedText:
     finish_reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 def join_pieces(pieces: Iterable[TextPiece]) -> GeneratedText:
     """Collect a stream of pieces into one result."""
     parts: list[str] = []
+    logprobs: list[TokenLogprob] = []
     for piece in pieces:
         parts.append(piece.text)
+        logprobs.extend(piece.logprobs)
         if piece.finish_reason is not None:
             return GeneratedText(
-                "".join(parts), piece.finish_reason, piece.prompt_tokens, piece.completion_tokens
+                "".join(parts),
+                piece.finish_reason,
+                piece.prompt_tokens,
+                piece.completion_tokens,
+                tuple(logprobs),
             )
-    return GeneratedText("".join(parts), "stop", 0, 0)
+    return GeneratedText("".join(parts), "stop", 0, 0, tuple(logprobs))
 
 
 @dataclass(frozen=True)
@@ -103,6 +126,14 @@ class ModelOptions:
     chat_template: str | None = None
     pooling: Literal["model", "mean", "cls", "last", "none"] = "model"
     normalize: bool = True
+    n_threads_batch: int | None = None  # prompt processing and embeddings; None: n_threads
+    n_parallel: int = 1  # llm: generations at once (KV sequences, each of n_ctx tokens)
+    prompt_cache_mb: int = 0  # llm: RAM kept for the KV state of recent prompts
+
+    @property
+    def batch_threads(self) -> int:
+        """Threads for prompt processing and embeddings (llama.cpp's n_threads_batch)."""
+        return self.n_threads if self.n_threads_batch is None else self.n_threads_batch
 
 
 class LoadedModel(Protocol):
@@ -117,8 +148,15 @@ class TextGenerator(LoadedModel, Protocol):
     @property
     def context_length(self) -> int: ...
 
-    def chat(self, turns: Sequence[ChatTurn], sampling: Sampling) -> Iterator[TextPiece]:
-        """Generate a reply. Raises ContextOverflowError before generating if the
+    def chat(
+        self,
+        turns: Sequence[ChatTurn],
+        sampling: Sampling,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Iterator[TextPiece]:
+        """Generate a reply. ``tools`` (OpenAI tool definitions) are rendered into the
+        prompt by the model's chat template; a model whose template cannot take them
+        raises BadRequestError. Raises ContextOverflowError before generating if the
         formatted conversation does not fit the context."""
         ...
 

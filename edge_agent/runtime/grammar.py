@@ -32,6 +32,8 @@ __all__ = [
     "ToolFunction",
     "json_object_grammar",
     "json_schema_grammar",
+    "parse_tool_calls",
+    "starts_tool_calls",
     "tool_call_grammar",
 ]
 
@@ -179,7 +181,7 @@ def tool_call_grammar(
             continue
         where = f"{param}[{index}].function.parameters"
         arguments, defs = _Checker(
-            function.parameters or {"type": "object", "properties": {}},
+            function.parameters or {"type": "object", "additionalProperties": False},
             limits,
             where,
             prefix=f"f{index}",
@@ -359,7 +361,9 @@ class _Checker:
         declared = words.get("type")
         if isinstance(declared, list):
             if not declared or not all(isinstance(t, str) and t in JSON_TYPES for t in declared):
-                raise self._refuse((*path, "type"), f"must list JSON types ({', '.join(JSON_TYPES)})")
+                raise self._refuse(
+                    (*path, "type"), f"must list JSON types ({', '.join(JSON_TYPES)})"
+                )
             extra = sorted(set(words) - {"type"})
             if extra:
                 raise SchemaRefusedError(
@@ -714,12 +718,13 @@ def _with_defs(schema: Any, defs: Mapping[str, Any]) -> Any:
 
 def _convert(schema: Any) -> str:
     try:
-        from llama_cpp.llama_grammar import SchemaConverter
+        from llama_cpp import llama_grammar
     except ImportError as e:  # the agent was installed without its llm extra
         raise BadRequestError(
             "structured output needs llama-cpp-python (the agent's 'llm' extra)"
         ) from e
-    converter = SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    converter_class: Any = llama_grammar.SchemaConverter  # untyped upstream
+    converter = converter_class(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
     resolved = converter.resolve_refs(json.loads(json.dumps(schema)), "schema")
     converter.visit(resolved, "")
     lines = [
@@ -750,3 +755,39 @@ def _optional_repeats(item: str, times: int) -> str:
     for _ in range(times):
         result = f" ({item}{result})?"
     return result
+
+
+# --- reading tool calls back -----------------------------------------------------------
+
+_CALL_BLOCK = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.S)
+
+
+def starts_tool_calls(text: str) -> bool:
+    """Whether generated text is (the beginning of) tool calls rather than an answer."""
+    probe = text[: len(TOOL_CALL_OPEN)]
+    return bool(probe) and TOOL_CALL_OPEN.startswith(probe)
+
+
+def parse_tool_calls(text: str) -> list[tuple[str, str]] | None:
+    """The ``(name, arguments as JSON text)`` of each call in text generated under
+    :func:`tool_call_grammar`; None when the text is not complete calls (an answer in
+    words, or calls cut short by ``max_tokens``)."""
+    rest = text.strip()
+    if not rest.startswith(TOOL_CALL_OPEN.strip()):
+        return None
+    calls: list[tuple[str, str]] = []
+    position = 0
+    for match in _CALL_BLOCK.finditer(text):
+        if text[position : match.start()].strip():
+            return None
+        try:
+            call = json.loads(match.group(1))
+        except ValueError:
+            return None
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return None
+        calls.append((call["name"], json.dumps(call.get("arguments", {}), ensure_ascii=False)))
+        position = match.end()
+    if not calls or text[position:].strip():
+        return None
+    return calls

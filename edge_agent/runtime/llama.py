@@ -7,7 +7,7 @@ at a time calls it.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import llama_cpp
@@ -24,6 +24,12 @@ from edge_agent.runtime.backends import (
     ModelOptions,
     Sampling,
     TextPiece,
+)
+from edge_agent.runtime.llama_structured import (
+    completion_sampler,
+    format_chat,
+    generate_pieces,
+    template_takes_tools,
 )
 
 # llama-cpp-python silences a model load by pointing file descriptors 1 and 2 at
@@ -59,6 +65,9 @@ class _GuardedLlama(llama_cpp.Llama):
 
     served_name: str = ""
     last_prompt_tokens: int = 0
+    chat_template_source: str | None = None
+    """The Jinja chat template the chat handler renders (release override or the GGUF's
+    own); None for a named chat_format. Tools need a template that reads ``tools``."""
 
     @property
     def usable_context(self) -> int:
@@ -69,24 +78,27 @@ class _GuardedLlama(llama_cpp.Llama):
             n_prompt = len(self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
         else:
             n_prompt = len(prompt)
-        if n_prompt == 0:  # llama.cpp asserts on an empty batch and takes the process down
-            raise BadRequestError(
-                f"the prompt for model {self.served_name!r} is empty (0 tokens); send some text"
-            )
-        n_ctx = self.usable_context
-        if n_prompt >= n_ctx:
-            raise ContextOverflowError(
-                f"the prompt is {n_prompt} tokens but model {self.served_name!r} has a "
-                f"context of {n_ctx} tokens (the prompt must leave room for at least one "
-                f"generated token); shorten the prompt or messages"
-            )
-        room = n_ctx - n_prompt
-        max_tokens = kwargs.get("max_tokens")
-        kwargs["max_tokens"] = (
-            room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
+        kwargs["max_tokens"] = capped_max_tokens(
+            self.served_name, n_prompt, self.usable_context, kwargs.get("max_tokens")
         )
         self.last_prompt_tokens = n_prompt
         return super().create_completion(prompt, *args, **kwargs)
+
+
+def capped_max_tokens(name: str, n_prompt: int, n_ctx: int, max_tokens: int | None) -> int:
+    """How many tokens a prompt of ``n_prompt`` tokens may generate in a context of
+    ``n_ctx`` (at most ``max_tokens``; None or <= 0: the whole room). Raises
+    BadRequestError (empty prompt) or ContextOverflowError (no room) naming the model."""
+    if n_prompt == 0:  # llama.cpp asserts on an empty batch and takes the process down
+        raise BadRequestError(f"the prompt for model {name!r} is empty (0 tokens); send some text")
+    if n_prompt >= n_ctx:
+        raise ContextOverflowError(
+            f"the prompt is {n_prompt} tokens but model {name!r} has a "
+            f"context of {n_ctx} tokens (the prompt must leave room for at least one "
+            f"generated token); shorten the prompt or messages"
+        )
+    room = n_ctx - n_prompt
+    return room if max_tokens is None or max_tokens <= 0 else min(max_tokens, room)
 
 
 def _finish_reason(value: object) -> FinishReason:
@@ -102,6 +114,17 @@ class LlamaTextGenerator:
 
     @classmethod
     def load(cls, artifact: InstalledArtifact, options: ModelOptions) -> LlamaTextGenerator:
+        return cls._load_with(artifact, options, _GuardedLlama)
+
+    @classmethod
+    def _load_with(
+        cls,
+        artifact: InstalledArtifact,
+        options: ModelOptions,
+        llama_class: type[_GuardedLlama],
+        **construct: Any,
+    ) -> LlamaTextGenerator:
+        """``load`` with another Llama class; ``construct`` overrides its arguments."""
         if options.chat_format is not None:
             try:
                 llama_chat_format.get_chat_completion_handler(options.chat_format)
@@ -111,20 +134,23 @@ class LlamaTextGenerator:
                     f"(use a llama.cpp chat format name such as 'chatml', or chat_template)"
                 ) from e
         try:
-            llama = construct_llama(
-                _GuardedLlama,
-                model_path=str(artifact.path),
-                n_ctx=options.n_ctx,
-                n_batch=options.n_batch,
-                n_threads=options.n_threads,
-                n_threads_batch=options.n_threads,
-                chat_format=options.chat_format,
-            )
+            arguments: dict[str, Any] = {
+                "model_path": str(artifact.path),
+                "n_ctx": options.n_ctx,
+                "n_batch": options.n_batch,
+                "n_threads": options.n_threads,
+                "n_threads_batch": options.batch_threads,
+                "chat_format": options.chat_format,
+            }
+            llama = construct_llama(llama_class, **{**arguments, **construct})
         except (ValueError, RuntimeError) as e:
             raise ConfigError(
                 f"cannot load model {artifact.name!r} from {artifact.path}: {e}"
             ) from e
         llama.served_name = artifact.name
+        llama.chat_template_source = options.chat_template or (
+            llama.metadata.get("tokenizer.chat_template") if options.chat_format is None else None
+        )
         if options.chat_template is not None:
             try:
                 llama.chat_handler = _template_handler(options.chat_template, llama, artifact.name)
@@ -137,7 +163,14 @@ class LlamaTextGenerator:
     def context_length(self) -> int:
         return self._llama.usable_context
 
-    def chat(self, turns: Sequence[ChatTurn], sampling: Sampling) -> Iterator[TextPiece]:
+    def chat(
+        self,
+        turns: Sequence[ChatTurn],
+        sampling: Sampling,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Iterator[TextPiece]:
+        if tools is not None or sampling.grammar is not None or sampling.logprobs is not None:
+            return self._structured_chat(turns, sampling, tools)
         messages: list[Any] = [
             {"role": "system" if t.role == "developer" else t.role, "content": t.content}
             for t in turns
@@ -150,8 +183,54 @@ class LlamaTextGenerator:
             raise BadRequestError(f"model {self._name!r} cannot format these messages: {e}") from e
         return self._chat_pieces(iter(chunks), self._llama.last_prompt_tokens)
 
+    def _structured_chat(
+        self,
+        turns: Sequence[ChatTurn],
+        sampling: Sampling,
+        tools: Sequence[Mapping[str, Any]] | None,
+    ) -> Iterator[TextPiece]:
+        """A chat with a grammar, logprobs or tools: formatted by the same chat handler,
+        generated by the token loop of ``llama_structured``."""
+        if tools is not None and not template_takes_tools(self._llama.chat_template_source):
+            raise BadRequestError(
+                f"model {self._name!r} cannot take tools: its chat template does not render"
+                " them (it never reads 'tools'); send the request without tools, or give the"
+                " model a tool-capable chat_template in the release config (docs/local-api.md)"
+            )
+        prompt = format_chat(self._llama, turns, sampling, tools, name=self._name)
+        return self.generate_from(
+            prompt.tokens, sampling, prompt.stop, prompt.stopping_criteria, prompt.sampler
+        )
+
+    def generate_from(
+        self,
+        tokens: list[int],
+        sampling: Sampling,
+        stop: Sequence[str],
+        stopping_criteria: Any,
+        sampler: Mapping[str, Any],
+    ) -> Iterator[TextPiece]:
+        """Generate from formatted prompt tokens with the token loop (grammar, logprobs);
+        an engine with its own sequences overrides this. Raises before generating when
+        the prompt does not fit."""
+        max_tokens = capped_max_tokens(
+            self._name, len(tokens), self._llama.usable_context, sampling.max_tokens
+        )
+        self._llama.last_prompt_tokens = len(tokens)
+        return generate_pieces(
+            self._llama,
+            tokens,
+            sampling,
+            max_tokens=max_tokens,
+            stop=stop,
+            stopping_criteria=stopping_criteria,
+            sampler=sampler,
+        )
+
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[TextPiece]:
         tokens = self._llama.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+        if sampling.grammar is not None or sampling.logprobs is not None:
+            return self.generate_from(tokens, sampling, sampling.stop, None, completion_sampler())
         chunks = self._llama.create_completion(
             prompt=tokens, stream=True, **_sampling_kwargs(sampling)
         )
@@ -237,7 +316,7 @@ class LlamaEmbedder:
                 n_batch=options.n_ctx,
                 n_ubatch=options.n_ctx,
                 n_threads=options.n_threads,
-                n_threads_batch=options.n_threads,
+                n_threads_batch=options.batch_threads,
                 pooling_type=_POOLING[options.pooling],
             )
         except (ValueError, RuntimeError) as e:

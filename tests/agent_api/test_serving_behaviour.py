@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -188,8 +189,13 @@ class MeasuredGenerator:
             with self._lock:
                 self.running -= 1
 
-    def chat(self, turns: Sequence[ChatTurn], sampling: Sampling) -> Iterator[TextPiece]:
-        return self._measured(self._model.chat(turns, sampling))
+    def chat(
+        self,
+        turns: Sequence[ChatTurn],
+        sampling: Sampling,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> Iterator[TextPiece]:
+        return self._measured(self._model.chat(turns, sampling, tools))
 
     def complete(self, prompt: str, sampling: Sampling) -> Iterator[TextPiece]:
         return self._measured(self._model.complete(prompt, sampling))
