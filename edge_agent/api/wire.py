@@ -25,10 +25,25 @@ class TextPart(_Request):
     text: str
 
 
+class FunctionCallIn(_Request):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str = Field(max_length=65_536)
+
+
+class ToolCallIn(_Request):
+    """A call an earlier assistant message made (sent back in the history)."""
+
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessageIn(_Request):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(default=None, max_length=64)
+    tool_call_id: str | None = Field(default=None, min_length=1, max_length=128)
 
     def text(self) -> str:
         if self.content is None:
@@ -65,13 +80,37 @@ class _Generation(_Request):
         return self.stream_options is not None and self.stream_options.include_usage
 
 
+class FunctionIn(_Request):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolIn(_Request):
+    type: Literal["function"]
+    function: FunctionIn
+
+
+class NamedFunction(_Request):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Request):
+    type: Literal["function"]
+    function: NamedFunction
+
+
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessageIn] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[Any] | None = None
+    tools: list[ToolIn] | None = Field(default=None, max_length=64)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool = True
     functions: list[Any] | None = None
     logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     response_format: dict[str, Any] | None = None
     rag: RagChatOptions | None = Field(
         default=None, description="opt into retrieval: ground the answer in the RAG index"
@@ -83,7 +122,7 @@ class CompletionRequest(_Generation):
     max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
     suffix: str | None = None
-    logprobs: int | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
 class EmbeddingRequest(_Request):
@@ -107,16 +146,56 @@ class Usage(_Response):
     total_tokens: int
 
 
+class TopLogprob(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprobOut(_Response):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(_Response):
+    content: list[TokenLogprobOut] | None = None
+    refusal: list[TokenLogprobOut] | None = None
+
+
+class FunctionCallOut(_Response):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(_Response):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
+class ToolCallDelta(_Response):
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallOut | None = None
+
+
+ChatFinishReason = Literal["stop", "length", "tool_calls"]
+
+
 class ChatMessageOut(_Response):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
 
 
 class ChatChoice(_Response):
     index: int = 0
     message: ChatMessageOut
-    finish_reason: Literal["stop", "length"]
-    logprobs: None = None
+    finish_reason: ChatFinishReason
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletion(_Response):
@@ -132,13 +211,14 @@ class ChatCompletion(_Response):
 class ChatDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChatChunkChoice(_Response):
     index: int = 0
     delta: ChatDelta
-    finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    finish_reason: ChatFinishReason | None = None
+    logprobs: ChoiceLogprobs | None = None
 
 
 class ChatCompletionChunk(_Response):
@@ -174,11 +254,21 @@ class GroundedChatCompletionChunk(Grounding, ChatCompletionChunk):
     """The extra last chunk of a streamed grounded answer (no choices, sent before [DONE])."""
 
 
+class CompletionLogprobs(_Response):
+    """OpenAI's legacy shape: one entry per token in each list (``text_offset`` counts
+    characters from the start of the prompt, as ``echo`` would show it)."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
+
+
 class CompletionChoice(_Response):
     index: int = 0
     text: str
     finish_reason: Literal["stop", "length"] | None = None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(_Response):
