@@ -108,6 +108,7 @@ def compose_update_loop(
             stop=stop,
             checkpoint=checkpoint,
             free_space_margin=settings.download_free_space_margin_bytes,
+            delta=settings.delta_updates,
         ),
         activator=activator,
         health=health,

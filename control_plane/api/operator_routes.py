@@ -35,11 +35,13 @@ from control_plane.api.wire import (
     EnrollmentTokenCreated,
     PendingTargetsPublic,
     ReleaseCreate,
+    ReleaseDownload,
     ReleasePublic,
     ReleaseRef,
     SignedTargetsAcceptedPublic,
 )
 from control_plane.artifacts import service as artifacts
+from control_plane.artifacts.chunks import delta_report, prepare_chunks
 from control_plane.artifacts.service import (
     ArtifactSpec,
     check_upload,
@@ -207,6 +209,7 @@ async def upload_artifact(
             await run_in_threadpool(upload.write, bytes(buffer))
         sha256 = await run_in_threadpool(upload.finish)
         facts = await run_in_threadpool(check_upload, upload, spec)
+        chunks = await run_in_threadpool(prepare_chunks, upload.temp_path)
         artifact, created = await run_in_threadpool(
             partial(
                 register_artifact,
@@ -217,6 +220,7 @@ async def upload_artifact(
                 facts=facts,
                 actor=publisher.actor,
                 now=cp.clock(),
+                chunks=chunks,
             )
         )
     except BaseException:
@@ -269,8 +273,13 @@ def list_releases(
 
 @router.get("/releases/{release_ref}")
 def show_release(release_ref: str, _viewer: Reader, cp: CP) -> ReleasePublic:
-    """A release by id (``rel_...``) or by ``name@version``."""
-    return ReleasePublic.of(releases.show_release(cp.db, release_ref))
+    """A release by id (``rel_...``) or by ``name@version``, with what a device on each
+    earlier release devices run downloads for it (delta updates)."""
+    release = releases.show_release(cp.db, release_ref)
+    with cp.db.transaction() as session:
+        downloads = delta_report(session, release)
+    public = ReleasePublic.of(release)
+    return public.model_copy(update={"downloads": [ReleaseDownload(**d) for d in downloads]})
 
 
 @router.get("/releases/{release_ref}/qualification")

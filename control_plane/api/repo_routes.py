@@ -10,10 +10,12 @@ from fastapi.responses import FileResponse
 
 from control_plane.api.dependencies import CP
 from control_plane.api.wire import Health
+from control_plane.artifacts.chunks import manifest_content
 from control_plane.artifacts.service import published_artifact
 from control_plane.errors import NotFoundError
 from control_plane.repository.metadata_store import TIMESTAMP_FILE
 from protocol import paths
+from protocol.chunking import CHUNK_MANIFEST_SUFFIX
 from protocol.version import PROTOCOL_VERSION
 
 router = APIRouter()
@@ -48,13 +50,17 @@ def metadata_file(file_name: str, cp: CP) -> Response:
 
 
 @router.api_route(paths.REPO_TARGETS + "/{sha256}/{file_name}", methods=["GET", "HEAD"])
-def target_file(sha256: str, file_name: str, cp: CP) -> BlobResponse:
-    """The bytes of a published target; supports ``Range`` (206) for resumed downloads.
+def target_file(sha256: str, file_name: str, cp: CP) -> Response:
+    """The bytes of a published target; supports ``Range`` (206) for resumed downloads and
+    for the chunks a delta update fetches. ``<target path>.chunks`` is the target's chunk
+    manifest (its sha256 and length are in the target's signed custom metadata).
 
     Also answers python-tuf's consistent-snapshot form ``<sha256>/<sha256>.<file name>``.
     """
     if not _SHA256.match(sha256):
         raise NotFoundError("target paths look like '<sha256>/<file name>'")
+    if file_name.endswith(CHUNK_MANIFEST_SUFFIX):
+        return _chunk_manifest(sha256, file_name.removesuffix(CHUNK_MANIFEST_SUFFIX), cp)
     names = [file_name]
     if file_name.startswith(sha256 + "."):
         names.append(file_name.removeprefix(sha256 + "."))
@@ -68,6 +74,21 @@ def target_file(sha256: str, file_name: str, cp: CP) -> BlobResponse:
         blob,
         media_type="application/octet-stream",
         headers={"ETag": f'"{artifact.sha256}"', "Cache-Control": _IMMUTABLE},
+    )
+
+
+def _chunk_manifest(sha256: str, file_name: str, cp: CP) -> Response:
+    artifact = published_artifact(cp.db, [f"{sha256}/{file_name}"])
+    content = None
+    if artifact is not None:
+        with cp.db.transaction() as session:
+            content = manifest_content(session, artifact.sha256)
+    if content is None:
+        raise NotFoundError(f"no chunk manifest for a published target {sha256}/{file_name}")
+    return Response(
+        content=content,
+        media_type="application/octet-stream",
+        headers={"Cache-Control": _IMMUTABLE},
     )
 
 

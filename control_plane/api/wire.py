@@ -120,6 +120,16 @@ class ReleaseCreate(_In):
     config: dict[str, Any] = Field(default_factory=dict)
 
 
+class ReleaseDownload(_Out):
+    """What a device on an earlier release downloads for this one (delta updates)."""
+
+    release_id: str
+    release: str = Field(description="name@version of the earlier release")
+    devices: int = Field(description="devices that last reported running it")
+    download_bytes: int = Field(description="bytes such a device fetches (chunk manifests too)")
+    full_bytes: int = Field(description="bytes of all this release's artifacts")
+
+
 class ReleasePublic(_Out):
     id: str
     name: str
@@ -134,6 +144,11 @@ class ReleasePublic(_Out):
     )
     created_at: datetime
     artifacts: list[ArtifactPublic]
+    downloads: list[ReleaseDownload] | None = Field(
+        default=None,
+        description="per earlier release devices run: bytes a device on it downloads"
+        " (only when one release is shown)",
+    )
 
     @classmethod
     def of(cls, r: Release) -> ReleasePublic:

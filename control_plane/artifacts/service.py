@@ -15,18 +15,20 @@ from tuf.api.metadata import TargetFile
 from control_plane import audit
 from control_plane.access.tokens import new_id
 from control_plane.artifacts.blob_store import Upload
+from control_plane.artifacts.chunks import PreparedChunks, store_chunks
 from control_plane.artifacts.formats import file_name, inspect_artifact
 from control_plane.errors import InvalidArtifactError, InvalidRequestError, NotFoundError
 from control_plane.releases.state import ReleaseState
 from control_plane.repository import ImageRepository
 from control_plane.storage.database import Database
 from control_plane.storage.models import Artifact, Release, ReleaseArtifact
+from protocol.chunking import CHUNKS_CUSTOM_KEY
 from protocol.messages import ARTIFACT_FORMATS, ARTIFACT_KINDS
 from protocol.release_artifacts import POLICY_KIND, PROMPT_PACK_KIND, release_artifact_problems
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
-_RESERVED_CUSTOM = ("name", "kind", "format", "facts")
+_RESERVED_CUSTOM = ("name", "kind", "format", "facts", CHUNKS_CUSTOM_KEY)
 MAX_CUSTOM_BYTES = 16_384
 
 
@@ -121,9 +123,12 @@ def register_artifact(
     facts: dict[str, Any],
     actor: str,
     now: datetime,
+    chunks: PreparedChunks | None = None,
 ) -> tuple[Artifact, bool]:
     """Store the blob and its row; the same bytes again return the existing artifact.
 
+    ``chunks``: its chunk manifest (delta updates), stored in the same transaction; its
+    sha256 and length go into the custom metadata that the artifact's target is signed with.
     Returns ``(artifact, created)``.
     """
     with db.transaction() as session:
@@ -137,6 +142,9 @@ def register_artifact(
         custom["facts"] = facts
         if "quantization" in facts:
             custom.setdefault("quantization", facts["quantization"])
+    target_path = f"{sha256}/{file_name(spec.name, spec.format)}"
+    if chunks is not None:
+        custom[CHUNKS_CUSTOM_KEY] = chunks.custom(target_path)
     artifact = Artifact(
         id=new_id("art"),
         sha256=sha256,
@@ -144,7 +152,7 @@ def register_artifact(
         kind=spec.kind,
         format=spec.format,
         length=upload.length,
-        target_path=f"{sha256}/{file_name(spec.name, spec.format)}",
+        target_path=target_path,
         custom=custom,
         created_at=now,
         created_by=actor,
@@ -152,6 +160,8 @@ def register_artifact(
     try:
         with db.transaction() as session:
             session.add(artifact)
+            if chunks is not None:
+                store_chunks(session, sha256, chunks, now)
             audit.record(
                 session,
                 actor=actor,

@@ -112,9 +112,32 @@ def _list(ctx: Context) -> None:
     ctx.out.emit(rows, text)
 
 
+def downloads_text(release: Mapping[str, Any]) -> str:
+    """What a device on each earlier release downloads for this one (delta updates)."""
+    rows = release.get("downloads") or []
+    return "downloads from earlier releases (delta updates):\n" + table(
+        rows,
+        [
+            ("FROM", lambda d: d["release"]),
+            ("DEVICES", lambda d: d["devices"]),
+            ("DOWNLOAD", lambda d: size(d["download_bytes"])),
+            ("FULL", lambda d: size(d["full_bytes"])),
+            (
+                "SAVED",
+                lambda d: (
+                    f"{100 * (1 - d['download_bytes'] / d['full_bytes']):.0f}%"
+                    if d["full_bytes"]
+                    else "-"
+                ),
+            ),
+        ],
+        empty="no earlier release is known to run on a device",
+    )
+
+
 def _show(ctx: Context) -> None:
     release = ctx.client().resolve_release(ctx.args.ref)
-    ctx.out.emit(release, release_text(release))
+    ctx.out.emit(release, release_text(release) + "\n\n" + downloads_text(release))
 
 
 def _figure_text(figure: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -109,6 +110,21 @@ class Artifact(Base):
     custom: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(200))
+
+
+class ChunkManifestRecord(Base):
+    """The content-defined chunk manifest of one artifact (delta updates): its bytes, whose
+    sha256 and length the artifact's signed target custom metadata carries."""
+
+    __tablename__ = "chunk_manifests"
+
+    artifact_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    length: Mapped[int] = mapped_column(BigInteger)
+    chunk_count: Mapped[int]
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    cpu_seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime]
 
 
 class Release(Base):
@@ -352,6 +368,7 @@ __all__ = [
     "AssignmentRecord",
     "AuditEntry",
     "Base",
+    "ChunkManifestRecord",
     "CohortDefault",
     "ConfigLayer",
     "ConfigReportRecord",

@@ -192,6 +192,10 @@ class ReleaseFiles:
             config=dict(a.config),
         )
 
+    def release_of(self, release_dir: str) -> InstalledRelease:
+        """The release a directory records (its blobs are not re-hashed here)."""
+        return self._release(self._manifest(release_dir))
+
     def verify_release(self, release_dir: str) -> InstalledRelease:
         """Re-hash every blob of a release; raise :class:`StoreError` unless all match."""
         manifest = self._manifest(release_dir)
@@ -545,6 +549,8 @@ class ReleaseStore(ReleaseFiles):
         for part in self.downloads_dir.iterdir():
             if part.name.removesuffix(".part") not in keep:
                 part.unlink(missing_ok=True)
+        with contextlib.suppress(StoreUnwritableError):  # a cache: retried at the next collection
+            self.db.prune_blob_chunks(keep)
         for tmp in self.state_dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         for d in (self.releases_dir, self.blobs_dir, self.downloads_dir):

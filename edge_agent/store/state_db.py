@@ -127,6 +127,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             )""",
         ),
     ),
+    Migration(
+        3,
+        "delta updates: the chunk list of each verified blob, computed once",
+        (
+            """CREATE TABLE blob_chunks (
+                sha256 TEXT NOT NULL,
+                params TEXT NOT NULL,
+                manifest BLOB NOT NULL,
+                PRIMARY KEY (sha256, params)
+            )""",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -289,6 +301,32 @@ class StateDB:
     def delete_prefix(self, prefix: str) -> None:
         with self._transaction() as c:
             c.execute("DELETE FROM kv WHERE substr(key, 1, ?) = ?", (len(prefix), prefix))
+
+    # --- chunk lists of verified blobs (delta updates) -----------------------------------
+
+    def blob_chunks(self, sha256: str, params: str) -> bytes | None:
+        """The encoded chunk manifest of blob ``sha256`` under chunking ``params``, if kept."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT manifest FROM blob_chunks WHERE sha256 = ? AND params = ?",
+                (sha256, params),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def put_blob_chunks(self, sha256: str, params: str, manifest: bytes) -> None:
+        with self._transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO blob_chunks(sha256, params, manifest) VALUES(?, ?, ?)",
+                (sha256, params, manifest),
+            )
+
+    def prune_blob_chunks(self, keep: set[str]) -> None:
+        """Forget the chunk lists of blobs that are gone."""
+        with self._transaction() as c:
+            known = [str(r[0]) for r in c.execute("SELECT DISTINCT sha256 FROM blob_chunks")]
+            gone = [(sha,) for sha in known if sha not in keep]
+            if gone:
+                c.executemany("DELETE FROM blob_chunks WHERE sha256 = ?", gone)
 
     # --- install journal ---------------------------------------------------------------
 

@@ -4,19 +4,29 @@ never started without room for them on the state directory's filesystem."""
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from edge_agent.errors import DiskFullError, TamperedArtifactError, TransportError
 from edge_agent.store import STORE_RUNBOOK, ReleaseStore, free_bytes
+from edge_agent.updates.delta import (
+    DeltaDownloader,
+    DeltaResult,
+    DeltaUnavailable,
+    tampered_to_unavailable,
+)
 from edge_agent.uplink.client import content_encoding
 from protocol import TargetRef
+from protocol.chunking import CHUNKS_CUSTOM_KEY
 
+log = logging.getLogger(__name__)
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 Checkpoint = Callable[[str], None]
@@ -52,7 +62,10 @@ class ArtifactDownloader:
         stop: threading.Event | None = None,
         checkpoint: Checkpoint | None = None,
         free_space_margin: int = 0,
+        delta: bool = True,
     ) -> None:
+        """``delta``: first try to rebuild a changed artifact from the chunks the device
+        already has (see :mod:`edge_agent.updates.delta`), else download it whole."""
         self._http = http
         self._base = targets_url.rstrip("/")
         self._store = store
@@ -60,6 +73,19 @@ class ArtifactDownloader:
         self._margin = free_space_margin
         self._stop = stop or threading.Event()
         self._checkpoint = checkpoint or (lambda step: None)
+        self._delta = (
+            DeltaDownloader(
+                http,
+                targets_url=targets_url,
+                store=store,
+                stop=self._stop,
+                checkpoint=self._checkpoint,
+            )
+            if delta
+            else None
+        )
+        self.last_delta: dict[str, DeltaResult | str] = {}  # target name: result or why not
+        self._no_delta: set[str] = set()  # fell back once: resume the full download instead
 
     def missing_bytes(self, targets: Sequence[TargetRef]) -> int:
         """How many bytes downloading ``targets`` still has to write (partials count)."""
@@ -87,10 +113,43 @@ class ArtifactDownloader:
                 )
             )
 
-    def fetch(self, target: TargetRef) -> Path:
-        """Return the store path of the verified blob for ``target``."""
+    def fetch(self, target: TargetRef, custom: Mapping[str, Any] | None = None) -> Path:
+        """Return the store path of the verified blob for ``target``.
+
+        ``custom``: the target's signed custom metadata; when it names a chunk manifest,
+        a delta download is tried first and any reason it cannot be used falls back to
+        the full download (a lost connection does not: the next cycle resumes the delta).
+        """
         if self._store.has_blob(target.sha256, target.length):
             return self._store.blob_path(target.sha256)
+        if (
+            self._delta is not None
+            and custom is not None
+            and CHUNKS_CUSTOM_KEY in custom
+            and target.sha256 not in self._no_delta
+        ):
+            try:
+                result = self._delta.fetch(target, custom)
+                blob = self._store.admit_partial(target.sha256, target.length)
+                self.last_delta[target.name] = result
+                return blob
+            except TamperedArtifactError as e:  # admit_partial discarded the partial file
+                self._fell_back(target, tampered_to_unavailable(e))
+            except DeltaUnavailable as e:
+                self._fell_back(target, e)
+            except OSError as e:
+                if e.errno not in _DISK_FULL:
+                    raise
+                self._store.discard_partial(target.sha256)
+                raise DiskFullError(
+                    not_enough_space(
+                        need=target.length + self._margin,
+                        have=free_bytes(self._store.downloads_dir),
+                        margin=self._margin,
+                        where=self._store.state_dir,
+                    )
+                    + f"; the disk filled while {target.name} was rebuilt from a delta"
+                ) from e
         part = self._store.partial_path(target.sha256)
         if part.is_symlink():  # never resume into (or through) a planted link
             self._store.discard_partial(target.sha256)
@@ -101,6 +160,15 @@ class ArtifactDownloader:
         if offset < target.length:
             self._download(target, part, offset)
         return self._store.admit_partial(target.sha256, target.length)
+
+    def _fell_back(self, target: TargetRef, why: DeltaUnavailable) -> None:
+        """The delta cannot be used: the full download resumes from the verified chunks
+        already written, or starts from nothing when the range answers were wrong."""
+        log.info("%s: downloading it whole (no delta: %s)", target.name, why)
+        self.last_delta[target.name] = str(why)
+        self._no_delta.add(target.sha256)  # until a restart: retries resume the full download
+        if why.discard:
+            self._store.discard_partial(target.sha256)
 
     def _tampered(self, target: TargetRef, message: str) -> TamperedArtifactError:
         self._store.discard_partial(target.sha256)

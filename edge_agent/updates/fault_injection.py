@@ -13,7 +13,16 @@ import time
 from pathlib import Path
 from typing import Literal, get_args
 
-PauseStep = Literal["download", "verified", "activate", "health", "telemetry-charged"]
+PauseStep = Literal[
+    "download",
+    "delta-manifest",  # a delta's signed chunk manifest fetched and checked
+    "delta-copy",  # the first chunk copied from a local blob into the partial file
+    "delta-fetch",  # the first range of missing chunks written into the partial file
+    "verified",
+    "activate",
+    "health",
+    "telemetry-charged",
+]
 PAUSE_STEPS: tuple[str, ...] = get_args(PauseStep)
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -33,7 +33,7 @@ from edge_agent.errors import (
 )
 from edge_agent.release import InstalledRelease
 from edge_agent.store import InstallRecord, ReleaseStore
-from edge_agent.trust import check_targets_signed, verify_assignment
+from edge_agent.trust import SignedTarget, check_targets_signed, verify_assignment
 from edge_agent.updates.acceptance import Observer, measure
 from edge_agent.updates.downloader import ArtifactDownloader, Checkpoint
 from edge_agent.updates.health import (
@@ -316,9 +316,14 @@ class UpdateLoop:
         self._store.db.put(_HIGHEST_ACCEPTED, str(assignment.version))
         signed_targets = {path: t for path, t in signed.items() if t is not None}
         install = self._store.begin_install(assignment, envelope, signed_targets)
-        return self._install(assignment, install)
+        return self._install(assignment, install, signed_targets)
 
-    def _install(self, assignment: Assignment, install: InstallRecord) -> CycleOutcome:
+    def _install(
+        self,
+        assignment: Assignment,
+        install: InstallRecord,
+        signed: Mapping[str, SignedTarget],
+    ) -> CycleOutcome:
         version, release_id = assignment.version, assignment.release_id
         try:
             acceptance = Acceptance.from_release_config(assignment.config)
@@ -331,7 +336,8 @@ class UpdateLoop:
         self._set(phase="downloading")
         try:
             for target in assignment.targets:
-                self._downloader.fetch(target)
+                entry = signed.get(target.path)
+                self._downloader.fetch(target, entry.custom if entry is not None else None)
         except TamperedArtifactError as e:
             self._store.fail(install, str(e))
             self._report_once(

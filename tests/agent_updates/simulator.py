@@ -38,11 +38,12 @@ from protocol import (
     sign_envelope,
     verify_device_request,
 )
+from protocol.chunking import CHUNKS_CUSTOM_KEY, chunk_bytes, chunk_manifest_path, encode_manifest
 from protocol.telemetry import MAX_TELEMETRY_REPORT_BYTES, TelemetryAck, TelemetryReport
 
 BASE_URL = "http://control-plane.test"
 ROLES = ("root", "targets", "snapshot", "timestamp", "director")
-_RANGE = re.compile(r"^bytes=(\d+)-$")
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
 @dataclass
@@ -87,6 +88,8 @@ class ControlPlaneSimulator:
         self.streamed_bytes = 0  # bytes the device pulled from target responses, in all
         self.pulled: list[int] = []  # bytes the device pulled, per target response
         self.before_each_chunk: Callable[[], None] = lambda: None  # runs as the device reads
+        self.ignore_ranges = False  # answer every Range request with the whole target (200)
+        self.tamper_ranges: Callable[[bytes], bytes] | None = None  # alters bounded ranges
         self.transport = httpx.MockTransport(self._handle)
 
     # --- operator side ------------------------------------------------------------------
@@ -108,17 +111,28 @@ class ControlPlaneSimulator:
         fmt: str = "gguf",
         sign_in_repository: bool = True,
         path: str | None = None,
+        chunks: bytes | None = None,
     ) -> TargetRef:
         """Store an artifact and (normally) sign it into the image repository.
 
-        ``path``: the target path to sign and serve it under (default ``<sha256>/<name>``)."""
+        ``path``: the target path to sign and serve it under (default ``<sha256>/<name>``).
+        ``chunks``: a chunk manifest to sign into its custom metadata and serve beside it
+        (delta updates; :func:`manifest_of` makes the right one)."""
         sha = hashlib.sha256(data).hexdigest()
         path = path or f"{sha}/{name}.{fmt}"
         self.blobs[path] = data
+        custom: dict[str, object] = {"kind": kind, "format": fmt}
+        if chunks is not None:
+            self.blobs[chunk_manifest_path(path)] = chunks
+            custom[CHUNKS_CUSTOM_KEY] = {
+                "path": chunk_manifest_path(path),
+                "sha256": hashlib.sha256(chunks).hexdigest(),
+                "length": len(chunks),
+            }
         if sign_in_repository:
             self.files.update(
                 self.repo.add_targets(
-                    [self.repo.target_file(path, sha, len(data), {"kind": kind, "format": fmt})],
+                    [self.repo.target_file(path, sha, len(data), custom)],
                     targets_signer=tuf_signer(self.keys["targets"]),
                     snapshot_signer=tuf_signer(self.keys["snapshot"]),
                     timestamp_signer=tuf_signer(self.keys["timestamp"]),
@@ -235,17 +249,20 @@ class ControlPlaneSimulator:
         self.target_requests.append((target_path, range_header))
         if data is None:
             return httpx.Response(404, json={"detail": "no such target"})
-        start = 0
+        start, end = 0, len(data)
         status = 200
         headers: dict[str, str] = {}
-        if range_header is not None:
+        if range_header is not None and not self.ignore_ranges:
             m = _RANGE.match(range_header)
             if m is None or int(m.group(1)) >= len(data):
                 return httpx.Response(416, headers={"Content-Range": f"bytes */{len(data)}"})
             start = int(m.group(1))
+            end = min(int(m.group(2)) + 1, len(data)) if m.group(2) else len(data)
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        body = data[start:end]
+        if m_bounded(range_header) and self.tamper_ranges is not None:
+            body = self.tamper_ranges(body)
         if self.cut_targets_after is not None:
             body = body[: self.cut_targets_after]
         if not self.hide_content_length:
@@ -287,6 +304,17 @@ class ControlPlaneSimulator:
         except ProtocolError as e:
             raise AssertionError(f"device request did not verify: {e}") from e
         return header.device_id
+
+
+def m_bounded(range_header: str | None) -> bool:
+    """A range with an end: what a delta download asks for (a resume asks for the rest)."""
+    m = _RANGE.match(range_header or "")
+    return m is not None and bool(m.group(2))
+
+
+def manifest_of(data: bytes) -> bytes:
+    """The chunk manifest the control plane publishes for ``data``."""
+    return encode_manifest(chunk_bytes(data))
 
 
 def gguf_bytes(tag: str, size: int = 64 * 1024) -> bytes:
