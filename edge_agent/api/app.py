@@ -8,25 +8,35 @@ import hmac
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from dataclasses import asdict
-from typing import Annotated, Any, Literal, TypeVar
+from dataclasses import asdict, replace
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from edge_agent.api.disconnect import unless_client_leaves, until_cancelled
+from edge_agent.api.generation import StartedGeneration, run_embedding, start_generation
 from edge_agent.api.grounded_chat import ChatGrounding, GroundedChat
+from edge_agent.api.inbound import InvalidParameterError, as_agent_error, json_body
+from edge_agent.api.ollama import OllamaServing
+from edge_agent.api.ollama import router as ollama_router
 from edge_agent.api.streaming import PieceStream
+from edge_agent.api.structured import (
+    chat_choice,
+    chat_chunks,
+    chat_extras,
+    chat_turns,
+    completion_logprobs,
+    schema_limits,
+)
 from edge_agent.api.wire import (
     ChatChoice,
     ChatChunkChoice,
@@ -53,26 +63,19 @@ from edge_agent.api.wire import (
 )
 from edge_agent.errors import (
     AgentError,
-    BadRequestError,
     ClientGoneError,
     ConfigError,
     NotFoundError,
-    PayloadTooLargeError,
     ResourceExhaustedError,
     UnauthorizedError,
-    UnsupportedMediaError,
 )
 from edge_agent.rag.api import RagChatOptions
 from edge_agent.runtime import (
-    ChatTurn,
-    Embedder,
-    Embeddings,
     GeneratedText,
     ModelRegistry,
     Sampling,
     TextGenerator,
     TextPiece,
-    join_pieces,
 )
 from edge_agent.runtime.memory import process_memory
 from edge_agent.settings import AgentSettings
@@ -83,16 +86,7 @@ __all__ = ["InvalidParameterError", "create_local_api"]
 
 log = logging.getLogger(__name__)
 
-W = TypeVar("W", bound=BaseModel)
 StatusSource = Callable[[], dict[str, Any]]
-
-
-class InvalidParameterError(BadRequestError):
-    """A request field has a wrong type or value; ``param`` names the field."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
 
 
 # --- errors: one handler, status from the exception class -------------------------------
@@ -101,31 +95,6 @@ class InvalidParameterError(BadRequestError):
 def _code(exc: AgentError) -> str:
     name = type(exc).__name__.removesuffix("Error")
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def _describe_validation(errors: Sequence[Any], *, skip_body: bool) -> tuple[str, str | None]:
-    parts = []
-    first_param: str | None = None
-    for err in errors:
-        loc = [str(p) for p in err.get("loc", ())]
-        if skip_body and loc and loc[0] == "body":
-            loc = loc[1:]
-        param = ".".join(loc) or None
-        first_param = first_param or param
-        parts.append(f"{param}: {err.get('msg')}" if param else str(err.get("msg")))
-    return "invalid request: " + "; ".join(parts), first_param
-
-
-def _as_agent_error(exc: Exception) -> AgentError:
-    if isinstance(exc, AgentError):
-        return exc
-    if isinstance(exc, RequestValidationError):
-        message, param = _describe_validation(exc.errors(), skip_body=True)
-        return InvalidParameterError(message, param)
-    if isinstance(exc, ClientDisconnect):  # hung up while sending its request body
-        return ClientGoneError("the client went away while sending its request")
-    log.exception("unexpected error in the local API", exc_info=exc)
-    return AgentError(f"internal error ({type(exc).__name__}); see the agent log")
 
 
 async def _error_response(request: Request, exc: Exception) -> Response:
@@ -138,7 +107,7 @@ async def _error_response(request: Request, exc: Exception) -> Response:
         return JSONResponse(
             ErrorBody(error=detail).model_dump(), exc.status_code, headers=exc.headers
         )
-    error = _as_agent_error(exc)
+    error = as_agent_error(exc)
     if isinstance(error, ClientGoneError):  # any local client can do this at will: no traceback
         log.debug("%s", error)
         return Response(status_code=error.http_status)  # nobody reads it
@@ -182,49 +151,6 @@ def _bearer_check(api_token: str) -> Callable[[Request], Awaitable[None]]:
     return require_token
 
 
-def _json_body(model: type[W]) -> Callable[[Request], Awaitable[W]]:
-    """A dependency that reads at most ``max_request_bytes`` of JSON, validated as ``model``."""
-
-    async def parse(request: Request) -> W:
-        max_bytes: int = request.app.state.max_request_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-            raise _too_large(int(declared), max_bytes)
-        content_type = request.headers.get("content-type", "application/json")
-        if "json" not in content_type.lower():
-            raise UnsupportedMediaError(
-                f"request body must be JSON (Content-Type: application/json), got {content_type!r}"
-            )
-        received = bytearray()
-        async for chunk in request.stream():
-            received += chunk
-            if len(received) > max_bytes:
-                raise _too_large(len(received), max_bytes)
-        if not received:
-            raise InvalidParameterError("request body is empty: send a JSON object")
-        try:
-            return model.model_validate_json(bytes(received))
-        except ValidationError as e:
-            errors = e.errors()
-            if errors and errors[0]["type"] == "json_invalid":
-                raise InvalidParameterError(
-                    f"request body is not valid JSON: {errors[0]['msg']}"
-                ) from e
-            if errors and errors[0]["type"] == "model_type" and not errors[0]["loc"]:
-                raise InvalidParameterError("request body must be a JSON object") from e
-            message, param = _describe_validation(errors, skip_body=False)
-            raise InvalidParameterError(message, param) from e
-
-    return parse
-
-
-def _too_large(size: int, limit: int) -> PayloadTooLargeError:
-    return PayloadTooLargeError(
-        f"request body is {size}+ bytes; this agent accepts at most {limit} bytes "
-        f"(setting max_request_bytes)"
-    )
-
-
 def _sse(message: BaseModel) -> bytes:
     return b"data: " + message.model_dump_json().encode("utf-8") + b"\n\n"
 
@@ -265,21 +191,9 @@ def _usage(prompt_tokens: int, completion_tokens: int) -> Usage:
     )
 
 
-def _chat_turns(request: ChatCompletionRequest) -> list[ChatTurn]:
-    if request.tools or request.functions:
-        raise InvalidParameterError("tools and functions are not supported by this agent", "tools")
-    if request.logprobs:
-        raise InvalidParameterError("logprobs are not supported by this agent", "logprobs")
-    if request.response_format is not None and request.response_format.get("type") != "text":
-        raise InvalidParameterError(
-            "only response_format {'type': 'text'} is supported", "response_format"
-        )
-    return [ChatTurn(m.role, m.text()) for m in request.messages]
-
-
 def _completion_prompt(request: CompletionRequest) -> str:
-    if request.echo or request.suffix is not None or request.logprobs is not None:
-        raise InvalidParameterError("echo, suffix and logprobs are not supported by this agent")
+    if request.echo or request.suffix is not None:
+        raise InvalidParameterError("echo and suffix are not supported by this agent")
     if isinstance(request.prompt, str):
         prompt = request.prompt
     elif len(request.prompt) != 1:
@@ -311,59 +225,9 @@ def _sampling(
     )
 
 
-EMBEDDING_BATCH = 32  # inputs per llama.cpp call: a client that leaves is noticed between them
-
-
-def check_embedding_inputs(texts: Sequence[str], settings: AgentSettings) -> None:
-    """Refuse an embedding request beyond the per-request caps, before any work is queued."""
-    if not texts:
-        raise InvalidParameterError("input must not be empty", "input")
-    if len(texts) > settings.max_embedding_inputs:
-        raise InvalidParameterError(
-            f"input has {len(texts)} items; this agent embeds at most"
-            f" {settings.max_embedding_inputs} per request (setting max_embedding_inputs):"
-            " split them over several requests",
-            "input",
-        )
-    chars = sum(len(t) for t in texts)
-    if chars > settings.max_embedding_chars:
-        raise InvalidParameterError(
-            f"input totals {chars} characters; this agent embeds at most"
-            f" {settings.max_embedding_chars} per request (setting max_embedding_chars):"
-            " split them over several requests",
-            "input",
-        )
-
-
-def embed_in_batches(
-    model: Embedder, texts: Sequence[str], cancelled: threading.Event, max_tokens: int
-) -> Embeddings:
-    """Embed ``texts`` on the model's thread, a batch at a time, stopping between batches
-    once ``cancelled`` is set (the client left); refuse more than ``max_tokens`` tokens in
-    all before any is embedded."""
-    if cancelled.is_set():  # the client left while this job was queued
-        raise ClientGoneError("the client went away; its embedding was cancelled")
-    total = model.count_tokens(texts)
-    if total > max_tokens:
-        raise InvalidParameterError(
-            f"input totals {total} tokens; this agent embeds at most {max_tokens} tokens per"
-            " request (setting max_embedding_tokens): split them over several requests",
-            "input",
-        )
-    vectors: list[list[float]] = []
-    tokens = 0
-    for start in range(0, len(texts), EMBEDDING_BATCH):
-        if cancelled.is_set():
-            raise ClientGoneError("the client went away; its embedding was cancelled")
-        batch = model.embed(texts[start : start + EMBEDDING_BATCH])
-        vectors += batch.vectors
-        tokens += batch.prompt_tokens
-    return Embeddings(vectors, tokens)
-
-
-ChatBody = Annotated[ChatCompletionRequest, Depends(_json_body(ChatCompletionRequest))]
-CompletionBody = Annotated[CompletionRequest, Depends(_json_body(CompletionRequest))]
-EmbeddingBody = Annotated[EmbeddingRequest, Depends(_json_body(EmbeddingRequest))]
+ChatBody = Annotated[ChatCompletionRequest, Depends(json_body(ChatCompletionRequest))]
+CompletionBody = Annotated[CompletionRequest, Depends(json_body(CompletionRequest))]
+EmbeddingBody = Annotated[EmbeddingRequest, Depends(json_body(EmbeddingRequest))]
 
 
 # --- the app ----------------------------------------------------------------------------
@@ -408,6 +272,8 @@ def create_local_api(
     ``chat_grounding`` returns the RAG engine of the active release; chat requests that
     carry ``"rag"`` are grounded in its index (without it they get 400).
     ``generation_observer`` times each generation for telemetry (None: not measured).
+    Ollama's native API (``/api/chat``, ``/api/generate``, ``/api/embed``, ...) is served
+    over the same registry behind the same token (``edge_agent.api.ollama``).
     """
     if len(api_token) < 16:
         raise ConfigError("the local API token must be at least 16 characters long")
@@ -444,6 +310,7 @@ def create_local_api(
         error_fields={"param": None, "code": "payload_too_large"},
     )
     auth = [Depends(_bearer_check(api_token))]
+    limits = schema_limits(settings)
     v1 = APIRouter(prefix="/v1")
 
     def model_card(name: str) -> ModelCard | None:
@@ -486,36 +353,10 @@ def create_local_api(
         produce: Callable[[TextGenerator], Iterator[TextPiece]],
         *,
         chat: bool,
-    ) -> tuple[PieceStream | None, GeneratedText | None, TextPiece | None]:
-        """Run one generation on the model's thread; it stops (between tokens, or before
-        it starts if still queued) as soon as the client goes away, streamed or not."""
-        if generation_observer is not None:
-            produce = generation_observer.wrap(produce, chat=chat)
-        lease = registry.lease_generator(model)
-        if not stream:
-            cancelled = threading.Event()
-
-            def whole_text(m: TextGenerator) -> GeneratedText:
-                if cancelled.is_set():  # the client left while this job was queued
-                    return GeneratedText("", "stop", 0, 0)
-                return join_pieces(until_cancelled(produce(m), cancelled))
-
-            whole = lease.run(whole_text)
-            lease.release_when_done(whole)
-            result = await unless_client_leaves(
-                request, asyncio.wrap_future(whole), cancelled.set, "its generation was cancelled"
-            )
-            return None, result, None
-        pieces = PieceStream(asyncio.get_running_loop())
-        lease.release_when_done(lease.run(lambda m: pieces.pump(lambda: produce(m))))
-        try:  # errors before the first token become 4xx here
-            first = await unless_client_leaves(
-                request, pieces.next(), pieces.cancel, "its generation was cancelled"
-            )
-        except BaseException:
-            pieces.cancel()
-            raise
-        return pieces, None, first
+    ) -> StartedGeneration:
+        return await start_generation(
+            registry, generation_observer, request, model, stream, produce, chat=chat
+        )
 
     async def grounded_generate(
         request: Request, body: ChatCompletionRequest, options: RagChatOptions, sampling: Sampling
@@ -548,19 +389,40 @@ def create_local_api(
     async def chat_completions(
         request: Request, body: ChatBody
     ) -> ChatCompletion | StreamingResponse:
-        turns = _chat_turns(body)
+        turns = chat_turns(body)
+        extras = chat_extras(body, limits)  # schemas and tools checked before model work
         max_tokens = body.max_completion_tokens or body.max_tokens
-        sampling = _sampling(body, max_tokens)
+        sampling = replace(
+            _sampling(body, max_tokens), grammar=extras.grammar, logprobs=extras.logprobs
+        )
+        if body.rag is not None and (extras.reshapes or extras.grammar is not None):
+            raise InvalidParameterError(
+                "rag cannot be combined with response_format, tools or logprobs (a grounded"
+                " answer has its own shape); send them in separate requests",
+                "rag",
+            )
         grounded: GroundedChat | None = None
         if body.rag is None:
             pieces, whole, first = await generate(
-                request, body.model, body.stream, lambda m: m.chat(turns, sampling), chat=True
+                request,
+                body.model,
+                body.stream,
+                lambda m: m.chat(turns, sampling, extras.tools),
+                chat=True,
             )
         else:
             grounded, pieces, whole, first = await grounded_generate(
                 request, body, body.rag, sampling
             )
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if whole is not None and extras.reshapes:
+            return ChatCompletion(
+                id=ident,
+                created=created,
+                model=body.model,
+                choices=[chat_choice(extras, whole)],
+                usage=_usage(whole.prompt_tokens, whole.completion_tokens),
+            )
         if whole is not None:
             grounding = None
             text, finish_reason = whole.text, whole.finish_reason
@@ -612,6 +474,23 @@ def create_local_api(
             )
         )
 
+        async def structured_events() -> AsyncIterator[bytes]:
+            def made(choices: list[ChatChunkChoice], usage: Usage | None) -> ChatCompletionChunk:
+                return ChatCompletionChunk(
+                    id=ident, created=created, model=body.model, choices=choices, usage=usage
+                )
+
+            try:
+                async for event in chat_chunks(
+                    extras, first, pieces.next, made, include_usage=body.include_usage
+                ):
+                    yield _sse(event)
+                yield _SSE_DONE
+            except Exception as e:  # after the 200 header: report in-band, as OpenAI does
+                yield _sse(_error_body(as_agent_error(e)))
+            finally:
+                pieces.cancel()
+
         async def events() -> AsyncIterator[bytes]:
             piece = first
             role: Literal["assistant"] | None = "assistant"
@@ -633,39 +512,45 @@ def create_local_api(
                     yield await grounding_chunk(grounded)
                 yield _SSE_DONE
             except Exception as e:  # after the 200 header: report in-band, as OpenAI does
-                yield _sse(_error_body(_as_agent_error(e)))
+                yield _sse(_error_body(as_agent_error(e)))
             finally:
                 pieces.cancel()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers=_SSE_HEADERS)
+        return StreamingResponse(
+            structured_events() if extras.reshapes else events(),
+            media_type="text/event-stream",
+            headers=_SSE_HEADERS,
+        )
 
     @v1.post("/completions", response_model=None, responses=_GENERATION_RESPONSES)
     async def completions(request: Request, body: CompletionBody) -> Completion | StreamingResponse:
         prompt = _completion_prompt(body)
-        sampling = _sampling(body, body.max_tokens)
+        sampling = replace(_sampling(body, body.max_tokens), logprobs=body.logprobs)
         pieces, whole, first = await generate(
             request, body.model, body.stream, lambda m: m.complete(prompt, sampling), chat=False
         )
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        wants_logprobs = body.logprobs is not None
         if whole is not None:
+            logprobs = completion_logprobs(whole.logprobs, len(prompt)) if wants_logprobs else None
+            choice = CompletionChoice(
+                text=whole.text, finish_reason=whole.finish_reason, logprobs=logprobs
+            )
             return Completion(
                 id=ident,
                 created=created,
                 model=body.model,
-                choices=[CompletionChoice(text=whole.text, finish_reason=whole.finish_reason)],
+                choices=[choice],
                 usage=_usage(whole.prompt_tokens, whole.completion_tokens),
             )
         assert pieces is not None
 
         def chunk(piece: TextPiece) -> bytes:
-            return _sse(
-                Completion(
-                    id=ident,
-                    created=created,
-                    model=body.model,
-                    choices=[CompletionChoice(text=piece.text, finish_reason=piece.finish_reason)],
-                )
+            logprobs = completion_logprobs(piece.logprobs, len(prompt)) if wants_logprobs else None
+            choice = CompletionChoice(
+                text=piece.text, finish_reason=piece.finish_reason, logprobs=logprobs
             )
+            return _sse(Completion(id=ident, created=created, model=body.model, choices=[choice]))
 
         middle = _TextEvents(
             Completion(
@@ -680,7 +565,7 @@ def create_local_api(
             piece = first
             try:
                 while piece is not None:
-                    if piece.finish_reason is None:
+                    if piece.finish_reason is None and not wants_logprobs:
                         yield middle.encode(piece.text)
                     else:
                         yield chunk(piece)
@@ -700,7 +585,7 @@ def create_local_api(
                     piece = await pieces.next()
                 yield _SSE_DONE
             except Exception as e:  # after the 200 header: report in-band, as OpenAI does
-                yield _sse(_error_body(_as_agent_error(e)))
+                yield _sse(_error_body(as_agent_error(e)))
             finally:
                 pieces.cancel()
 
@@ -709,15 +594,7 @@ def create_local_api(
     @v1.post("/embeddings")
     async def embeddings(request: Request, body: EmbeddingBody) -> EmbeddingList:
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        check_embedding_inputs(texts, settings)
-        lease = registry.lease_embedder(body.model)
-        cancelled = threading.Event()
-        max_tokens = settings.max_embedding_tokens
-        future = lease.run(lambda m: embed_in_batches(m, texts, cancelled, max_tokens))
-        lease.release_when_done(future)
-        result = await unless_client_leaves(
-            request, asyncio.wrap_future(future), cancelled.set, "its embedding was cancelled"
-        )
+        result = await run_embedding(registry, settings, request, body.model, texts)
         dims = len(result.vectors[0]) if result.vectors else 0
         if body.dimensions is not None and body.dimensions != dims:
             raise InvalidParameterError(
@@ -747,4 +624,6 @@ def create_local_api(
     app.include_router(v1, dependencies=auth)
     for router in extra_routers:
         app.include_router(router, dependencies=auth)
+    app.state.ollama = OllamaServing(registry, settings, generation_observer)
+    app.include_router(ollama_router, dependencies=auth)  # Ollama's native API, /api/...
     return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -88,6 +89,7 @@ class _Slot:
         self.admitted = 0  # guarded by the registry's lock
         self.retired = False
         self.last_used = clock()
+        self.keep_alive: float | None = None  # s after last use; None: idle_unload_seconds
 
     def submit(self, job: Callable[[Any], T]) -> Future[T]:
         return self._executor.submit(self._run, job)
@@ -373,10 +375,46 @@ class ModelRegistry:
 
     # --- idle unloading ----------------------------------------------------------------
 
+    def keep_alive(self, name: str, seconds: float | None) -> None:
+        """Keep model ``name`` loaded ``seconds`` after its last use instead of
+        ``idle_unload_seconds`` (Ollama's ``keep_alive``): None goes back to the setting,
+        ``math.inf`` never unloads it, 0 unloads it as soon as no request holds it (the
+        next request loads it again, under the setting)."""
+        with self._lock:
+            slot = self._slots.get(name)
+            if slot is None:
+                return
+            slot.keep_alive = seconds
+            start = (
+                seconds is not None
+                and seconds < math.inf
+                and (self._reaper is None or not self._reaper.is_alive())
+            )
+        if start:
+            self._start_reaper()
+
+    def unloads_at(self, name: str) -> float | None:
+        """When (on the registry's clock) model ``name`` unloads if nobody uses it again;
+        None: it stays loaded (or is not loaded)."""
+        with self._lock:
+            slot = self._find(name, None)
+            if not slot.loaded:
+                return None
+            if slot.keep_alive == 0:
+                return slot.last_used
+            idle_after = self._idle_after(slot)
+            if idle_after <= 0 or idle_after == math.inf:
+                return None
+            return slot.last_used + idle_after
+
+    def _idle_after(self, slot: _Slot) -> float:
+        return self._idle_unload_seconds if slot.keep_alive is None else slot.keep_alive
+
     def unload_idle(self, now: float | None = None) -> list[str]:
-        """Unload every model idle for ``idle_unload_seconds``; returns their names."""
+        """Unload every model idle for its keep-alive (``idle_unload_seconds`` unless a
+        request set one; keep-alive 0: as soon as no request holds it); returns their
+        names."""
         at = self._clock() if now is None else now
-        idle_after = self._idle_unload_seconds
         with self._lock:
             idle = [
                 s
@@ -386,17 +424,30 @@ class ModelRegistry:
                     admitted=s.admitted,
                     last_used=s.last_used,
                     now=at,
-                    idle_after=idle_after,
+                    idle_after=self._idle_after(s),
                 )
+                or (s.keep_alive == 0 and s.loaded and s.admitted == 0)
             ]
+            for s in idle:
+                if s.keep_alive == 0:  # done: the next load is under the setting again
+                    s.keep_alive = None
         for slot in idle:
             slot.unload()
         return [s.artifact.name for s in idle]
 
     def _reap(self) -> None:
-        while not self._closed.wait(min(max(self._idle_unload_seconds / 4, 0.05), 5.0)):
-            if self._idle_unload_seconds > 0:
-                self.unload_idle()
+        while not self._closed.wait(self._reap_interval()):
+            self.unload_idle()
+
+    def _reap_interval(self) -> float:
+        with self._lock:
+            slots = list(self._slots.values())
+            waits = [self._idle_after(s) for s in slots]
+            unload_soon = any(s.keep_alive == 0 for s in slots)
+        if unload_soon:  # a keep-alive of 0: unload within 50 ms of the request's end
+            return 0.05
+        positive = [w for w in [self._idle_unload_seconds, *waits] if 0 < w < math.inf]
+        return min(max(min(positive) / 4, 0.05), 5.0) if positive else 5.0
 
     # --- blocking conveniences for other parts of the agent -----------------------------
 
