@@ -403,7 +403,70 @@ def natural_sets(root: Path) -> dict[str, list[Any]]:
     }
 
 
-def run(requests: int, out: Path) -> dict[str, Any]:
+def int8_recipe(int8_path: Path) -> dict[str, Any]:
+    """The recipe the INT8 model was built with, from the converter's report beside it."""
+    report_path = int8_path.with_name(int8_path.name + ".report.json")
+    if not report_path.is_file():
+        return {"unknown": f"no {report_path.name} beside the model"}
+    report = json.loads(report_path.read_text())
+    recipe: dict[str, Any] = dict(report.get("settings", {}).get("recipe", {}))
+    recipe["weights"] = report.get("settings", {}).get("weights")
+    recipe["kept_fp32_nodes"] = len(report.get("settings", {}).get("kept_fp32", []))
+    return recipe
+
+
+def rotation_labels(fp32: Any, tensors: Sequence[Any]) -> tuple[list[int], str]:
+    """True labels of the rotated text set (upright, 90 clockwise, 180, 90 counter-clockwise
+    for every crop, see ``rotated_text_variants``). Which way the model's "90" turns is
+    not written down where we got it: the convention FP32 agrees with more is used, and
+    named in the result."""
+    conventions = {
+        "90 = turned clockwise": (0, 1, 2, 3),
+        "90 = turned counter-clockwise": (0, 3, 2, 1),
+    }
+    predicted = [int(np.argmax(fp32.run(t)[0])) for t in tensors]
+    best = max(
+        conventions,
+        key=lambda c: sum(p == conventions[c][i % 4] for i, p in enumerate(predicted)),
+    )
+    return [conventions[best][i % 4] for i in range(len(tensors))], best
+
+
+def accuracy(model: Any, tensors: Sequence[Any], labels: Sequence[int]) -> dict[str, Any]:
+    right = sum(int(np.argmax(model.run(t)[0]) == y) for t, y in zip(tensors, labels, strict=True))
+    return {"top1_accuracy": round(right / len(labels), 4), "correct": right, "images": len(labels)}
+
+
+def side_by_side(
+    entry: dict[str, Any], recipe: dict[str, Any], labelled: dict[str, Any] | None
+) -> dict[str, Any]:
+    """FP32 and the shipped INT8 recipe in one place, per runtime (onnxruntime here)."""
+    lat = entry["model_latency_on_hard_set"]
+    agree = entry["agreement_int8_vs_fp32"]
+    fp32, int8 = lat["onnxruntime_fp32"], lat["onnxruntime_int8"]
+    return {
+        "onnxruntime": {
+            "fp32": {
+                "p50_ms": fp32["p50_ms"],
+                "p95_ms": fp32["p95_ms"],
+                "true_top1": labelled["fp32"] if labelled else None,
+            },
+            "int8": {
+                "recipe": recipe,
+                "p50_ms": int8["p50_ms"],
+                "p95_ms": int8["p95_ms"],
+                "latency_ratio_p50": round(int8["p50_ms"] / fp32["p50_ms"], 3),
+                "slower_than_fp32": int8["p50_ms"] >= fp32["p50_ms"],
+                "agreement_hard_set": agree["hard_set"]["top1_agreement"],
+                "agreement_natural_set": agree["natural_set"]["top1_agreement"],
+                "true_top1": labelled["int8"] if labelled else None,
+            },
+            "labels": labelled["source"] if labelled else "no labelled set here",
+        }
+    }
+
+
+def run(requests: int, out: Path, *, endpoints: bool = True) -> dict[str, Any]:
     import cv2
     import onnxruntime as ort
 
@@ -416,6 +479,7 @@ def run(requests: int, out: Path) -> dict[str, Any]:
     load_start = [round(x, 2) for x in os.getloadavg()]
     hard_paths = list_images(root / "sets" / "evaluation")
     natural = natural_sets(root)
+    natural_kinds = {name: preset(name).natural_set for name in MODELS}
     release = demo_release(root)
     paths = {a.name: a.path for a in release.artifacts}
     provider = ReleaseVisionModels(release)
@@ -426,10 +490,11 @@ def run(requests: int, out: Path) -> dict[str, Any]:
             env=dict(os.environ, PYTHONPATH=str(REPO)),
         )
         for p, impl in ((port, "auto"), (h11_port, "h11"))
+        if endpoints
     ]
     results: dict[str, Any] = {}
     try:
-        for p, server in zip((port, h11_port), servers, strict=True):
+        for p, server in zip((port, h11_port), servers, strict=False):
             _wait_for_server(p, server)
         for model_name, names in MODELS.items():
             spec = preset(model_name).spec
@@ -445,9 +510,18 @@ def run(requests: int, out: Path) -> dict[str, Any]:
                 "model_latency_on_hard_set": model_latency(model_paths, hard),
                 "endpoint": {},
             }
+            labelled = None
+            if natural_kinds[model_name] == "rotated_text":
+                labels, convention = rotation_labels(fp32, nat)
+                labelled = {
+                    "source": f"natural set, labels by construction ({convention})",
+                    "fp32": accuracy(fp32, nat, labels),
+                    "int8": accuracy(int8, nat, labels),
+                }
+            entry["side_by_side"] = side_by_side(entry, int8_recipe(model_paths["int8"]), labelled)
             results[model_name] = entry
             print(json.dumps({model_name: entry}, indent=1), flush=True)
-        for model_name, precision, image_name, encoding in ENDPOINT_CASES:
+        for model_name, precision, image_name, encoding in ENDPOINT_CASES if endpoints else ():
             image = (root / "images" / image_name).read_bytes()
             ctype = "image/png"
             if encoding == "jpeg":
@@ -468,7 +542,8 @@ def run(requests: int, out: Path) -> dict[str, Any]:
     report = {
         "benchmark": "vision",
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": f"python benchmarks/vision.py --requests {requests}",
+        "command": f"python benchmarks/vision.py --requests {requests}"
+        + ("" if endpoints else " --models-only"),
         "machine": {
             "arch": platform.machine(),
             "cpus": os.cpu_count(),
@@ -508,6 +583,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--requests", type=int, default=150, help="rounds per endpoint case")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks/results/vision.json")
+    parser.add_argument(
+        "--models-only",
+        action="store_true",
+        help="FP32 vs INT8 side by side only (agreement, accuracy, model latency): no HTTP cases",
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
@@ -515,7 +595,7 @@ def main() -> None:
     if args.serve:
         serve(args.port, args.http)
     else:
-        run(args.requests, args.out)
+        run(args.requests, args.out, endpoints=not args.models_only)
 
 
 if __name__ == "__main__":

@@ -340,6 +340,8 @@ def _quantize_search(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         seed=args.seed,
         calibration_limit=args.calibration_limit,
+        calibrations=tuple(m for m in args.calibration_methods.split(",") if m),
+        weight_bits=tuple(int(b) for b in args.weight_bits.split(",") if b.strip()),
         holdout=args.holdout,
         cards=args.cards,
         title=(p.title + " - static INT8 (QDQ), recipe found by search") if p else "",
@@ -492,7 +494,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
             title=p.title + " - static INT8 (QDQ)",
             source=p.source,
             license_=p.license,
-            cards=args.cards,
+            # a searched recipe's card comes from its search report, never from a rebuild
+            cards=None if p.int8.found_by else args.cards,
             recipe=p.int8,
             natural=natural_set(root / "images", p.natural_set),
         )
@@ -550,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, help="seconds the search may take")
     p.add_argument("--seed", type=int, default=0, help="calibration sampling and tie order")
     p.add_argument("--calibration-limit", type=int, default=64, help="calibration images used")
+    p.add_argument(
+        "--calibration-methods",
+        default="",
+        help="comma list to narrow the search (default: minmax,entropy,percentile)",
+    )
+    p.add_argument("--weight-bits", default="", help="comma list to narrow the search (8,7)")
     p.add_argument(
         "--holdout", type=Path, help="held-out images: reported for the pick, never tuned on"
     )

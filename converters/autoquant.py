@@ -50,6 +50,8 @@ class SearchRequest:
     time_budget_s: float | None = None
     seed: int = 0
     calibration_limit: int = 64
+    calibrations: tuple[str, ...] = ()  # narrow the search space (default: all the target has)
+    weight_bits: tuple[int, ...] = ()
     holdout: Path | None = None
     cards: Path | None = None
     title: str = ""
@@ -111,6 +113,17 @@ def _validate(req: SearchRequest) -> tuple[ImageSet, ImageSet, ImageSet | None]:
         raise SearchInputError(f"--out {req.out} must end in {suffix} for --target {req.target}")
     if req.out.resolve() == req.model.resolve():
         raise SearchInputError("--out must not overwrite the float model")
+    from converters import int8_litert, int8_search
+
+    space: dict[str, tuple[Sequence[str], Sequence[int]]] = {
+        "onnxruntime": (int8_search.CALIBRATIONS, int8_search.WEIGHT_BITS),
+        "litert": (int8_litert.CALIBRATIONS, int8_litert.WEIGHT_BITS),
+    }
+    calibrations, bits = space[req.target]
+    if req.calibrations and not set(req.calibrations) & set(calibrations):
+        raise SearchInputError(f"--calibration-methods: {req.target} has {', '.join(calibrations)}")
+    if req.weight_bits and not set(req.weight_bits) & set(bits):
+        raise SearchInputError(f"--weight-bits: {req.target} has {', '.join(map(str, bits))}")
     if req.target == "litert":
         from converters.int8_litert import load_tflite, quantizer_available
 
@@ -163,8 +176,8 @@ def quantize_with_search(
             seed=req.seed,
             time_budget_s=req.time_budget_s,
             report=say,
-            calibrations=trials.calibrations,
-            weight_bits=trials.weight_bits,
+            calibrations=_narrowed(trials.calibrations, req.calibrations),
+            weight_bits=_narrowed(trials.weight_bits, req.weight_bits),
         )
         held_out = (
             trials.agreement_on(result.chosen.recipe, holdout)
@@ -189,6 +202,10 @@ def quantize_with_search(
         card = card_from_search_report(report, req.spec, req.cards)
         say(f"model card -> {card}")
     return _verdict(result, req, say)
+
+
+def _narrowed(available: Sequence[Any], wanted: Sequence[Any]) -> list[Any]:
+    return [v for v in available if v in wanted] if wanted else list(available)
 
 
 class Trials(Protocol):

@@ -63,6 +63,34 @@ class Int8Recipe:
         return out
 
 
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def searched_recipe(report_name: str, fallback: Int8Recipe) -> Int8Recipe:
+    """The recipe that a committed search report (``models/<report_name>``, written by
+    ``converters quantize --target onnxruntime --report``) chose, or ``fallback`` when there
+    is no report or its search met no gate. ``min_agreement`` stays the fallback's: it is
+    the floor ``converters prepare`` accepts when it rebuilds the model on another CPU."""
+    path = MODELS_DIR / report_name
+    if not path.is_file():
+        return fallback
+    report = json.loads(path.read_text())
+    chosen = report.get("chosen")
+    if not chosen or report.get("target") != "onnxruntime":
+        return fallback
+    recipe = chosen["recipe"]
+    blocks: dict[str, list[str]] = report["blocks"]
+    return Int8Recipe(
+        calibration_method=recipe["calibration"],
+        reduce_range=recipe["weight_bits"] == 7,
+        keep_first_and_last_fp32=False,
+        min_agreement=fallback.min_agreement,
+        per_channel=recipe["per_channel"],
+        float_nodes=tuple(node for b in recipe["float_blocks"] for node in blocks[b]),
+        found_by=path.name,
+    )
+
+
 @dataclass(frozen=True)
 class Preset:
     """A known model: its source, license, cached path, vision spec and INT8 recipe."""
@@ -119,7 +147,9 @@ def _orientation() -> Preset:
             labels=("0", "90", "180", "270"),
             scores="probabilities",
         ),
-        int8=Int8Recipe(calibration_method="percentile"),
+        int8=searched_recipe(
+            "text-orientation-int8.search.json", Int8Recipe(calibration_method="percentile")
+        ),
         natural_set="rotated_text",
     )
 
@@ -186,6 +216,7 @@ def _efficientnet() -> Preset:
             preprocess=EFFICIENTNET_LITE_PREPROCESS,
             labels=tuple(imagenet_labels()),
         ),
+        int8=searched_recipe("efficientnet-lite0-int8.search.json", Int8Recipe()),
     )
 
 

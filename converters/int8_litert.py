@@ -174,6 +174,7 @@ class LiteRTTrials:
             self.evaluation,
             self.latency_tensors,
             self.latency_rounds,
+            timed=recipe.only_block is None,
         )
         if recipe.only_block is not None:
             path.unlink()

@@ -200,6 +200,7 @@ class OnnxTrials:
             self.evaluation,
             self.latency_tensors,
             self.latency_rounds,
+            timed=recipe.only_block is None,
         )
         if recipe.only_block is not None:
             path.unlink()

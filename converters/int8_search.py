@@ -84,6 +84,7 @@ class Measurement:
     fp32_p50_ms: float
     fp32_p95_ms: float
     labelled: dict[str, Any] = field(default_factory=dict)  # true top-1 when labels exist
+    timed: bool = True  # sensitivity probes are not timed (their latency decides nothing)
 
     def __post_init__(self) -> None:
         if self.total <= 0 or not 0 <= self.agree <= self.total:
@@ -96,21 +97,28 @@ class Measurement:
     @property
     def latency_ratio(self) -> float:
         """Candidate p50 over FP32 p50, both timed in the same trial (below 1 is faster)."""
-        return self.p50_ms / self.fp32_p50_ms if self.fp32_p50_ms > 0 else math.inf
+        if not self.timed or self.fp32_p50_ms <= 0:
+            return 1.0
+        return self.p50_ms / self.fp32_p50_ms
 
     def as_dict(self) -> dict[str, Any]:
         low, high = wilson_interval(self.agree, self.total)
+        timed = self.timed
+
+        def ms(value: float) -> float | None:
+            return round(value, 4) if timed else None
+
         return {
             "agreement": round(self.agreement, 4),
             "agreement_ci95": [round(low, 4), round(high, 4)],
             "agree": self.agree,
             "images": self.total,
             "fidelity": round(self.fidelity, 5),
-            "p50_ms": round(self.p50_ms, 4),
-            "p95_ms": round(self.p95_ms, 4),
-            "fp32_p50_ms": round(self.fp32_p50_ms, 4),
-            "fp32_p95_ms": round(self.fp32_p95_ms, 4),
-            "latency_ratio": round(self.latency_ratio, 4),
+            "p50_ms": ms(self.p50_ms),
+            "p95_ms": ms(self.p95_ms),
+            "fp32_p50_ms": ms(self.fp32_p50_ms),
+            "fp32_p95_ms": ms(self.fp32_p95_ms),
+            "latency_ratio": ms(self.latency_ratio),
             **({"labelled": self.labelled} if self.labelled else {}),
         }
 
@@ -248,10 +256,14 @@ class _Runner:
         self.trials.append(trial)
         self.seen[recipe] = trial
         m = measured
+        latency = (
+            f"latency {m.latency_ratio:.2f}x FP32 ({m.p50_ms:.2f} vs {m.fp32_p50_ms:.2f} ms p50)"
+            if m.timed
+            else "not timed"
+        )
         self.report(
             f"[{trial.index + 1}] {stage}: {recipe.describe()}: agreement {m.agreement:.3f} "
-            f"({m.agree}/{m.total}){' MEETS' if trial.meets(self.gate) else ''}, "
-            f"latency {m.latency_ratio:.2f}x FP32 ({m.p50_ms:.2f} vs {m.fp32_p50_ms:.2f} ms p50), "
+            f"({m.agree}/{m.total}){' MEETS' if trial.meets(self.gate) else ''}, {latency}, "
             f"{trial.seconds:.1f} s, {self.clock() - self.start:.0f} s total"
         )
         return trial

@@ -122,8 +122,10 @@ def measure_candidate(
     evaluation: ImageSet,
     latency_tensors: Sequence[Tensor],
     latency_rounds: int,
+    *,
+    timed: bool = True,
 ) -> Measurement:
-    """Agreement, fidelity and interleaved latency of ``candidate`` against ``fp32``."""
+    """Agreement, fidelity and (when ``timed``) interleaved latency against ``fp32``."""
     outputs = [candidate.run(t)[0] for t in evaluation.tensors]
     agree = sum(
         int(np.argmax(r.reshape(-1)) == np.argmax(c.reshape(-1)))
@@ -132,17 +134,23 @@ def measure_candidate(
     fidelity = float(
         np.mean([_cosine(_scores(r), _scores(c)) for r, c in zip(reference, outputs, strict=True)])
     )
-    fp32_ms, int8_ms = interleaved_latency(fp32.run, candidate.run, latency_tensors, latency_rounds)
-    f, c = latency_of(fp32_ms), latency_of(int8_ms)
+    p50 = p95 = fp32_p50 = fp32_p95 = 0.0
+    if timed:
+        fp32_ms, int8_ms = interleaved_latency(
+            fp32.run, candidate.run, latency_tensors, latency_rounds
+        )
+        f, c = latency_of(fp32_ms), latency_of(int8_ms)
+        p50, p95, fp32_p50, fp32_p95 = c.p50_ms, c.p95_ms, f.p50_ms, f.p95_ms
     return Measurement(
         agree=agree,
         total=len(outputs),
         fidelity=fidelity,
-        p50_ms=c.p50_ms,
-        p95_ms=c.p95_ms,
-        fp32_p50_ms=f.p50_ms,
-        fp32_p95_ms=f.p95_ms,
+        p50_ms=p50,
+        p95_ms=p95,
+        fp32_p50_ms=fp32_p50,
+        fp32_p95_ms=fp32_p95,
         labelled=true_top1(outputs, evaluation.labels),
+        timed=timed,
     )
 
 

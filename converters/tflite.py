@@ -14,7 +14,13 @@ from pathlib import Path
 from typing import Any
 
 LITERT_TORCH_PIN = "litert-torch==0.10.0"
-VENV_PACKAGES = ("torch==2.13.0", LITERT_TORCH_PIN, "opencv-python-headless==5.0.0.93")
+# cryptography: converters.catalog -> converters.sources -> edge_agent.store -> protocol
+VENV_PACKAGES = (
+    "torch==2.13.0",
+    LITERT_TORCH_PIN,
+    "opencv-python-headless==5.0.0.93",
+    "cryptography>=42",
+)
 
 
 def create_venv(path: Path) -> Path:
@@ -25,7 +31,9 @@ def create_venv(path: Path) -> Path:
     python = path / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(path)], check=True)
-    probe = subprocess.run([str(python), "-c", "import litert_torch, cv2"], check=False)
+    probe = subprocess.run(
+        [str(python), "-c", "import litert_torch, cv2, cryptography"], check=False
+    )
     if probe.returncode != 0:
         subprocess.run([str(python), "-m", "pip", "install", "-q", *VENV_PACKAGES], check=True)
     return python
