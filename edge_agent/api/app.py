@@ -340,6 +340,7 @@ def create_local_api(
     async def get_status() -> dict[str, Any]:
         body: dict[str, Any] = {
             "models": [asdict(m) for m in registry.models()],
+            "memory": registry.memory_report(),
             "process": process_memory(),
         }
         if status is not None:

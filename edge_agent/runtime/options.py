@@ -25,6 +25,8 @@ class ModelOverrides(BaseModel):
     n_threads: int | None = Field(default=None, ge=1, le=1024)
     n_threads_batch: int | None = Field(default=None, ge=1, le=1024)
     n_batch: int | None = Field(default=None, ge=8, le=1 << 16)
+    n_parallel: int | None = Field(default=None, ge=1, le=64)
+    prompt_cache_mb: int | None = Field(default=None, ge=0, le=1 << 20)
     chat_format: str | None = Field(default=None, min_length=1, max_length=64)
     chat_template: str | None = Field(default=None, min_length=1, max_length=100_000)
     pooling: Literal["model", "mean", "cls", "last", "none"] | None = None
@@ -82,6 +84,12 @@ def resolve_options(
         n_threads=overrides.n_threads or threads,
         n_threads_batch=overrides.n_threads_batch or default_batch_threads(settings, cores),
         n_batch=min(overrides.n_batch or 512, n_ctx),
+        n_parallel=overrides.n_parallel or settings.n_parallel,
+        prompt_cache_mb=(
+            settings.prompt_cache_mb
+            if overrides.prompt_cache_mb is None
+            else overrides.prompt_cache_mb
+        ),
         chat_format=overrides.chat_format,
         chat_template=overrides.chat_template,
         pooling=overrides.pooling or "model",

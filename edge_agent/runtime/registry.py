@@ -16,13 +16,14 @@ import contextlib
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
-from edge_agent.errors import BusyError, NoModelError, NotFoundError
+from edge_agent.errors import BusyError, NoModelError, NotFoundError, ResourceExhaustedError
 from edge_agent.release import InstalledArtifact, InstalledRelease
 from edge_agent.runtime.backends import (
     ChatTurn,
@@ -35,6 +36,7 @@ from edge_agent.runtime.backends import (
     TextGenerator,
     join_pieces,
 )
+from edge_agent.runtime.memory_budget import MemoryEstimate, Resident, estimate_file, plan_unloads
 from edge_agent.runtime.options import resolve_options
 from edge_agent.settings import AgentSettings
 
@@ -56,6 +58,9 @@ class ServedModel:
     release_id: str
     loaded: bool
     admitted: int
+    engine: dict[str, Any] = field(default_factory=dict)
+    """Counters of the model's engine while loaded (batched chat models: slots, prompt
+    tokens evaluated and taken from the prompt cache)."""
 
 
 def is_idle(
@@ -66,7 +71,12 @@ def is_idle(
 
 
 class _Slot:
-    """One model of one release: its worker thread and, once loaded, the backend."""
+    """One model of one release: its worker threads and, once loaded, the backend.
+
+    A model runs as many jobs at once as it declares (``parallel``: the batched chat
+    engine's slots; 1 otherwise, llama.cpp contexts are not thread-safe); the worker pool
+    is sized for the most a kind may declare. Loading and unloading wait for the jobs.
+    """
 
     def __init__(
         self,
@@ -75,47 +85,80 @@ class _Slot:
         loader: ModelLoader,
         release_id: str,
         clock: Callable[[], float],
+        before_load: Callable[[_Slot], None] = lambda _slot: None,
     ) -> None:
         self.artifact = artifact
         self.options = options
         self.release_id = release_id
         self._loader = loader
         self._clock = clock
+        self._before_load = before_load
+        workers = options.n_parallel if artifact.kind == LLM else 1
         self._executor = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix=f"model-{artifact.name}"
+            max_workers=max(1, workers), thread_name_prefix=f"model-{artifact.name}"
         )
-        self._model: LoadedModel | None = None  # touched only on the worker thread
+        self._cond = threading.Condition()
+        self._model: LoadedModel | None = None  # guarded by _cond
+        self._active = 0  # jobs running on the model, guarded by _cond
+        self._parallel = 1
         self.loaded = False
         self.admitted = 0  # guarded by the registry's lock
         self.retired = False
         self.last_used = clock()
         self.keep_alive: float | None = None  # s after last use; None: idle_unload_seconds
+        self.estimate: MemoryEstimate | None = None
+        self.reserved = False  # counted in the memory budget (loading or loaded)
 
     def submit(self, job: Callable[[Any], T]) -> Future[T]:
         return self._executor.submit(self._run, job)
 
     def _run(self, job: Callable[[Any], T]) -> T:
-        if self._model is None:
-            self._model = self._loader(self.artifact, self.options)
-            self.loaded = True
+        with self._cond:
+            if self._model is None:
+                self._before_load(self)  # may unload idle models for the memory budget
+                try:
+                    self._model = self._loader(self.artifact, self.options)
+                finally:
+                    self.reserved = self._model is not None
+                self._parallel = max(1, int(getattr(self._model, "parallel", 1)))
+                self.loaded = True
+            while self._active >= self._parallel:
+                self._cond.wait()
+            self._active += 1
+            model = self._model
         try:
-            return job(self._model)
+            return job(model)
         finally:
             self.last_used = self._clock()
+            with self._cond:
+                self._active -= 1
+                self._cond.notify_all()
+
+    def stats(self) -> dict[str, Any]:
+        """The loaded model's engine counters (prompt tokens evaluated...), if it has any."""
+        with self._cond:
+            model = self._model
+        stats = getattr(model, "engine_stats", None)
+        return asdict(stats()) if callable(stats) else {}
 
     def unload(self) -> None:
-        with contextlib.suppress(RuntimeError):  # already freed by a concurrent swap
-            self._executor.submit(self._unload_now)
+        """Unload now (waits for running jobs); a later job loads the model again."""
+        self._unload_now()
 
     def _unload_now(self) -> None:
-        model, self._model = self._model, None
-        self.loaded = False
-        if model is not None:
-            model.close()
+        with self._cond:
+            while self._active > 0:
+                self._cond.wait()
+            model, self._model = self._model, None
+            self.loaded = False
+            if model is not None:
+                model.close()
+            self.reserved = False
 
     def free(self) -> None:
-        """Unload after every job already submitted, then stop the worker thread."""
-        self._executor.submit(self._unload_now)
+        """Unload after every job already submitted, then stop the worker threads."""
+        with contextlib.suppress(RuntimeError):
+            self._executor.submit(self._unload_now)
         self._executor.shutdown(wait=False)
 
 
@@ -165,9 +208,9 @@ class ModelLease(Generic[M]):
 
 def _load_llm(artifact: InstalledArtifact, options: ModelOptions) -> LoadedModel:
     # llama.cpp is imported when the first model loads, not when the agent starts idle
-    from edge_agent.runtime.llama import LlamaTextGenerator
+    from edge_agent.runtime.llama_batched import BatchedTextGenerator
 
-    return LlamaTextGenerator.load(artifact, options)
+    return BatchedTextGenerator.load(artifact, options)
 
 
 def _load_embedder(artifact: InstalledArtifact, options: ModelOptions) -> LoadedModel:
@@ -200,6 +243,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._release: InstalledRelease | None = None
         self._slots: dict[str, _Slot] = {}
+        self._live: list[_Slot] = []  # every slot not freed yet (old releases' included)
+        self._unloaded: deque[dict[str, Any]] = deque(maxlen=20)
         self._closed = threading.Event()
         self._reaper: threading.Thread | None = None
         self._idle_unload_seconds = settings.idle_unload_seconds
@@ -254,7 +299,9 @@ class ModelRegistry:
                         self._loaders[artifact.kind],
                         release.release_id,
                         self._clock,
+                        self._make_room,
                     )
+                    self._live.append(new[artifact.name])
             kept = {id(slot) for slot in new.values()}
             for slot in old.values():
                 if id(slot) not in kept:
@@ -264,7 +311,13 @@ class ModelRegistry:
             self._slots = new
             self._release = release
         for slot in to_free:
-            slot.free()
+            self._free(slot)
+
+    def _free(self, slot: _Slot) -> None:
+        with self._lock:
+            if slot in self._live:
+                self._live.remove(slot)
+        slot.free()
 
     def warm(self, names: Iterable[str] | None = None) -> None:
         """Load models now instead of on first use (all of them by default); blocks."""
@@ -291,7 +344,7 @@ class ModelRegistry:
                 if slot.admitted == 0:
                     idle.append(slot)
         for slot in idle:
-            slot.free()
+            self._free(slot)
 
     # --- listing -----------------------------------------------------------------------
 
@@ -307,9 +360,84 @@ class ModelRegistry:
                 release_id=s.release_id,
                 loaded=s.loaded,
                 admitted=s.admitted,
+                engine=s.stats(),
             )
             for s in slots
         ]
+
+    # --- memory budget -----------------------------------------------------------------
+
+    def _make_room(self, slot: _Slot) -> None:
+        """Before ``slot`` loads: estimate its memory and, under ``memory_budget_mb``,
+        unload idle models (least recently used first) until it fits. Raises
+        ResourceExhaustedError when it cannot fit (alone, or beside busy models)."""
+        options = slot.options
+        chat = slot.artifact.kind == LLM
+        slot.estimate = estimate_file(
+            slot.artifact.path,
+            n_ctx=options.n_ctx,
+            slots=options.n_parallel if chat else 1,
+            prompt_cache_mb=options.prompt_cache_mb if chat else 0,
+        )
+        budget = self._settings.memory_budget_mb
+        need = slot.estimate.total_mb
+        name = slot.artifact.name
+        with self._lock:
+            if budget is not None and need > budget:
+                raise ResourceExhaustedError(
+                    f"model {name!r} needs {slot.estimate.describe()} but memory_budget_mb "
+                    f"is {budget}; lower n_ctx, n_parallel or prompt_cache_mb for it in the "
+                    f"release config, or raise the budget (docs/runbooks/agent-memory-budget.md)"
+                )
+            others = [s for s in self._live if s is not slot and s.reserved and s.estimate]
+            resident = [
+                Resident(
+                    name=str(i),
+                    mb=s.estimate.total_mb if s.estimate else 0.0,
+                    idle=s.admitted == 0 and s.loaded,
+                    last_used=s.last_used,
+                )
+                for i, s in enumerate(others)
+            ]
+            plan = [] if budget is None else plan_unloads(need, budget, resident)
+            if plan is None:
+                busy = ", ".join(sorted(s.artifact.name for s in others if s.admitted))
+                raise BusyError(
+                    f"model {name!r} needs {slot.estimate.describe()} and memory_budget_mb "
+                    f"({budget}) is taken by models in use ({busy}); retry shortly "
+                    f"(docs/runbooks/agent-memory-budget.md)"
+                )
+            victims = [others[int(i)] for i in plan]
+            slot.reserved = True
+            for victim in victims:
+                self._unloaded.append(
+                    {
+                        "model": victim.artifact.name,
+                        "release_id": victim.release_id,
+                        "freed_mb": round(victim.estimate.total_mb if victim.estimate else 0, 1),
+                        "for_model": name,
+                        "reason": f"memory_budget_mb {budget}: loading {name!r} "
+                        f"({need:.0f} MB) unloaded the least recently used idle model",
+                        "at": time.time(),
+                    }
+                )
+        for victim in victims:
+            victim._unload_now()
+
+    def memory_report(self) -> dict[str, Any]:
+        """The memory budget, what loaded models are estimated to take, what was unloaded."""
+        with self._lock:
+            loaded = {
+                s.artifact.name: round(s.estimate.total_mb, 1)
+                for s in self._live
+                if s.reserved and s.estimate is not None
+            }
+            return {
+                "budget_mb": self._settings.memory_budget_mb,
+                "estimated_mb": round(sum(loaded.values()), 1),
+                "loaded_mb": loaded,
+                "unloaded": list(self._unloaded),
+            }
 
     def context_length(self, name: str) -> int:
         """The context window a model is (or will be) loaded with."""
@@ -371,7 +499,7 @@ class ModelRegistry:
             slot.last_used = self._clock()
             free = slot.retired and slot.admitted == 0
         if free:
-            slot.free()
+            self._free(slot)
 
     # --- idle unloading ----------------------------------------------------------------
 
