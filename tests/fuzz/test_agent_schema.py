@@ -22,7 +22,7 @@ import pytest
 import requests
 from hypothesis import strategies as st
 
-from edge_agent.api import create_local_api
+from edge_agent.api import create_local_api, ollama_wire
 from edge_agent.api.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from edge_agent.release import InstalledArtifact, InstalledRelease
 from edge_agent.runtime import ModelRegistry
@@ -59,7 +59,13 @@ REAL_MODELS = {
     "/v1/chat/completions": "smollm2",
     "/v1/completions": "smollm2",
     "/v1/embeddings": "minilm",
+    "/api/chat": "smollm2",
+    "/api/generate": "smollm2",
+    "/api/embed": "minilm",
+    "/api/embeddings": "minilm",
+    "/api/show": "smollm2",
 }
+OLLAMA_GENERATION = ("/api/chat", "/api/generate")
 
 STREAMING_ROUTES = ("POST /v1/chat/completions", "POST /v1/completions")
 
@@ -146,7 +152,10 @@ def prepare(case: Any, draw: Callable[[st.SearchStrategy[Any]], Any]) -> request
     model = REAL_MODELS.get(case.path)
     if body is not None and model is not None and draw(st.sampled_from([True, True, False])):
         body["model"] = model
-        if case.path != "/v1/embeddings":  # a real generation: a few tokens, not n_ctx
+        if case.path in OLLAMA_GENERATION:  # a real generation: a few tokens, not n_ctx
+            body["options"] = {"num_predict": draw(st.integers(1, MAX_TOKENS))}
+            body.pop("keep_alive", None)  # keep the model loaded: the fuzz is not about loads
+        elif case.path.startswith("/v1/") and case.path != "/v1/embeddings":
             body["max_tokens"] = draw(st.integers(1, MAX_TOKENS))
             body.pop("max_completion_tokens", None)
     return Bearer()
@@ -160,6 +169,11 @@ def agent_spec(app: Any) -> dict[str, Any]:
         ("/v1/chat/completions", ChatCompletionRequest),
         ("/v1/completions", CompletionRequest),
         ("/v1/embeddings", EmbeddingRequest),
+        ("/api/chat", ollama_wire.ChatRequest),
+        ("/api/generate", ollama_wire.GenerateRequest),
+        ("/api/embed", ollama_wire.EmbedRequest),
+        ("/api/embeddings", ollama_wire.EmbeddingsRequest),
+        ("/api/show", ollama_wire.ShowRequest),
     ):
         document_body(spec, "post", path, "application/json", model_schema(spec, model))
     return spec
