@@ -595,7 +595,7 @@ class _Checker:
                     f" ({problem})",
                     self._param,
                 )
-            return {"type": "string", "pattern": pattern}
+            return {"type": "string", "pattern": _respelled(pattern)}
         low = self._count(words, "minLength", path)
         high = self._count(words, "maxLength", path)
         if low is not None and high is not None and low > high:
@@ -614,7 +614,27 @@ _ANY: dict[str, Any] = {"type": list(JSON_TYPES)}
 # --- patterns --------------------------------------------------------------------------
 
 _PATTERN_META = set("^$.*+?()[]{}|\\")
-_PATTERN_ESCAPABLE = set(".^$*+?()[]{}|/-")
+_PATTERN_ESCAPABLE = set(".$*+?()[]{}|/-")
+# The converter copies these escapes into GBNF literals, where they do not parse: they are
+# spelled as the plain character (or a one-character class) before converting.
+_PATTERN_RESPELLED = {".": "[.]", "$": "[$]", "/": "/", "-": "-"}
+
+
+def _respelled(pattern: str) -> str:
+    """``pattern`` (already inside the subset) with escapes the converter mishandles
+    written another way with the same meaning."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern[i] == "\\" and pattern[i + 1] in _PATTERN_RESPELLED:
+            out.append(_PATTERN_RESPELLED[pattern[i + 1]])
+            i += 2
+        elif pattern[i] == "\\":
+            out.append(pattern[i : i + 2])
+            i += 2
+        else:
+            out.append(pattern[i])
+            i += 1
+    return "".join(out)
 
 
 def _safe_char(c: str) -> bool:

@@ -15,6 +15,7 @@ from edge_agent.release import InstalledArtifact
 from edge_agent.runtime import ChatTurn, ModelOptions, Sampling, join_pieces
 from edge_agent.runtime.grammar import SchemaLimits, json_schema_grammar
 from edge_agent.runtime.llama import LlamaTextGenerator
+from edge_agent.runtime.llama_structured import make_grammar
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +77,33 @@ def test_a_stop_string_ends_the_text_and_its_logprobs(model: LlamaTextGenerator)
     assert stopped.text == free.text[: free.text.index(".")]
     assert stopped.finish_reason == "stop"
     assert "".join(e.token for e in stopped.logprobs) == stopped.text
+
+
+PATTERNS = [
+    "^[A-Z]{2}-[0-9]{3}$",
+    "^v[0-9]\\.[0-9]$",
+    "^a\\-b\\/c$",
+    "^price: [0-9]+\\$$",
+    "^\\(x\\)$",
+    "^(small|large)( box)?$",
+    "^[a-z_]+@example\\.com$",
+    "^(|a)b$",
+]
+
+
+@pytest.mark.parametrize("pattern", PATTERNS)
+def test_every_accepted_pattern_makes_a_grammar_llama_cpp_parses(
+    model: LlamaTextGenerator, pattern: str
+) -> None:
+    grammar = json_schema_grammar({"type": "string", "pattern": pattern}, SchemaLimits())
+    make_grammar(model._llama, grammar)  # raises when llama.cpp cannot parse it
+
+
+def test_an_escaped_dot_in_a_pattern_is_generated_as_a_dot(model: LlamaTextGenerator) -> None:
+    schema = {"type": "string", "pattern": "^v[0-9]\\.[0-9]$"}
+    grammar = json_schema_grammar(schema, SchemaLimits())
+    turns = [ChatTurn("user", "Which version?")]
+    whole = join_pieces(model.chat(turns, Sampling(max_tokens=12, temperature=0, grammar=grammar)))
+    value = json.loads(whole.text)
+    jsonschema.validate(value, schema)
+    assert value[2] == "."
