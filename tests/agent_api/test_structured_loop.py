@@ -64,7 +64,8 @@ def test_logprobs_do_not_change_the_text_and_cover_each_token(model: LlamaTextGe
             offset += len(entry.token)
             values = [lp for _, lp in entry.top]
             assert values == sorted(values, reverse=True) and len(values) == 3
-            assert entry.top[0] == (entry.token, pytest.approx(entry.logprob))  # greedy
+            assert entry.top[0][0] == entry.token  # greedy: the likeliest token
+            assert entry.top[0][1] == pytest.approx(entry.logprob)
 
 
 def test_a_stop_string_ends_the_text_and_its_logprobs(model: LlamaTextGenerator) -> None:
