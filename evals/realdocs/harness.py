@@ -184,6 +184,24 @@ def evaluate(
     }
 
 
+def shipped_thresholds() -> dict[str, float | int | str]:
+    """The abstention thresholds and second-stage settings that ship, as the baseline file
+    records them (chosen on the tuning split; docs/rag.md has the calibration).
+    """
+    from edge_agent.rag.grounding import EvidencePolicy
+
+    settings = RetrievalSettings()
+    return {
+        **{f"evidence.{k}": v for k, v in dataclasses.asdict(EvidencePolicy()).items()},
+        "retrieval.mode": settings.mode,
+        "retrieval.rerank_candidates": settings.rerank_candidates,
+        **{
+            f"retrieval.rerank_weights.{k}": v
+            for k, v in dataclasses.asdict(settings.rerank_weights).items()
+        },
+    }
+
+
 def beats_single_retrievers(results: dict[str, dict[str, float]], mode: str) -> list[str]:
     """Where the shipped retriever does not beat the better of BM25-only and dense-only."""
     failed = []
@@ -194,6 +212,53 @@ def beats_single_retrievers(results: dict[str, dict[str, float]], mode: str) -> 
     return failed
 
 
+def http_latency(index: RagIndex, embedder: EmbeddingModel, *, rounds: int = 2) -> dict[str, Any]:
+    """The p50/p95 of ``POST /v1/rag/query`` (``generate: false``, k=5) over loopback HTTP:
+    the RAG router in a FastAPI app served by uvicorn, called with ``httpx``, every
+    question of the pack ``rounds`` times (the first question once before, as warm-up).
+    """
+    import threading
+
+    import httpx
+    import uvicorn
+    from fastapi import FastAPI
+
+    from edge_agent.rag.api import rag_router
+
+    engine = RagEngine(index, embedder)
+    app = FastAPI()
+    app.include_router(rag_router(lambda: engine))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start within 30 s")
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    questions = [q["question"] for q in json.loads(QUESTIONS.read_text())["questions"]]
+    ms: list[float] = []
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            for n, question in enumerate([questions[0], *questions * rounds]):
+                started = time.perf_counter()
+                response = client.post(
+                    "/v1/rag/query", json={"question": question, "k": 5, "generate": False}
+                )
+                response.raise_for_status()
+                if n:
+                    ms.append((time.perf_counter() - started) * 1000)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    return {
+        "requests": len(ms),
+        "http_query_p50_ms": _percentile(ms, 50),
+        "http_query_p95_ms": _percentile(ms, 95),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.realdocs", description=__doc__)
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune")
@@ -202,6 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write-baseline", action="store_true", help="record a new baseline")
     parser.add_argument(
         "--index", type=Path, help="reuse this index of docs/ (built there when missing)"
+    )
+    parser.add_argument(
+        "--http", action="store_true", help="also time /v1/rag/query over loopback HTTP"
     )
     args = parser.parse_args(argv)
     from converters.minilm_gguf import cached_gguf
@@ -220,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         report: dict[str, Any] = {"build_seconds": round(time.perf_counter() - started, 1)}
         with index:
             report.update(evaluate(index, embedder, splits=splits))
+            if args.http:
+                report["http"] = http_latency(index, embedder)
     summary = {k: v for k, v in report.items() if k not in ("rows", "metrics")}
     print(json.dumps(summary, indent=1))
     if args.out:
@@ -231,10 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         kept = {k: v for k, v in report["metrics"].items() if f"/{shipped}/" in k}
         # latencies vary with the machine's load; counts are in the rates already
         gated = {k: v for k, v in kept.items() if not k.endswith(("_ms", "_abstained"))}
-        BASELINE.write_text(
-            json.dumps({"retriever": shipped, "split": "heldout", "metrics": gated}, indent=1)
-            + "\n"
-        )
+        record = {
+            "retriever": shipped,
+            "split": "heldout",
+            "thresholds": shipped_thresholds(),
+            "metrics": gated,
+        }
+        BASELINE.write_text(json.dumps(record, indent=1) + "\n")
     if args.check_baseline:
         baseline = json.loads(BASELINE.read_text())["metrics"]
         failed = regressions(report["metrics"], baseline)

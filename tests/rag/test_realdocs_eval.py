@@ -20,6 +20,7 @@ from evals.realdocs.harness import (
     cached_index,
     evaluate,
     index_key,
+    shipped_thresholds,
 )
 
 if TYPE_CHECKING:
@@ -66,6 +67,15 @@ def test_the_gate_compares_against_the_better_single_retriever() -> None:
         "rerank": {"recall@5": 0.7, "mrr": 0.65},
     }
     assert beats_single_retrievers(results, "rerank") == ["rerank recall@5 0.700 < 0.800"]
+
+
+def test_the_baseline_records_the_thresholds_that_ship() -> None:
+    """The gate's numbers hold for the abstention thresholds and rerank settings recorded
+    with them: changing a default without re-recording the baseline fails here.
+    """
+    recorded = json.loads(BASELINE.read_text())["thresholds"]
+    assert recorded == shipped_thresholds()
+    assert recorded["retrieval.mode"] == SHIPPED
 
 
 def test_the_index_cache_key_names_the_embedding_model() -> None:
