@@ -37,6 +37,7 @@ eval: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/serving_llm.py
+	$(PY) benchmarks/ollama_api.py
 	$(PY) benchmarks/agent_install.py
 	$(PY) benchmarks/vision.py
 	$(PY) benchmarks/rag_retrieval.py
