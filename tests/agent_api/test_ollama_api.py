@@ -37,7 +37,7 @@ from tests.requirements import require_module
 
 pytestmark = pytest.mark.slow
 
-ollama = require_module("ollama", "the official ollama Python client", "pip install ollama")
+ollama = require_module("ollama", "the official ollama Python client", "pip install -e '.[dev]'")
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 QUESTION = [{"role": "user", "content": "What color is the sky?"}]
