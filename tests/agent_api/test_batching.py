@@ -210,16 +210,27 @@ def test_without_the_ram_cache_interleaving_rereads_history() -> None:
 
 def test_cancel_frees_the_slot_for_the_next_request() -> None:
     backend = ToyBackend(1)
+    backend.gate = threading.Semaphore(0)
     eng = engine(backend, 1)
     try:
         first = eng.submit([2] * 5, GenerationParams(max_tokens=10_000))
         events = first.events()
+        backend.gate.release(2)
         next(events)
         events.close()  # the client went away: closing the events cancels
-        text, _ = collect(eng.submit([4] * 5, GenerationParams(max_tokens=3)).events())
+        second = eng.submit([4] * 5, GenerationParams(max_tokens=3))
+        steps = 0
+        while not second.finished and steps < 20:  # one decode step at a time
+            backend.gate.release()
+            if not backend.decoded.acquire(timeout=10):  # no step left to run: it finished
+                break
+            steps += 1
+        assert second.finished, "the cancelled request kept the only slot"
+        text, _ = collect(second.events())
         assert text == reference([4] * 5, 3)
         assert first.finished
     finally:
+        backend.gate.release(1000)
         eng.close()
 
 
