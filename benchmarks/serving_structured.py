@@ -11,7 +11,9 @@ every case alike:
 - ``json_object``: the loop with the grammar of any JSON object;
 - ``json_schema``: the loop with the grammar of a schema with nested objects, enums,
   an array and bounded strings;
-- ``logprobs``: the loop, no grammar, with ``top_logprobs`` 5.
+- ``logprobs``: the loop, no grammar, with ``top_logprobs`` 5;
+- ``engine_*``: plain text, the two grammars and logprobs on the batched engine that
+  serves chat models (one slot), compared with its own plain text.
 
 Prompts ask about chunks of the Python standard library's own docstrings (text nobody
 here wrote). Each case reports first-token p50 and decode tok/s p50/p95 (tokens after
@@ -44,6 +46,7 @@ from edge_agent.release import InstalledArtifact
 from edge_agent.runtime import ChatTurn, ModelOptions, Sampling, TextPiece
 from edge_agent.runtime.grammar import SchemaLimits, json_object_grammar, json_schema_grammar
 from edge_agent.runtime.llama import LlamaTextGenerator
+from edge_agent.runtime.llama_batched import BatchedTextGenerator
 from edge_agent.runtime.llama_structured import format_chat
 from tests.requirements import smollm2_gguf_path
 
@@ -152,6 +155,31 @@ def main() -> None:
             Sampling(max_tokens=args.max_tokens, temperature=0.0, logprobs=5), t
         ),
     }
+    # The batched engine that serves chat models (n_parallel slots; one here): the same
+    # requests through its plain path and its structured path (generate_from).
+    engine = BatchedTextGenerator.load(
+        artifact, ModelOptions(n_ctx=1024, n_threads=args.threads, n_parallel=1)
+    )
+    cases.update(
+        {
+            "engine_text": lambda t: engine.chat(t, base),
+            "engine_json_object": lambda t: engine.chat(
+                t,
+                Sampling(
+                    max_tokens=args.max_tokens, temperature=0.0, grammar=grammars["json_object"]
+                ),
+            ),
+            "engine_json_schema": lambda t: engine.chat(
+                t,
+                Sampling(
+                    max_tokens=args.max_tokens, temperature=0.0, grammar=grammars["json_schema"]
+                ),
+            ),
+            "engine_logprobs": lambda t: engine.chat(
+                t, Sampling(max_tokens=args.max_tokens, temperature=0.0, logprobs=5)
+            ),
+        }
+    )
     measured: dict[str, list[tuple[float, float, int]]] = {name: [] for name in cases}
     for case in cases.values():  # warm-up: one run each, not counted
         timed(case([ChatTurn("user", "Hello")]))
@@ -163,6 +191,7 @@ def main() -> None:
             measured[name].append(timed(case(turns)))
     load_after = os.getloadavg()[0]
     model.close()
+    engine.close()
 
     def rate(runs: list[tuple[float, float, int]]) -> list[float]:
         return [(n - 1) / after for _, after, n in runs if n > 1 and after > 0]
@@ -180,8 +209,13 @@ def main() -> None:
         }
     text_rate = report["cases"]["text"]["decode_tok_s_p50"]
     loop_rate = report["cases"]["loop"]["decode_tok_s_p50"]
-    for case in report["cases"].values():
-        if case["decode_tok_s_p50"] and text_rate and loop_rate:
+    engine_rate = report["cases"]["engine_text"]["decode_tok_s_p50"]
+    for name, case in report["cases"].items():
+        if not (case["decode_tok_s_p50"] and text_rate and loop_rate and engine_rate):
+            continue
+        if name.startswith("engine_"):
+            case["vs_engine_text"] = round(case["decode_tok_s_p50"] / engine_rate, 3)
+        else:
             case["vs_text"] = round(case["decode_tok_s_p50"] / text_rate, 3)
             case["vs_loop"] = round(case["decode_tok_s_p50"] / loop_rate, 3)
     report["setup"] = {
