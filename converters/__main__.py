@@ -340,6 +340,7 @@ def _quantize_search(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         seed=args.seed,
         calibration_limit=args.calibration_limit,
+        max_blocks=args.max_blocks,
         calibrations=tuple(m for m in args.calibration_methods.split(",") if m),
         weight_bits=tuple(int(b) for b in args.weight_bits.split(",") if b.strip()),
         holdout=args.holdout,
@@ -454,9 +455,32 @@ def compare_backends(root: Path, onnx_path: Path, other: Path, spec: Any) -> dic
 
 
 def cmd_card(args: argparse.Namespace) -> int:
-    """A card for a source model shipped as-is (e.g. BlazeFace .tflite)."""
+    """A card for a source model shipped as-is (e.g. BlazeFace .tflite), or regenerated from
+    a search report (``--from-report``)."""
     from converters.catalog import preset
 
+    if args.from_report is not None:
+        from converters.cards import card_from_search_report
+        from edge_agent.vision.spec import VisionModelSpec
+
+        report = json.loads(args.from_report.read_text())
+        if "spec" in report:
+            spec = VisionModelSpec.from_config(report["spec"])
+        elif args.preset:
+            spec = preset(args.preset).spec
+        else:
+            _say("ERROR: this report holds no vision spec: pass --preset")
+            return 2
+        if args.artifact is not None:
+            report["artifact"] = str(args.artifact)
+            if sha256_file(args.artifact) != report["artifact_sha256"]:
+                _say(f"ERROR: {args.artifact} is not the artifact the report measured (sha256)")
+                return 2
+        _say(f"model card -> {card_from_search_report(report, spec, args.cards)}")
+        return 0
+    if not args.preset:
+        _say("ERROR: card needs --preset (or --from-report)")
+        return 2
     p = preset(args.preset)
     fmt = p.relative_path.rsplit(".", 1)[-1]
     kind = f"vision-{p.spec.task}"
@@ -560,6 +584,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--weight-bits", default="", help="comma list to narrow the search (8,7)")
     p.add_argument(
+        "--max-blocks", type=int, default=24, help="merge blocks into at most this many groups"
+    )
+    p.add_argument(
         "--holdout", type=Path, help="held-out images: reported for the pick, never tuned on"
     )
     p.add_argument(
@@ -592,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tflite)
 
     p = sub.add_parser("card", help="write the model card of a source model used as-is")
-    p.add_argument("--preset", required=True)
+    p.add_argument("--preset")
+    p.add_argument("--from-report", type=Path, help="regenerate a card from a search report")
+    p.add_argument("--artifact", type=Path, help="with --from-report: the artifact's path now")
     p.add_argument("--cards", type=Path, default=DEFAULT_CARDS)
     p.set_defaults(func=cmd_card)
 

@@ -50,6 +50,7 @@ class SearchRequest:
     time_budget_s: float | None = None
     seed: int = 0
     calibration_limit: int = 64
+    max_blocks: int = 24
     calibrations: tuple[str, ...] = ()  # narrow the search space (default: all the target has)
     weight_bits: tuple[int, ...] = ()
     holdout: Path | None = None
@@ -106,6 +107,8 @@ def _validate(req: SearchRequest) -> tuple[ImageSet, ImageSet, ImageSet | None]:
         raise SearchInputError(f"unknown --target {req.target!r}; known: {', '.join(TARGETS)}")
     if not 0.0 <= req.min_agreement <= 1.0:
         raise SearchInputError(f"--min-agreement must be within 0..1, not {req.min_agreement}")
+    if req.max_blocks < 1:
+        raise SearchInputError("--max-blocks must be at least 1")
     if req.time_budget_s is not None and req.time_budget_s <= 0:
         raise SearchInputError("--time-budget must be a positive number of seconds")
     suffix = SUFFIXES[req.target]
@@ -247,7 +250,7 @@ def _trials_for(
         )
 
         check_spec_fits_tflite(load_tflite(req.model), evaluation)
-        blocks = tflite_blocks(req.model)
+        blocks = tflite_blocks(req.model, req.max_blocks)
         return (
             LiteRTTrials(req.model, work, blocks, calibration, evaluation, report=say),
             blocks,
@@ -255,7 +258,7 @@ def _trials_for(
         )
     prepared, before, after = prepare_model(req.model, work)
     check_spec_fits(prepared, evaluation)
-    blocks = blocks_of(load_model(prepared))
+    blocks = blocks_of(load_model(prepared), req.max_blocks)
     onnx_trials = OnnxTrials(prepared, work, blocks, calibration, evaluation, report=say)
     return onnx_trials, blocks, f"{before} -> {after}"
 
@@ -343,6 +346,7 @@ def _report(
         },
         "time_budget_s": req.time_budget_s,
         "machine": cpu_facts(),
+        "spec": req.spec.to_config(),
         "blocks": {b: nodes for b, nodes in blocks.items()},
         "chosen": summary or None,
         "search": result.as_dict(),

@@ -76,8 +76,9 @@ def searched_recipe(report_name: str, fallback: Int8Recipe) -> Int8Recipe:
         return fallback
     report = json.loads(path.read_text())
     chosen = report.get("chosen")
-    if not chosen or report.get("target") != "onnxruntime":
-        return fallback
+    verdict = report.get("search", {}).get("verdict")
+    if not chosen or report.get("target") != "onnxruntime" or verdict != "int8":
+        return fallback  # no gate met, or INT8 slower than FP32: the release keeps FP32
     recipe = chosen["recipe"]
     blocks: dict[str, list[str]] = report["blocks"]
     return Int8Recipe(

@@ -88,19 +88,26 @@ def _ops(path: Path) -> list[tuple[str, str]]:
     return out
 
 
-def _scope_key(scope: str) -> str:
+def _scope_key(scope: str, root: str | None) -> str:
     first = scope.split(";")[0]
     parts = [p for p in first.split("/") if p]
+    if root is not None and len(parts) >= 3 and parts[0] == root:
+        parts = parts[1:]  # litert-torch names every tensor under the root module
     return parts[0] if len(parts) >= 2 else first
 
 
 def tflite_blocks(path: Path, max_blocks: int = MAX_BLOCKS) -> dict[str, list[str]]:
     """Blocks of a TFLite graph: op scopes grouped by the top of their tensor-name path
-    (one block per weighted op otherwise), merged when there are more than ``max_blocks``."""
+    below the root module (one block per weighted op otherwise), merged when there are
+    more than ``max_blocks``."""
+    ops = _ops(path)
+    tops = [scope.split(";")[0].split("/")[0] for _, scope in ops]
+    common = max(set(tops), key=tops.count) if tops else None
+    root = common if common is not None and tops.count(common) >= 0.8 * len(tops) else None
     keys: dict[str, list[str]] = {}
     weighted: list[str] = []
-    for op_name, scope in _ops(path):
-        key = _scope_key(scope)
+    for op_name, scope in ops:
+        key = _scope_key(scope, root)
         keys.setdefault(key, []).append(scope)
         if op_name in WEIGHTED_TFLITE_OPS and key not in weighted:
             weighted.append(key)

@@ -319,3 +319,18 @@ def test_a_spec_that_does_not_fit_the_model_is_refused(
     out = capsys.readouterr().out
     assert "the vision spec does not fit this model" in out and "[1, 3, 24, 24]" in out
     _no_artifacts(tmp_path)
+
+
+def test_the_card_is_regenerated_from_the_report_alone(
+    colour_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model = sensitive_classifier(tmp_path / "sensitive-fp32.onnx")
+    assert _search(model, *colour_sets, 0.95, tmp_path) == 0
+    written = (tmp_path / "cards" / "sensitive-int8.md").read_text()
+    report = tmp_path / "report.json"
+    args = ["card", "--from-report", str(report), "--cards", str(tmp_path / "again")]
+    assert main(args) == 0
+    assert (tmp_path / "again" / "sensitive-int8.md").read_text() == written
+    other = tmp_path / "other.onnx"
+    other.write_bytes(b"not the measured model")
+    assert main([*args, "--artifact", str(other)]) == 2  # a card never names another file
