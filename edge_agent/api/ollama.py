@@ -13,6 +13,7 @@ accepted. What differs from Ollama is in docs/local-api.md.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -20,11 +21,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
 
 from edge_agent.api.generation import run_embedding, start_generation
 from edge_agent.api.inbound import InvalidParameterError, as_agent_error, json_body
@@ -64,6 +67,7 @@ from edge_agent.runtime import (
     TextPiece,
 )
 from edge_agent.runtime.grammar import SchemaLimits, json_object_grammar, json_schema_grammar
+from edge_agent.runtime.memory_budget import gguf_scalars
 from edge_agent.settings import AgentSettings
 from edge_agent.telemetry.instrument import GenerationObserver
 
@@ -551,8 +555,41 @@ def _artifacts(registry: ModelRegistry) -> dict[str, InstalledArtifact]:
     return {} if release is None else {a.name: a for a in release.artifacts}
 
 
-def _details(served: ServedModel) -> ModelDetails:
-    return ModelDetails(format=served.format, families=None)
+# llama.cpp's file types (general.file_type), as Ollama names the quantization level
+_FILE_TYPES = {
+    0: "F32", 1: "F16", 2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1", 10: "Q2_K",
+    11: "Q3_K_S", 12: "Q3_K_M", 13: "Q3_K_L", 14: "Q4_K_S", 15: "Q4_K_M", 16: "Q5_K_S",
+    17: "Q5_K_M", 18: "Q6_K", 32: "BF16",
+}  # fmt: skip
+Metadata = Mapping[str, int | float | bool | str]
+
+
+@functools.lru_cache(maxsize=32)
+def _gguf_metadata(path: str, sha256: str) -> Metadata:
+    """A GGUF file's scalar metadata (read once per file and hash; {} if unreadable)."""
+    try:
+        return gguf_scalars(Path(path))
+    except (OSError, ValueError):
+        return {}
+
+
+async def _metadata(artifact: InstalledArtifact | None) -> Metadata:
+    if artifact is None or artifact.format != "gguf":
+        return {}
+    return await run_in_threadpool(_gguf_metadata, str(artifact.path), artifact.sha256)
+
+
+def _details(served: ServedModel, meta: Metadata) -> ModelDetails:
+    family = meta.get("general.architecture")
+    size = meta.get("general.size_label")
+    file_type = meta.get("general.file_type")
+    return ModelDetails(
+        format=served.format,
+        family=family if isinstance(family, str) else "",
+        families=[family] if isinstance(family, str) else None,
+        parameter_size=size if isinstance(size, str) else "",
+        quantization_level=_FILE_TYPES.get(file_type, "") if isinstance(file_type, int) else "",
+    )
 
 
 def _modified_at(artifact: InstalledArtifact | None) -> str:
@@ -580,7 +617,7 @@ async def tags(serving: Serving) -> dict[str, Any]:
             modified_at=_modified_at(artifacts.get(m.name)),
             size=artifacts[m.name].length if m.name in artifacts else 0,
             digest=m.sha256,
-            details=_details(m),
+            details=_details(m, await _metadata(artifacts.get(m.name))),
         )
         for m in serving.registry.models()
     ]
@@ -612,7 +649,7 @@ async def running(serving: Serving) -> dict[str, Any]:
                 model=_tagged(m.name),
                 size=artifacts[m.name].length if m.name in artifacts else 0,
                 digest=m.sha256,
-                details=_details(m),
+                details=_details(m, await _metadata(artifacts.get(m.name))),
                 expires_at=expires,
             )
         )
@@ -621,7 +658,9 @@ async def running(serving: Serving) -> dict[str, Any]:
 
 @router.post("/show")
 async def show(serving: Serving, body: ShowBody) -> dict[str, Any]:
-    """What this agent knows about one model: its kind, release, context and digest."""
+    """What this agent knows about one model: its GGUF metadata (``general.*`` and the
+    architecture's keys; ``<arch>.context_length`` is what it was trained for), and its
+    kind, release, served context (``outpost.context_length``) and digest."""
     given = body.model or body.name
     if given is None:
         raise InvalidParameterError('send the model to show: {"model": "<name>"}', "model")
@@ -632,13 +671,14 @@ async def show(serving: Serving, body: ShowBody) -> dict[str, Any]:
     if served is None:
         raise NotFoundError(f"model {given!r} does not exist")
     artifact = _artifacts(registry).get(name)
+    meta = await _metadata(artifact)
     return {
         "modelfile": f"# served by the Outpost agent from release {served.release_id}\n",
         "parameters": "",
         "template": "",
-        "details": _details(served).model_dump(),
+        "details": _details(served, meta).model_dump(),
         "model_info": {
-            "general.basename": name,
+            **{k: v for k, v in meta.items() if not k.startswith("tokenizer.")},
             "outpost.kind": served.kind,
             "outpost.release_id": served.release_id,
             "outpost.context_length": context,

@@ -264,6 +264,11 @@ def test_tags_list_the_release_models(client: Any, served: Served) -> None:
     assert chat.digest == artifacts[LLM].sha256
     assert chat.size == artifacts[LLM].length
     assert chat.details is not None and chat.details.format == "gguf"
+    # read from the GGUF header: SmolLM2-135M is a llama-architecture Q4_1 file
+    assert (chat.details.family, chat.details.quantization_level) == ("llama", "Q4_1")
+    assert chat.details.parameter_size == "135M"
+    embedder = listed[f"{EMBEDDER}:latest"].details
+    assert embedder is not None and embedder.family == "bert"
     assert chat.modified_at is not None
 
 
@@ -272,6 +277,9 @@ def test_show_tells_kind_context_and_digest(client: Any, served: Served) -> None
     assert shown.capabilities == ["completion"]
     assert shown.modelinfo["outpost.context_length"] == N_CTX
     assert shown.modelinfo["outpost.release_id"] == served.release.release_id
+    assert shown.modelinfo["general.architecture"] == "llama"
+    assert shown.modelinfo["llama.context_length"] > N_CTX  # trained for; served: N_CTX
+    assert not any(key.startswith("tokenizer.") for key in shown.modelinfo)
     assert client.show(f"{EMBEDDER}:latest").capabilities == ["embedding"]
 
 
