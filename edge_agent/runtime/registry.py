@@ -1,12 +1,14 @@
 """The models of the active release, served by artifact name.
 
-Each model has its own worker thread (llama.cpp is not thread-safe, so one job at a time
-runs per model) and a bounded admission count: a request is admitted while fewer than
-``max_queue`` requests (the running one included) hold the model, and is refused with
-BusyError otherwise, at once. Models load lazily on the first job (or on ``warm``),
-unload after ``idle_unload_seconds`` without use, and are swapped atomically by
-``activate``: requests already admitted on an old model finish on it, and the old model
-is freed when the last of them is done.
+Each model has its own worker threads (as many jobs at once as the loaded model declares:
+a batched chat model its ``n_parallel`` slots, anything else one, since a llama.cpp
+context is not thread-safe) and a bounded admission count: a request is admitted while
+fewer than ``max_queue`` requests (the running ones included) hold the model, and is
+refused with BusyError otherwise, at once. Models load lazily on the first job (or on
+``warm``), unload after ``idle_unload_seconds`` without use, and are swapped atomically
+by ``activate``: requests already admitted on an old model finish on it, and the old
+model is freed when the last of them is done. Under ``memory_budget_mb`` a load first
+unloads idle models, least recently used first, so the estimates never exceed it.
 """
 
 from __future__ import annotations
