@@ -181,6 +181,7 @@ def quantize_with_search(
             report=say,
             calibrations=_narrowed(trials.calibrations, req.calibrations),
             weight_bits=_narrowed(trials.weight_bits, req.weight_bits),
+            retime=trials.retime,
         )
         held_out = (
             trials.agreement_on(result.chosen.recipe, holdout)
@@ -228,6 +229,8 @@ class Trials(Protocol):
     def paths(self) -> dict[Recipe, Path]: ...
 
     def measure(self, recipe: Recipe) -> Measurement: ...
+
+    def retime(self, recipes: Sequence[Recipe]) -> dict[Recipe, Measurement]: ...
 
     def agreement_on(self, recipe: Recipe, images: ImageSet) -> dict[str, Any]: ...
 

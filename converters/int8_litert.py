@@ -12,7 +12,7 @@ one value each on this target.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from converters.int8_trials import (
     agreement_on_set,
     measure_candidate,
     merge_blocks,
+    retime_together,
     true_top1,
 )
 from edge_agent.errors import ConfigError
@@ -188,6 +189,11 @@ class LiteRTTrials:
         else:
             self.paths[recipe] = path
         return measured
+
+    def retime(self, recipes: Sequence[Recipe]) -> dict[Recipe, Measurement]:
+        """The finalists re-timed together with the float model (3 rounds)."""
+        candidates = {r: LiteRTBackend(self.paths[r], n_threads=self.threads) for r in recipes}
+        return retime_together(self.fp32, candidates, self.latency_tensors, 3)
 
     def agreement_on(self, recipe: Recipe, images: ImageSet) -> dict[str, Any]:
         """Agreement of an already measured recipe with the float model on another set."""

@@ -11,7 +11,7 @@ fit the model) is checked before the first trial, and no artifact is written the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from converters.int8_trials import (
     agreement_on_set,
     measure_candidate,
     merge_blocks,
+    retime_together,
     true_top1,
 )
 from converters.quantize import (
@@ -207,6 +208,11 @@ class OnnxTrials:
         else:
             self.paths[recipe] = path
         return measured
+
+    def retime(self, recipes: Sequence[Recipe]) -> dict[Recipe, Measurement]:
+        """The finalists re-timed together with the float model (3 rounds)."""
+        candidates = {r: OnnxRuntimeBackend(self.paths[r], n_threads=self.threads) for r in recipes}
+        return retime_together(self.fp32, candidates, self.latency_tensors, 3)
 
     def agreement_on(self, recipe: Recipe, images: ImageSet) -> dict[str, Any]:
         """Agreement of an already measured recipe with FP32 on another (held-out) set."""

@@ -32,6 +32,8 @@ from typing import Any
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 WEIGHT_BITS = (8, 7)
 RECIPE_STAGES = ("calibration", "granularity", "mixed")  # sensitivity probes are not recipes
+RUNOFF_FINALISTS = 4
+Retime = Callable[[Sequence["Recipe"]], dict["Recipe", "Measurement"]]
 
 
 @dataclass(frozen=True)
@@ -279,7 +281,8 @@ def _quality(t: Trial) -> tuple[float, float, int]:
 def pick_fastest(trials: Sequence[Trial], gate: float, tie_margin: float) -> Trial | None:
     """The fastest recipe meeting ``gate``; ratios within ``tie_margin`` of the fastest tie,
     and among those the higher agreement, then fewer float blocks, then the earlier wins."""
-    passing = [t for t in trials if t.stage in RECIPE_STAGES and t.meets(gate)]
+    runoff = [t for t in trials if t.stage == "runoff" and t.meets(gate)]
+    passing = runoff or [t for t in trials if t.stage in RECIPE_STAGES and t.meets(gate)]
     if not passing:
         return None
     fastest = min(t.measurement.latency_ratio for t in passing)
@@ -312,8 +315,13 @@ def search(
     calibrations: Sequence[str] = CALIBRATIONS,
     weight_bits: Sequence[int] = WEIGHT_BITS,
     tie_margin: float = 0.03,
+    retime: Retime | None = None,
 ) -> SearchResult:
-    """Search recipes for the fastest one whose agreement reaches ``min_agreement``."""
+    """Search recipes for the fastest one whose agreement reaches ``min_agreement``.
+
+    ``retime``, when given, re-times the passing finalists (at most four, fewest float
+    blocks first) together, interleaved in one loop: the pick is then made on those
+    ``runoff`` timings, not on timings taken minutes apart under different load."""
     if not blocks:
         raise ValueError("the model has no quantizable blocks (no Conv, Gemm or MatMul)")
     if len(set(blocks)) != len(blocks):
@@ -344,6 +352,24 @@ def search(
             _mixed(runner, base.recipe, ranked, blocks, min_agreement)
     except _BudgetSpent:
         stopped = "budget"
+    passing = [t for t in runner.trials if t.stage in RECIPE_STAGES and t.meets(min_agreement)]
+    if retime is not None and len(passing) > 1:
+        finalists = sorted(
+            passing, key=lambda t: (len(t.recipe.float_blocks), -t.measurement.agree, t.index)
+        )
+        finalists = finalists[:RUNOFF_FINALISTS]
+        t0 = clock()
+        timed = retime([t.recipe for t in finalists])
+        seconds = (clock() - t0) / len(finalists)
+        for t in finalists:
+            m = replace(timed[t.recipe], agree=t.measurement.agree, total=t.measurement.total)
+            m = replace(m, fidelity=t.measurement.fidelity, labelled=t.measurement.labelled)
+            runoff = Trial(len(runner.trials), "runoff", t.recipe, m, seconds)
+            runner.trials.append(runoff)
+            report(
+                f"[{runoff.index + 1}] runoff: {t.recipe.describe()}: "
+                f"{m.latency_ratio:.2f}x FP32 ({m.p50_ms:.2f} vs {m.fp32_p50_ms:.2f} ms p50)"
+            )
     recipes = [t for t in runner.trials if t.stage in RECIPE_STAGES]
     return SearchResult(
         min_agreement=min_agreement,

@@ -8,7 +8,7 @@ top-1 agreement with the float model, output fidelity, latency timed interleaved
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,3 +211,34 @@ def merge_blocks(blocks: dict[str, list[str]], max_blocks: int) -> dict[str, lis
         label = group[0] if len(group) == 1 else f"{group[0]}..{group[-1]}"
         merged[label] = [n for k in group for n in blocks[k]]
     return merged
+
+
+def retime_together(
+    fp32: InferenceBackend,
+    candidates: Mapping[Any, InferenceBackend],
+    tensors: Sequence[Tensor],
+    rounds: int,
+) -> dict[Any, Measurement]:
+    """FP32 and every candidate timed in one loop, in a rotating order per image, so that
+    the finalists of a search are compared under the same load (agreement fields are
+    placeholders: the caller keeps the ones measured on the evaluation set)."""
+    models: list[tuple[Any, InferenceBackend]] = [(None, fp32), *candidates.items()]
+    for t in list(tensors)[:3]:
+        for _, model in models:
+            model.run(t)
+    samples: dict[int, list[float]] = {i: [] for i in range(len(models))}
+    step = 0
+    for _ in range(rounds):
+        for t in tensors:
+            for k in range(len(models)):
+                i = (k + step) % len(models)
+                t0 = time.perf_counter()
+                models[i][1].run(t)
+                samples[i].append((time.perf_counter() - t0) * 1e3)
+            step += 1
+    f = latency_of(samples[0])
+    out: dict[Any, Measurement] = {}
+    for i, (key, _) in enumerate(models[1:], start=1):
+        c = latency_of(samples[i])
+        out[key] = Measurement(1, 1, 1.0, c.p50_ms, c.p95_ms, f.p50_ms, f.p95_ms)
+    return out

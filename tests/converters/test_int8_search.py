@@ -166,3 +166,24 @@ def test_bad_arguments_are_refused_before_any_measurement() -> None:
     with pytest.raises(ValueError, match="unknown calibration"):
         Recipe(calibration="kl")
     assert net.measured == []
+
+
+def test_a_runoff_re_times_the_finalists_and_decides_the_pick() -> None:
+    net = FakeNetwork()
+    retimed: list[list[Recipe]] = []
+    speed = {"minmax": 3.0, "entropy": 5.0, "percentile": 5.0}
+
+    def retime(recipes: list[Recipe]) -> dict[Recipe, Measurement]:
+        # Timed together, MinMax turns out fastest; the search's own trials had tied them.
+        retimed.append(list(recipes))
+        return {r: Measurement(1, 1, 1.0, speed[r.calibration], 6.0, 10.0, 12.0) for r in recipes}
+
+    result = run(net, 0.80, retime=retime)  # type: ignore[arg-type]
+    runoff = [t for t in result.trials if t.stage == "runoff"]
+    passing = [t for t in result.trials if t.stage != "runoff" and t.meets(0.80)]
+    assert len(passing) == 5 and len(retimed) == 1 and len(runoff) == 4  # at most 4 finalists
+    assert result.chosen is not None and result.chosen.stage == "runoff"
+    assert result.chosen.recipe.calibration == "minmax"  # without the runoff: percentile
+    assert run(FakeNetwork(), 0.80).chosen.recipe.calibration == "percentile"  # type: ignore[union-attr]
+    # the agreement is the one measured on the evaluation set, not the timing call's
+    assert result.chosen.measurement.total == IMAGES
