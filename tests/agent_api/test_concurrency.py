@@ -221,3 +221,13 @@ def test_a_model_larger_than_the_budget_is_refused_naming_the_numbers(smollm2: P
         assert not registry.models()[0].loaded
     finally:
         registry.close()
+
+
+def test_status_reports_the_memory_estimates_of_loaded_models(served: Served) -> None:
+    body = httpx.get(
+        f"{served.url}/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    ).json()
+    memory = body["memory"]
+    assert memory["budget_mb"] is None and memory["unloaded"] == []
+    assert memory["loaded_mb"][LLM] > 0
+    assert memory["estimated_mb"] == round(sum(memory["loaded_mb"].values()), 1)
