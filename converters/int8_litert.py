@@ -12,21 +12,18 @@ one value each on this target.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from converters.int8_search import Measurement, Recipe
+from converters.int8_search import Recipe
 from converters.int8_trials import (
     MAX_BLOCKS,
     ImageSet,
+    RecipeTrials,
     SearchInputError,
-    agreement_on_set,
-    measure_candidate,
     merge_blocks,
-    retime_together,
     true_top1,
 )
 from edge_agent.errors import ConfigError
@@ -120,9 +117,10 @@ def _regex(scope: str) -> str:
     return "^" + "".join(f"{re.escape(name)};" for name in scope.split(";") if name) + "$"
 
 
-class LiteRTTrials:
+class LiteRTTrials(RecipeTrials):
     """Builds each recipe with ai-edge-quantizer and measures it with LiteRT."""
 
+    suffix = ".tflite"
     calibrations = CALIBRATIONS
     weight_bits = WEIGHT_BITS
 
@@ -171,34 +169,8 @@ class LiteRTTrials:
             qsv_cache=cache,
         )
 
-    def measure(self, recipe: Recipe) -> Measurement:
-        self._count += 1
-        path = self.work / f"trial-{self._count:03d}.tflite"
-        self.build(recipe, path)
-        measured = measure_candidate(
-            self.fp32,
-            LiteRTBackend(path, n_threads=self.threads),
-            self.reference,
-            self.evaluation,
-            self.latency_tensors,
-            self.latency_rounds,
-            timed=recipe.only_block is None,
-        )
-        if recipe.only_block is not None:
-            path.unlink()
-        else:
-            self.paths[recipe] = path
-        return measured
-
-    def retime(self, recipes: Sequence[Recipe]) -> dict[Recipe, Measurement]:
-        """The finalists re-timed together with the float model (3 rounds)."""
-        candidates = {r: LiteRTBackend(self.paths[r], n_threads=self.threads) for r in recipes}
-        return retime_together(self.fp32, candidates, self.latency_tensors, 3)
-
-    def agreement_on(self, recipe: Recipe, images: ImageSet) -> dict[str, Any]:
-        """Agreement of an already measured recipe with the float model on another set."""
-        candidate = LiteRTBackend(self.paths[recipe], n_threads=self.threads)
-        return agreement_on_set(self.fp32, candidate, images)
+    def backend(self, path: Path) -> LiteRTBackend:
+        return LiteRTBackend(path, n_threads=self.threads)
 
 
 def check_spec_fits_tflite(backend: LiteRTBackend, images: ImageSet) -> None:

@@ -11,7 +11,7 @@ fit the model) is checked before the first trial, and no artifact is written the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,13 @@ import onnxruntime as ort
 from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from converters.int8_search import CALIBRATIONS, WEIGHT_BITS, Measurement, Recipe
+from converters.int8_search import CALIBRATIONS, WEIGHT_BITS, Recipe
 from converters.int8_trials import (
     MAX_BLOCKS,
     ImageSet,
+    RecipeTrials,
     SearchInputError,
-    agreement_on_set,
-    measure_candidate,
     merge_blocks,
-    retime_together,
     true_top1,
 )
 from converters.quantize import (
@@ -119,7 +117,7 @@ def check_spec_fits(model_path: Path, images: ImageSet) -> None:
         ) from e
 
 
-class OnnxTrials:
+class OnnxTrials(RecipeTrials):
     """Builds each recipe with onnxruntime's static QDQ quantizer and measures it.
 
     ``measure`` is what :func:`converters.int8_search.search` calls. The model of every
@@ -127,6 +125,7 @@ class OnnxTrials:
     chosen one is moved into place, not rebuilt.
     """
 
+    suffix = ".onnx"
     calibrations = CALIBRATIONS
     weight_bits = WEIGHT_BITS
 
@@ -190,31 +189,5 @@ class OnnxTrials:
             calibration_cache_path=self._calibration_cache(recipe.calibration),
         )
 
-    def measure(self, recipe: Recipe) -> Measurement:
-        self._count += 1
-        path = self.work / f"trial-{self._count:03d}.onnx"
-        self.build(recipe, path)
-        measured = measure_candidate(
-            self.fp32,
-            OnnxRuntimeBackend(path, n_threads=self.threads),
-            self.reference,
-            self.evaluation,
-            self.latency_tensors,
-            self.latency_rounds,
-            timed=recipe.only_block is None,
-        )
-        if recipe.only_block is not None:
-            path.unlink()
-        else:
-            self.paths[recipe] = path
-        return measured
-
-    def retime(self, recipes: Sequence[Recipe]) -> dict[Recipe, Measurement]:
-        """The finalists re-timed together with the float model (3 rounds)."""
-        candidates = {r: OnnxRuntimeBackend(self.paths[r], n_threads=self.threads) for r in recipes}
-        return retime_together(self.fp32, candidates, self.latency_tensors, 3)
-
-    def agreement_on(self, recipe: Recipe, images: ImageSet) -> dict[str, Any]:
-        """Agreement of an already measured recipe with FP32 on another (held-out) set."""
-        candidate = OnnxRuntimeBackend(self.paths[recipe], n_threads=self.threads)
-        return agreement_on_set(self.fp32, candidate, images)
+    def backend(self, path: Path) -> OnnxRuntimeBackend:
+        return OnnxRuntimeBackend(path, n_threads=self.threads)

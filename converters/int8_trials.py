@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from converters.images import IMAGE_SUFFIXES
-from converters.int8_search import Measurement, wilson_interval
+from converters.int8_search import Measurement, Recipe, wilson_interval
 from converters.measure import latency_of
 from edge_agent.errors import AgentError
 from edge_agent.vision.backends import InferenceBackend
@@ -242,3 +242,58 @@ def retime_together(
         c = latency_of(samples[i])
         out[key] = Measurement(1, 1, 1.0, c.p50_ms, c.p95_ms, f.p50_ms, f.p95_ms)
     return out
+
+
+class RecipeTrials:
+    """The measuring half of a target's adapter: each recipe is built by the subclass
+    (``build``, ``backend``) into ``work`` and measured against the float model the same
+    way on every target. The model of every measured recipe stays in ``work``
+    (sensitivity probes are deleted at once) so that the chosen one is moved into place,
+    not rebuilt."""
+
+    suffix: str
+    work: Path
+    threads: int
+    fp32: InferenceBackend
+    reference: list[Tensor]
+    evaluation: ImageSet
+    latency_tensors: Sequence[Tensor]
+    latency_rounds: int
+    paths: dict[Recipe, Path]
+    _count: int
+
+    def build(self, recipe: Recipe, target: Path) -> None:
+        raise NotImplementedError
+
+    def backend(self, path: Path) -> InferenceBackend:
+        """The target's runtime on a model built by ``build``."""
+        raise NotImplementedError
+
+    def measure(self, recipe: Recipe) -> Measurement:
+        self._count += 1
+        path = self.work / f"trial-{self._count:03d}{self.suffix}"
+        self.build(recipe, path)
+        measured = measure_candidate(
+            self.fp32,
+            self.backend(path),
+            self.reference,
+            self.evaluation,
+            self.latency_tensors,
+            self.latency_rounds,
+            timed=recipe.only_block is None,
+        )
+        if recipe.only_block is not None:
+            path.unlink()
+        else:
+            self.paths[recipe] = path
+        return measured
+
+    def retime(self, recipes: Sequence[Recipe]) -> dict[Recipe, Measurement]:
+        """The finalists re-timed together with the float model (3 rounds)."""
+        candidates = {r: self.backend(self.paths[r]) for r in recipes}
+        return retime_together(self.fp32, candidates, self.latency_tensors, 3)
+
+    def agreement_on(self, recipe: Recipe, images: ImageSet) -> dict[str, Any]:
+        """Agreement of an already measured recipe with the float model on another
+        (held-out) set."""
+        return agreement_on_set(self.fp32, self.backend(self.paths[recipe]), images)
