@@ -115,7 +115,9 @@ class BodySizeLimit:
     passes the limit (the app's ``receive`` then raises :class:`RequestBodyTooLarge`, and
     anything the app still sends is dropped). The answer carries ``Connection: close``
     so the server stops reading the rest. The error body is
-    ``{"error": {"message", "type", **error_fields}}`` (each server's own error shape).
+    ``{"error": {"message", "type", **error_fields}}`` (each server's own error shape),
+    or ``{"error": "<message>"}`` under ``flat_error_prefixes`` (a second API surface
+    whose clients expect that shape, such as Ollama's ``/api/``).
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class BodySizeLimit:
         routes: Sequence[RouteBodyLimit] = (),
         error_type: str = "request_too_large",
         error_fields: Mapping[str, object] | None = None,
+        flat_error_prefixes: Sequence[str] = (),
     ) -> None:
         if default_max_bytes < 0:
             raise ValueError("default_max_bytes must not be negative")
@@ -134,6 +137,7 @@ class BodySizeLimit:
         self.routes = tuple(routes)
         self.error_type = error_type
         self.error_fields = dict(error_fields or {})
+        self.flat_error_prefixes = tuple(flat_error_prefixes)
 
     def limit_for(self, method: str, path: str) -> int:
         """The body limit of one request (the first matching route, else the default)."""
@@ -149,10 +153,11 @@ class BodySizeLimit:
         limit = self.limit_for(scope["method"], scope["path"])
         declared = _content_length(scope)
         if declared == -1:
-            await self._refuse(send, 400, "Content-Length must be one non-negative integer")
+            await self._refuse(scope, send, 400, "Content-Length must be one non-negative integer")
             return
         if declared is not None and declared > limit:
             await self._refuse(
+                scope,
                 send,
                 413,
                 f"request body of {declared} bytes exceeds the limit of {_describe(limit)}"
@@ -175,6 +180,7 @@ class BodySizeLimit:
                 if received > limit:
                     refused = True
                     await self._refuse(
+                        scope,
                         send,
                         413,
                         f"request body exceeds the limit of {_describe(limit)}"
@@ -193,8 +199,10 @@ class BodySizeLimit:
             if not refused:
                 raise
 
-    async def _refuse(self, send: Send, status: int, message: str) -> None:
-        error = {"message": message, "type": self.error_type, **self.error_fields}
+    async def _refuse(self, scope: Scope, send: Send, status: int, message: str) -> None:
+        error: object = {"message": message, "type": self.error_type, **self.error_fields}
+        if str(scope["path"]).startswith(self.flat_error_prefixes):
+            error = message
         body = json.dumps({"error": error}).encode()
         await send(
             {

@@ -308,6 +308,7 @@ def create_local_api(
         ],
         error_type="invalid_request_error",
         error_fields={"param": None, "code": "payload_too_large"},
+        flat_error_prefixes=("/api/",),  # Ollama's surface: {"error": "<message>"}
     )
     auth = [Depends(_bearer_check(api_token))]
     limits = schema_limits(settings)

@@ -23,6 +23,7 @@ __all__ = ["RemoteConfigMiddleware", "with_chat_defaults"]
 CHAT_PATH = "/v1/chat/completions"
 COMPLETION_PATH = "/v1/completions"
 _UNLIMITED = frozenset({"/healthz"})
+OLLAMA_PREFIX = "/api/"  # Ollama's clients read errors as {"error": "<message>"}
 
 
 def with_chat_defaults(
@@ -65,7 +66,7 @@ class RemoteConfigMiddleware:
         try:
             self.live.rate_limiter.admit()
         except RateLimitedError as e:
-            await _refuse(send, e)
+            await _refuse(send, e, flat=scope["path"].startswith(OLLAMA_PREFIX))
             return
         path = scope["path"]
         defaults = self.live.chat_defaults()
@@ -119,8 +120,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _refuse(send: Send, error: RateLimitedError) -> None:
-    body = json.dumps({"error": {"message": str(error), "type": error.error_type}}).encode()
+async def _refuse(send: Send, error: RateLimitedError, *, flat: bool) -> None:
+    shaped: object = str(error) if flat else {"message": str(error), "type": error.error_type}
+    body = json.dumps({"error": shaped}).encode()
     await send(
         {
             "type": "http.response.start",

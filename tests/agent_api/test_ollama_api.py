@@ -397,6 +397,11 @@ def test_malformed_json_is_400_in_ollamas_shape(http: httpx.Client) -> None:
     assert "not valid JSON" in error_of(response, 400)
 
 
+def test_a_body_over_the_request_limit_is_413_in_ollamas_shape(http: httpx.Client) -> None:
+    response = http.post("/api/chat", headers=AUTH, content=b" " * (65 * 1024))
+    assert "exceeds the limit" in error_of(response, 413)
+
+
 def test_too_many_embedding_inputs_are_refused_before_any_work(
     http: httpx.Client, served: Served
 ) -> None:
