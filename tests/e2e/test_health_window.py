@@ -98,7 +98,7 @@ def test_a_release_that_fails_its_health_window_is_rolled_back_by_the_agent(
 
     for tag, config, reason in [
         ("1.1.0-threshold", IMPOSSIBLE_THRESHOLD, "over the release's acceptance.max_smoke_ms"),
-        ("1.1.0-template", CLOSED_TURN_TEMPLATE, "smoke prompt was empty (0 tokens"),
+        ("1.1.0-template", CLOSED_TURN_TEMPLATE, "smoke prompt was empty ("),
     ]:
         bad = publish(cp, tag, model, config)
         started = time.monotonic()
