@@ -704,7 +704,9 @@ def main() -> int:
         )
         blob = cp_dir / "blobs" / "sha256" / artifact2["sha256"]
         with blob.open("r+b") as f:  # an attacker (or a bad mirror) flips bytes after signing
-            f.seek(blob.stat().st_size // 2)
+            # in the new tail: the bytes the device has to fetch (a delta update builds the
+            # rest from the 1.0.0 model it already has, and never reads a flip there)
+            f.seek(blob.stat().st_size - 48)
             f.write(hashlib.sha256(b"evil").digest())
         info("flipped 32 bytes of the stored artifact after it was signed")
         cp.post(f"/api/v1/devices/{device_id}/assignment", json={"release_id": release2["id"]})
