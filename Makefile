@@ -38,6 +38,7 @@ eval: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/serving_llm.py
 	$(PY) benchmarks/ollama_api.py
+	$(PY) benchmarks/serving_structured.py
 	$(PY) benchmarks/agent_install.py
 	$(PY) benchmarks/vision.py
 	$(PY) benchmarks/rag_retrieval.py
@@ -45,6 +46,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/telemetry_ingest.py
 	$(PY) benchmarks/footprint.py
 	$(PY) benchmarks/bundle_install.py
+	$(PY) benchmarks/delta_updates.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
