@@ -118,8 +118,9 @@ def test_a_chat_template_that_closes_the_assistant_turn_fails_the_chat_smoke_req
     result = serving.smoke(release, SmokeCheck("chat", "smollm2"))
 
     assert not result.ok
+    # the model ends the turn at once: at most a token that decodes to nothing
     assert re.search(
-        r"the chat reply to a \d+-token smoke prompt was empty \(0 tokens", result.error
+        r"the chat reply to a \d+-token smoke prompt was empty \([01] tokens", result.error
     )
     assert "chat_template" in result.error
 
