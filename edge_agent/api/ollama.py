@@ -475,12 +475,10 @@ async def generate(request: Request, serving: Serving, body: GenerateBody) -> Re
     sampling = _sampling(serving, name, body.options, format_grammar(body.format, serving.settings))
     if not body.prompt:
         return JSONResponse(await _load_or_unload(serving, "generate", body.model, name, keep))
-    produce: Callable[[TextGenerator], Iterator[TextPiece]]
-    if raw is not None:
-        prompt = raw
-        produce = lambda m: m.complete(prompt, sampling)  # noqa: E731
-    else:
-        produce = lambda m: m.chat(turns, sampling)  # noqa: E731
+
+    def produce(m: TextGenerator) -> Iterator[TextPiece]:
+        return m.chat(turns, sampling) if raw is None else m.complete(raw, sampling)
+
     return await _answer(
         request,
         serving,
