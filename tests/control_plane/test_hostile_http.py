@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -488,7 +488,9 @@ def test_an_orphaned_blob_is_collected_after_the_grace_period(
     upload = control_plane.blobs.start_upload(MIB)
     upload.write(b"bytes of an upload whose row was never written")
     orphan = upload.commit(upload.finish())
-    now = cp.clock()
+    # the grace runs from the blob's mtime (real time), not from the fixture's manual clock,
+    # which was read when the fixture started (seconds earlier on a loaded machine)
+    now = datetime.fromtimestamp(orphan.stat().st_mtime, UTC)
     assert collect_orphan_blobs(control_plane.db, control_plane.blobs, now, grace_seconds=600) == []
     assert orphan.exists(), "inside the grace period an upload may be about to write its row"
     later = now + timedelta(seconds=601)
