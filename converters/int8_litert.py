@@ -11,6 +11,7 @@ one value each on this target.
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -42,9 +43,7 @@ WEIGHT_BITS = (8,)
 
 def quantizer_available() -> str | None:
     """None when ai-edge-quantizer imports here, else what to install."""
-    try:
-        import ai_edge_quantizer  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ai_edge_quantizer") is None:
         return "ai-edge-quantizer (the 'convert' extra: pip install ai-edge-quantizer==0.10.0)"
     return None
 

@@ -8,6 +8,7 @@ top-1 agreement with the float model, output fidelity, latency timed interleaved
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,7 +245,7 @@ def retime_together(
     return out
 
 
-class RecipeTrials:
+class RecipeTrials(ABC):
     """The measuring half of a target's adapter: each recipe is built by the subclass
     (``build``, ``backend``) into ``work`` and measured against the float model the same
     way on every target. The model of every measured recipe stays in ``work``
@@ -262,12 +263,13 @@ class RecipeTrials:
     paths: dict[Recipe, Path]
     _count: int
 
+    @abstractmethod
     def build(self, recipe: Recipe, target: Path) -> None:
-        raise NotImplementedError
+        """Write the model of ``recipe`` to ``target``."""
 
+    @abstractmethod
     def backend(self, path: Path) -> InferenceBackend:
         """The target's runtime on a model built by ``build``."""
-        raise NotImplementedError
 
     def measure(self, recipe: Recipe) -> Measurement:
         self._count += 1
