@@ -192,6 +192,48 @@ def chat(client: OpenAI, model: str, question: str, *, stream: bool) -> str:
     return "".join(parts)
 
 
+COLOURS = ["red", "green", "blue", "yellow"]
+COLOUR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "colour": {"type": "string", "enum": COLOURS},
+        "sure": {"type": "boolean"},
+    },
+    "required": ["colour", "sure"],
+    "additionalProperties": False,
+}
+
+
+def structured_act(client: OpenAI, api: httpx.Client, model: str) -> None:
+    """Part of act 4: JSON that follows a schema (grammar-constrained), and the same model
+    through Ollama's native API (docs/local-api.md)."""
+    reply = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "What colour is the clear sky? Answer in JSON."}],
+        temperature=0,
+        max_tokens=40,
+        response_format={
+            "type": "json_schema",
+            "json_schema": {"name": "colour", "strict": True, "schema": COLOUR_SCHEMA},
+        },
+    )
+    parsed = json.loads(reply.choices[0].message.content or "")
+    if set(parsed) != {"colour", "sure"} or parsed["colour"] not in COLOURS:
+        raise SystemExit(f"structured output broke its schema: {parsed}")
+    info(f"response_format json_schema -> {json.dumps(parsed)} (parses, follows the schema)")
+    ollama = api.post(
+        "/api/chat",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": "Say hello in three words."}],
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 16},
+        },
+    )
+    ollama.raise_for_status()
+    info(f"Ollama /api/chat -> {ollama.json()['message']['content'].strip()!r}")
+
+
 def outpost_cp(cp: ControlPlane, token_file: Path, *args: str) -> dict[str, Any]:
     """Run the operator CLI against the demo's control plane; its JSON answer."""
     done = subprocess.run(
@@ -635,6 +677,8 @@ def main() -> int:
             headers={"Authorization": f"Bearer {api_token}"},
             timeout=120,
         )
+        structured_act(client, api, model)
+        summary.append("structured output parsed against its schema; Ollama's /api/chat answered")
 
         banner("5. Ask the shipped documents (RAG with citations, and abstention)")
         for question in (
