@@ -88,5 +88,9 @@ class AgentSettings(BaseSettings):
     n_parallel: int = Field(default=4, ge=1, le=64)
     # chat models: RAM for the KV state of recent conversations' prefixes, per model
     prompt_cache_mb: int = Field(default=64, ge=0)
+    # chat models: prompt-lookup decoding of greedy generations (docs/local-api.md): off by
+    # default, it was slower on the CPUs measured; the longest draft checked per step
+    prompt_lookup: bool = False
+    prompt_lookup_draft: int = Field(default=2, ge=1, le=16)
     idle_unload_seconds: float = Field(default=0.0, ge=0)  # 0 = never unload
     memory_budget_mb: int | None = None

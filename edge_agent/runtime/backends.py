@@ -129,6 +129,7 @@ class ModelOptions:
     n_threads_batch: int | None = None  # prompt processing and embeddings; None: n_threads
     n_parallel: int = 1  # llm: generations at once (KV sequences, each of n_ctx tokens)
     prompt_cache_mb: int = 0  # llm: RAM kept for the KV state of recent prompts
+    prompt_lookup_draft: int = 0  # llm: longest prompt-lookup draft checked; 0: none
 
     @property
     def batch_threads(self) -> int:

@@ -6,7 +6,10 @@ prompt, and only the rest of the prompt is evaluated. Every decode step puts one
 each generating slot and a chunk of each slot's remaining prompt into one batch, so a new
 request joins between two steps instead of waiting for the others to finish. A bounded
 RAM cache keeps the KV state of sequences a slot had to give up, so two conversations that
-take turns on a busy model do not re-read their history.
+take turns on a busy model do not re-read their history. A greedy generation decoding
+alone may draft (prompt-lookup decoding, ``edge_agent.runtime.prompt_lookup``): the
+tokens that followed the last n-gram earlier in its sequence are checked in one batch,
+and the prefix the model agrees with is kept.
 
 Nothing here imports llama.cpp: :class:`SequenceBackend` is what the engine needs from a
 model (the llama.cpp adapter is ``edge_agent.runtime.llama_batched``), so the scheduling is
@@ -24,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from edge_agent.runtime.backends import TokenLogprob
+from edge_agent.runtime.prompt_lookup import propose_draft
 
 Finish = Literal["stop", "length"]
 
@@ -34,22 +38,27 @@ class GenerationParams:
 
     ``sampler`` is opaque here: the backend builds its sampler from it (temperature,
     penalties, grammar...). ``max_tokens`` is already capped to the room the prompt leaves.
+    ``draft``: the sampler is deterministic given the logits (greedy), so drafted tokens
+    may be checked in one batch (prompt-lookup decoding) without changing what is sampled.
     """
 
     max_tokens: int
     stop: tuple[str, ...] = ()
     logprobs: int | None = None
     sampler: Any = None
+    draft: bool = False
 
 
 @dataclass(frozen=True)
 class BatchItem:
-    """Tokens of one sequence in a decode batch; ``logits`` marks the last one for sampling."""
+    """Tokens of one sequence in a decode batch; ``logits`` marks the last one for sampling
+    (``all_logits``: every one, to check a draft)."""
 
     seq_id: int
     tokens: tuple[int, ...]
     pos0: int
     logits: bool
+    all_logits: bool = False
 
 
 class SequenceBackend(Protocol):
@@ -291,6 +300,11 @@ class EngineStats:
     ram_cache_restores: int
     max_batch_sequences: int
     """The most sequences one decode step has held (above 1: requests were batched)."""
+    draft_steps: int = 0
+    """Decode steps that checked a prompt-lookup draft."""
+    drafted_tokens: int = 0
+    draft_tokens_accepted: int = 0
+    """Drafted tokens the model agreed with (each saved one decode step)."""
 
 
 class BatchEngine:
@@ -299,7 +313,8 @@ class BatchEngine:
     ``submit`` is thread-safe and returns at once; the request's events arrive as the
     engine produces them. ``n_ctx_seq`` is each sequence's context; ``cache_bytes`` bounds
     the RAM prompt cache (0: none); sequences shorter than ``min_cache_tokens`` are not
-    worth saving.
+    worth saving. ``max_draft`` (0: never) is the longest prompt-lookup draft checked for
+    a request that allows drafting, while it is the only one decoding.
     """
 
     def __init__(
@@ -311,10 +326,15 @@ class BatchEngine:
         n_ctx_seq: int,
         cache_bytes: int = 0,
         min_cache_tokens: int = 32,
+        max_draft: int = 0,
         name: str = "model",
     ) -> None:
         if slots < 1 or n_batch < 1:
             raise ValueError("slots and n_batch must be at least 1")
+        self._max_draft = max(0, min(max_draft, n_batch - 1))
+        self._draft_steps = 0
+        self._drafted = 0
+        self._accepted = 0
         self._backend = backend
         self._slots = [_Slot(seq_id=i) for i in range(slots)]
         self._n_batch = n_batch
@@ -360,6 +380,9 @@ class BatchEngine:
                 ram_cache_bytes=self._cache.bytes,
                 ram_cache_restores=self._restores,
                 max_batch_sequences=self._max_batch,
+                draft_steps=self._draft_steps,
+                drafted_tokens=self._drafted,
+                draft_tokens_accepted=self._accepted,
             )
 
     def close(self) -> None:
@@ -453,6 +476,10 @@ class BatchEngine:
                 self._finish(slot, "stop")
 
     def _step(self) -> None:
+        drafting = self._draft_candidate()
+        if drafting is not None:
+            self._draft_step(*drafting)
+            return
         items: list[tuple[_Slot, BatchItem]] = []
         budget = self._n_batch
         for slot in self._slots:  # one token for every generating slot first
@@ -488,14 +515,68 @@ class BatchEngine:
             if item.logits:
                 self._sampled(slot, position - 1)
 
-    def _sampled(self, slot: _Slot, index: int) -> None:
+    def _draft_candidate(self) -> tuple[_Slot, tuple[int, ...]] | None:
+        """The slot and its draft when one greedy generation decodes alone (with several
+        in flight, their batch already keeps the cores busy)."""
+        if self._max_draft <= 0:
+            return None
+        busy = [s for s in self._slots if s.request is not None]
+        if len(busy) != 1:
+            return None
+        slot = busy[0]
+        request = slot.request
+        if request is None or slot.next_token is None or slot.pending or not request.params.draft:
+            return None
+        room = min(
+            self._max_draft,
+            request.params.max_tokens - slot.generated - 1,  # the last one is the model's own
+            self._n_ctx_seq - len(slot.tokens) - 1,
+        )
+        if room <= 0:
+            return None
+        draft = propose_draft([*slot.tokens, slot.next_token], room)
+        return (slot, draft) if draft else None
+
+    def _draft_step(self, slot: _Slot, draft: tuple[int, ...]) -> None:
+        """Evaluate the sampled token and the draft in one batch, then sample each position
+        in turn while the sampled token is the drafted one: every token sampled is the
+        one decoding token by token would have sampled from these logits. The KV cells of
+        the rejected rest are removed."""
+        assert slot.next_token is not None
+        tokens = (slot.next_token, *draft)
+        item = BatchItem(slot.seq_id, tokens, len(slot.tokens), True, all_logits=True)
+        try:
+            self._backend.decode([item])
+        except Exception as e:
+            self._backend.truncate(slot.seq_id, 0)
+            slot.tokens = []
+            self._finish(slot, None, error=e)
+            return
+        self._max_batch = max(self._max_batch, 1)
+        accepted = 0
+        slot.tokens.append(tokens[0])
+        for index in range(len(tokens)):
+            token = self._sampled(slot, index)
+            if token is None or index == len(draft) or token != draft[index]:
+                break
+            slot.tokens.append(token)
+            accepted += 1
+        self._backend.truncate(slot.seq_id, len(slot.tokens))
+        with self._cond:
+            self._draft_steps += 1
+            self._drafted += len(draft)
+            self._accepted += accepted
+
+    def _sampled(self, slot: _Slot, index: int) -> int | None:
+        """Sample the token after the one at ``index`` of the last batch and pass it on;
+        the token if the generation goes on, None if it finished."""
         request = slot.request
         assert request is not None and slot.scanner is not None
         params = request.params
         got = self._backend.sample(slot.seq_id, index, params.logprobs)
         if self._backend.is_end(got.token):
             self._finish(slot, "stop", flush=True)
-            return
+            return None
         slot.generated += 1
         decoded = slot.decoder.decode(self._backend.token_bytes(got.token))
         logprobs = () if got.logprob is None else (replace(got.logprob, offset=slot.chars),)
@@ -503,14 +584,15 @@ class BatchEngine:
         text, stopped = slot.scanner.feed(decoded)
         if stopped:
             self._finish(slot, "stop", text=text, logprobs=logprobs)
-            return
+            return None
         full = len(slot.tokens) >= self._n_ctx_seq  # no position left for this token
         if slot.generated >= params.max_tokens or full:
             self._finish(slot, "length", text=text, logprobs=logprobs, flush=True)
-            return
+            return None
         slot.next_token = got.token
         if text or logprobs:
             request.emit(Event(text, logprobs))
+        return got.token
 
     def _finish(
         self,

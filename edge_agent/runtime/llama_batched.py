@@ -173,11 +173,12 @@ class LlamaSequences:
                 batch.pos[n] = item.pos0 + j
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = item.seq_id
-                batch.logits[n] = 1 if item.logits and j == last else 0
+                batch.logits[n] = 1 if item.logits and (j == last or item.all_logits) else 0
                 n += 1
         batch.n_tokens = n
-        # llama.cpp reads a batch of more than one token with n_threads_batch; a step that
-        # only decodes (one token per sequence) keeps the decode threads, as one stream does
+        # llama.cpp reads a batch of more than one token with n_threads_batch (a checked
+        # draft too: its tokens' matrix work is a prompt's); a step that only decodes (one
+        # token per sequence) keeps the decode threads, as one stream does
         threads = self._threads if all(len(i.tokens) == 1 for i in items) else self._batch_threads
         if threads != self._current_threads:
             llama_cpp.llama_set_n_threads(self._ctx.ctx, self._threads, threads)
@@ -276,6 +277,7 @@ class BatchedLlama(_GuardedLlama):
             n_batch=options.n_batch,
             n_ctx_seq=self._n_ctx_seq,
             cache_bytes=options.prompt_cache_mb << 20,
+            max_draft=options.prompt_lookup_draft,
             name=str(kwargs.get("model_path", "model")),
         )
 
@@ -339,7 +341,10 @@ class BatchedLlama(_GuardedLlama):
         so a grammar that does not parse fails before anything is queued."""
         spec = replace(spec, penalty_last_n=self.last_n_tokens_size)
         sampler = build_sampler(spec, self._model, self.sequences.n_vocab)
-        params = GenerationParams(max_tokens, stop, logprobs, sampler)
+        # greedy without a grammar: the token sampled at a position depends on its logits
+        # and the tokens before it only, so a checked draft samples what decoding would
+        draft = spec.temperature == 0 and spec.grammar is None
+        params = GenerationParams(max_tokens, stop, logprobs, sampler, draft=draft)
         return self.engine.submit(tokens, params)
 
     def engine_stats(self) -> EngineStats:

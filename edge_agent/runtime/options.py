@@ -27,6 +27,7 @@ class ModelOverrides(BaseModel):
     n_batch: int | None = Field(default=None, ge=8, le=1 << 16)
     n_parallel: int | None = Field(default=None, ge=1, le=64)
     prompt_cache_mb: int | None = Field(default=None, ge=0, le=1 << 20)
+    prompt_lookup: bool | None = None
     chat_format: str | None = Field(default=None, min_length=1, max_length=64)
     chat_template: str | None = Field(default=None, min_length=1, max_length=100_000)
     pooling: Literal["model", "mean", "cls", "last", "none"] | None = None
@@ -79,6 +80,7 @@ def resolve_options(
     cores = cpu_count if cpu_count is not None else os.cpu_count()
     threads = default_threads(settings, cores)
     n_ctx = overrides.n_ctx or settings.n_ctx
+    lookup = settings.prompt_lookup if overrides.prompt_lookup is None else overrides.prompt_lookup
     return ModelOptions(
         n_ctx=n_ctx,
         n_threads=overrides.n_threads or threads,
@@ -90,6 +92,7 @@ def resolve_options(
             if overrides.prompt_cache_mb is None
             else overrides.prompt_cache_mb
         ),
+        prompt_lookup_draft=settings.prompt_lookup_draft if lookup else 0,
         chat_format=overrides.chat_format,
         chat_template=overrides.chat_template,
         pooling=overrides.pooling or "model",
