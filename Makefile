@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/serving_llm.py
 	$(PY) benchmarks/ollama_api.py
 	$(PY) benchmarks/serving_structured.py
+	$(PY) benchmarks/prompt_lookup.py
 	$(PY) benchmarks/agent_install.py
 	$(PY) benchmarks/vision.py
 	$(PY) benchmarks/rag_retrieval.py
