@@ -1,0 +1,1 @@
+"""The second real-document pack: held-out only (no tuning split; nobody tunes on it)."""

@@ -1,0 +1,101 @@
+"""The second real-document pack (evals/realdocs/pack2) is well formed: held-out only, with
+enough questions, gold quotes that are really in the documents as RAG normalizes them,
+answers inside their quotes, and a license recorded for every document. No model runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge_agent.rag.loaders import load_document
+from edge_agent.rag.text import normalize_text
+from evals.realdocs.pack2.extract import SOURCES
+
+PACK2 = Path(__file__).resolve().parents[2] / "evals" / "realdocs" / "pack2"
+README = PACK2.parent / "README.md"
+PACK1_ANSWERABLE = {"id", "split", "question", "gold", "answer"}
+PACK1_UNANSWERABLE = {"id", "split", "question", "gold", "near"}
+
+
+def _squash(text: str) -> str:
+    # the harness matches quotes ignoring differences in whitespace (evals.rag.runner)
+    return " ".join(text.split())
+
+
+@pytest.fixture(scope="module")
+def questions() -> list[dict[str, Any]]:
+    pack: dict[str, Any] = json.loads((PACK2 / "questions.json").read_text(encoding="utf-8"))
+    return list(pack["questions"])
+
+
+@pytest.fixture(scope="module")
+def documents() -> dict[str, str]:
+    """Every document of the pack as the index stores it: loaded, then normalized."""
+    return {
+        path.name: normalize_text(load_document(path.read_bytes(), name=path.name).text)
+        for path in sorted((PACK2 / "docs").iterdir())
+    }
+
+
+def test_every_question_is_heldout(questions: list[dict[str, Any]]) -> None:
+    assert {q["split"] for q in questions} == {"heldout"}
+
+
+def test_the_pack_has_enough_questions(questions: list[dict[str, Any]]) -> None:
+    answerable = [q for q in questions if q["gold"]]
+    assert len(answerable) >= 45
+    assert len(questions) - len(answerable) >= 15
+
+
+def test_questions_have_pack_1s_fields_and_unique_ids(questions: list[dict[str, Any]]) -> None:
+    for q in questions:
+        assert set(q) == (PACK1_ANSWERABLE if q["gold"] else PACK1_UNANSWERABLE), q["id"]
+    assert [i for i, n in Counter(q["id"] for q in questions).items() if n > 1] == []
+
+
+def test_every_gold_quote_is_in_its_normalized_document(
+    questions: list[dict[str, Any]], documents: dict[str, str]
+) -> None:
+    squashed = {name: _squash(text) for name, text in documents.items()}
+    missing = [
+        (q["id"], g["document"])
+        for q in questions
+        for g in q["gold"]
+        if _squash(g["quote"]) not in squashed.get(g["document"], "")
+    ]
+    assert missing == []
+
+
+def test_every_answer_is_inside_its_quote(questions: list[dict[str, Any]]) -> None:
+    outside = [
+        q["id"]
+        for q in questions
+        if q["gold"] and not any(q["answer"] in g["quote"] for g in q["gold"])
+    ]
+    assert outside == []
+
+
+def test_questions_cover_every_document(
+    questions: list[dict[str, Any]], documents: dict[str, str]
+) -> None:
+    answered = Counter(g["document"] for q in questions for g in q["gold"])
+    near = Counter(q["near"] for q in questions if not q["gold"])
+    assert {name: answered[name] >= 5 and near[name] >= 2 for name in documents} == dict.fromkeys(
+        documents, True
+    )
+    assert set(near) <= set(documents)
+
+
+def test_every_document_is_pinned_and_has_a_license_row(documents: dict[str, str]) -> None:
+    assert sorted(s.out for s in SOURCES) == sorted(documents)
+    section = README.read_text(encoding="utf-8").split("## Pack 2 (held-out only)", 1)[1]
+    licenses = {}
+    for row in re.findall(r"^\| `([^`]+)` \|(.+)\|\s*$", section, re.MULTILINE):
+        licenses[row[0]] = row[1].split("|")[-1].strip()
+    assert {name: bool(licenses.get(name)) for name in documents} == dict.fromkeys(documents, True)
