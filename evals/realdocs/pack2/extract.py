@@ -22,6 +22,7 @@ DOCS = Path(__file__).resolve().parent / "docs"
 SOURCES = (
     Source("tar.1.txt", "man", "1 tar", "tar", "1.34+dfsg-1.2+deb12u1"),
     Source("find.1.txt", "man", "1 find", "findutils", "4.9.0-4"),
+    Source("xargs.1.txt", "man", "1 xargs", "findutils", "4.9.0-4"),
     Source("git-stash.1.txt", "man", "1 git-stash", "git-man", "1:2.39.5-0+deb12u3"),
     Source(
         "git-subtree.txt",
