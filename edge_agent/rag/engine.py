@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -42,7 +42,13 @@ from edge_agent.rag.index import (
     Vector,
 )
 from edge_agent.rag.loaders import load_document
-from edge_agent.rag.rerank import Candidate, RerankWeights, rerank
+from edge_agent.rag.rerank import (
+    Candidate,
+    RerankWeights,
+    TokenVectors,
+    late_interaction,
+    rerank,
+)
 from edge_agent.rag.text import normalize_text, question_terms, term_coverage, token_spans
 
 __all__ = [
@@ -52,11 +58,12 @@ __all__ = [
     "IngestOutcome",
     "RagEngine",
     "RetrievalSettings",
+    "TokenEmbeddingModel",
 ]
 
 IngestStatus = Literal["added", "replaced", "unchanged", "duplicate", "near_duplicate"]
-RetrievalMode = Literal["bm25", "dense", "hybrid", "rerank"]
-RETRIEVAL_MODES: tuple[RetrievalMode, ...] = ("bm25", "dense", "hybrid", "rerank")
+RetrievalMode = Literal["bm25", "dense", "hybrid", "rerank", "late"]
+RETRIEVAL_MODES: tuple[RetrievalMode, ...] = ("bm25", "dense", "hybrid", "rerank", "late")
 
 
 class EmbeddingModel(Protocol):
@@ -66,6 +73,13 @@ class EmbeddingModel(Protocol):
     def identity(self) -> EmbeddingIdentity: ...
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@runtime_checkable
+class TokenEmbeddingModel(Protocol):
+    """An embedding model that can also return per-token vectors (the ``late`` mode)."""
+
+    def embed_tokens(self, texts: Sequence[str]) -> list[TokenVectors]: ...
 
 
 class ChatModel(Protocol):
@@ -85,10 +99,13 @@ class RetrievalSettings:
     near_duplicate_jaccard: float = 0.85
     embed_batch: int = 16
     # "bm25" and "dense" are the single retrievers (for comparison); "hybrid" fuses them by
-    # reciprocal rank; "rerank" re-scores the first ``rerank_candidates`` fused chunks.
+    # reciprocal rank; "rerank" re-scores the first ``rerank_candidates`` fused chunks;
+    # "late" does the same with ``late_weights``, which add the MaxSim of token vectors
+    # computed at query time (an embedder without ``embed_tokens`` reranks without it).
     mode: RetrievalMode = "rerank"
     rerank_candidates: int = 20
     rerank_weights: RerankWeights = field(default_factory=RerankWeights)
+    late_weights: RerankWeights = field(default_factory=lambda: RerankWeights(late=1.0))
 
 
 @dataclass(frozen=True)
@@ -110,6 +127,7 @@ class Answer:
 
 
 _SENTENCE_CACHE_SIZE = 4096
+_TOKEN_CACHE_SIZE = 1024  # chunks' token vectors, float16: ~60 KB each for ~80 tokens
 
 
 def _clip_tokens(text: str, max_tokens: int) -> str:
@@ -144,6 +162,7 @@ class RagEngine:
         self._write_lock = threading.Lock()
         self._sentence_vectors: OrderedDict[str, Vector] = OrderedDict()
         self._cache_lock = threading.Lock()
+        self._token_vectors: OrderedDict[str, TokenVectors] = OrderedDict()
 
     # --- embedding ----------------------------------------------------------------------
 
@@ -177,6 +196,28 @@ class RagEngine:
             while len(self._sentence_vectors) > _SENTENCE_CACHE_SIZE:
                 self._sentence_vectors.popitem(last=False)
             return np.stack([self._sentence_vectors[t] for t in texts])
+
+    def _tokens_cached(
+        self, model: TokenEmbeddingModel, texts: Sequence[str]
+    ) -> list[TokenVectors]:
+        """Token vectors of chunk texts through a bounded LRU cache (float16 rows)."""
+        with self._cache_lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._token_vectors))
+        step = self.settings.embed_batch
+        fresh = [
+            tv
+            for i in range(0, len(missing), step)
+            for tv in model.embed_tokens(missing[i : i + step])
+        ]
+        with self._cache_lock:
+            for text, tv in zip(missing, fresh, strict=True):
+                self._token_vectors[text] = TokenVectors(tv.words, tv.vectors.astype(np.float16))
+            for text in texts:
+                self._token_vectors.move_to_end(text)
+            got = [self._token_vectors[t] for t in texts]
+            while len(self._token_vectors) > _TOKEN_CACHE_SIZE:
+                self._token_vectors.popitem(last=False)
+        return [TokenVectors(tv.words, tv.vectors.astype(np.float32)) for tv in got]
 
     # --- ingest -------------------------------------------------------------------------
 
@@ -307,10 +348,12 @@ class RagEngine:
         )
         similarity = dict(vector)
         vector_ids = [i for i, _ in vector]
-        if s.mode == "rerank":
+        if s.mode in ("rerank", "late"):
             pool = self._rank("hybrid", lexical, vector_ids, max(k, s.rerank_candidates))
             stored = self.index.chunks(pool)
-            ids = self._rerank(query_vector, terms, stored, pool, similarity)[:k]
+            weights = s.late_weights if s.mode == "late" else s.rerank_weights
+            ids = self._rerank(question, query_vector, terms, stored, pool, similarity, weights)
+            ids = ids[:k]
         else:
             ids = self._rank(s.mode, lexical, vector_ids, k)
             stored = self.index.chunks(ids)
@@ -344,28 +387,35 @@ class RagEngine:
 
     def _rerank(
         self,
+        question: str,
         query: Vector,
         terms: Sequence[str],
         stored: Mapping[int, StoredChunk],
         ids: list[int],
         similarity: dict[int, float],
+        weights: RerankWeights,
     ) -> list[int]:
         """Re-score the fused candidates ``ids`` (:mod:`.rerank`)."""
         similarity.update(self.index.similarities(query, [i for i in ids if i not in similarity]))
-        weights = self.settings.rerank_weights
         sentences = self.index.sentence_vectors(ids) if weights.sentence else {}
+        present = [i for i in ids if i in stored]
+        texts = [with_context(stored[i].as_chunk(), stored[i].title) for i in present]
+        late = [0.0] * len(present)
+        model = self.embedder
+        if weights.late and present and isinstance(model, TokenEmbeddingModel):
+            clipped = _clip_tokens(normalize_text(question), self.settings.max_query_tokens)
+            (asked,) = model.embed_tokens([clipped])
+            late = late_interaction(asked, terms, self._tokens_cached(model, texts))
         candidates = []
-        for i in ids:
-            if i not in stored:
-                continue
+        for n, (i, text) in enumerate(zip(present, texts, strict=True)):
             sv = sentences.get(i)
             best = (
                 float((sv.vectors @ query).max())
                 if sv is not None and len(sv.spans)
                 else similarity[i]
             )
-            text = with_context(stored[i].as_chunk(), stored[i].title)
-            candidates.append(Candidate(i, similarity[i], best, term_coverage(terms, text)))
+            coverage = term_coverage(terms, text)
+            candidates.append(Candidate(i, similarity[i], best, coverage, late[n]))
         return rerank(candidates, weights)
 
     # --- answers ------------------------------------------------------------------------

@@ -4,6 +4,7 @@ inside the agent the runtime's model registry provides these instead).
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 
 from edge_agent.errors import ConfigError, ContextOverflowError
 from edge_agent.rag.index import EmbeddingIdentity
+from edge_agent.rag.rerank import TokenVectors
 from edge_agent.store import sha256_file
 
 __all__ = ["LlamaChat", "LlamaEmbedder"]
@@ -32,7 +34,10 @@ def _llama(path: Path, **kwargs: Any) -> Any:
 
 
 class LlamaEmbedder:
-    """A GGUF sentence-embedding model (e.g. the converted all-MiniLM-L6-v2)."""
+    """A GGUF sentence-embedding model (e.g. the converted all-MiniLM-L6-v2). It also gives
+    per-token output vectors (:meth:`embed_tokens`, for the ``late`` rerank mode) from a
+    second context without pooling, created on first use.
+    """
 
     def __init__(
         self,
@@ -46,6 +51,10 @@ class LlamaEmbedder:
             path, embedding=True, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, n_threads=n_threads
         )
         self._lock = threading.Lock()
+        self._path = path
+        self._n_ctx = n_ctx
+        self._n_threads = n_threads
+        self._tokens: Any = None
         self._identity = EmbeddingIdentity(
             name=path.name,
             sha256=sha256 or sha256_file(path),
@@ -61,8 +70,68 @@ class LlamaEmbedder:
             vectors = self._llm.embed(list(texts), normalize=True, truncate=True)
         return [list(map(float, v)) for v in vectors]
 
+    def embed_tokens(self, texts: Sequence[str]) -> list[TokenVectors]:
+        """Each text's token vectors (unnormalized, one per model token, cut at the
+        context size) with the word each token belongs to ("" for special tokens).
+        """
+        import llama_cpp
+        import numpy as np
+
+        with self._lock:
+            if self._tokens is None:
+                n = self._n_ctx
+                self._tokens = _llama(
+                    self._path,
+                    embedding=True,
+                    n_ctx=n,
+                    n_batch=n,
+                    n_ubatch=n,
+                    n_threads=self._n_threads,
+                    pooling_type=llama_cpp.LLAMA_POOLING_TYPE_NONE,
+                )
+            llm = self._tokens
+            # one text per call: llama-cpp-python 0.3.36 reads the per-token outputs of the
+            # second and later texts of a batch at the wrong offset (seen here)
+            outputs = [llm.embed([text], truncate=True)[0] for text in texts]
+            pieces = [
+                [llm._model.token_get_text(t) for t in llm.tokenize(text.encode("utf-8"))]
+                for text in texts
+            ]
+        result = []
+        for rows, names in zip(outputs, pieces, strict=True):
+            vectors = np.asarray(rows, dtype=np.float32).reshape(len(rows), -1)
+            result.append(TokenVectors(_words(names[: len(vectors)]), vectors))
+        return result
+
     def close(self) -> None:
         self._llm.close()
+        if self._tokens is not None:
+            self._tokens.close()
+
+
+_SPECIAL = re.compile(r"\[[A-Z]+\]")  # BERT's [CLS], [SEP], [PAD], ...
+
+
+def _words(pieces: Sequence[str]) -> tuple[str, ...]:
+    """The word of each WordPiece token: a piece that starts with the vocabulary's word
+    marker begins a word, the others continue it; special tokens belong to none.
+    """
+    spans: list[list[int]] = []
+    words: list[str] = []
+    for n, piece in enumerate(pieces):
+        if _SPECIAL.fullmatch(piece):
+            continue
+        if piece.startswith("\u2581") or not words:
+            words.append(piece.removeprefix("\u2581"))
+            spans.append([n])
+        else:
+            words[-1] += piece
+            spans[-1].append(n)
+    out = [""] * len(pieces)
+    for word, members in zip(words, spans, strict=True):
+        for n in members:
+            out[n] = word.casefold()
+    return tuple(out)
 
 
 class LlamaChat:

@@ -1,11 +1,13 @@
 """Replay the tuning split's retrieval offline to compare second-stage variants.
 
-    python -m evals.realdocs.replay --index FILE
+    python -m evals.realdocs.replay --index FILE [--late]
 
 Each tuning question is asked once (question embedding, BM25 list, cosine with every
 chunk and every stored sentence); the variants of fusion and rerank in docs/rag.md
 ("Second tuning round") are then scored from those lists without asking again. Only the
-tuning split: the held-out split is not what variants are chosen on.
+tuning split: the held-out split is not what variants are chosen on. ``--late`` also
+computes every chunk's token vectors once (minutes) and scores the late-interaction
+variants of the third round.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from edge_agent.rag import RagIndex
 from edge_agent.rag.chunking import with_context
 from edge_agent.rag.engine import EmbeddingModel
 from edge_agent.rag.fusion import reciprocal_rank_fusion
+from edge_agent.rag.rerank import TokenVectors, late_interaction
 from edge_agent.rag.text import normalize_text, question_terms, term_coverage, token_spans
 from evals.rag.runner import occurrences
 from evals.realdocs.harness import QUESTIONS
@@ -39,6 +42,8 @@ class Asked:
     coverage: Floats
     lexical: list[int]
     gold: list[set[int]]  # per gold passage: the chunk positions that cover it
+    terms: tuple[str, ...] = ()
+    question: str = ""
 
 
 def ask_all(index: RagIndex, embedder: EmbeddingModel) -> list[Asked]:
@@ -87,9 +92,39 @@ def ask_all(index: RagIndex, embedder: EmbeddingModel) -> list[Asked]:
                 coverage=np.array([term_coverage(terms, t) for t in texts]),
                 lexical=[position[i] for i in index.lexical_search(terms, 200)],
                 gold=gold,
+                terms=tuple(terms),
+                question=clipped,
             )
         )
     return asked
+
+
+def chunk_tokens(
+    index: RagIndex, embed_tokens: Callable[[list[str]], list[TokenVectors]]
+) -> list[TokenVectors]:
+    """Every chunk's token vectors (title and heading included), by chunk position."""
+    everything = index.exact_vector_search(np.zeros(index.identity.dimension, np.float32), 10**9)
+    ids = sorted(i for i, _ in everything)
+    stored = index.chunks(ids)
+    return embed_tokens([with_context(stored[i].as_chunk(), stored[i].title) for i in ids])
+
+
+def late_reranked(
+    pool: int,
+    late: float,
+    chunks: list[TokenVectors],
+    questions: dict[str, TokenVectors],
+    terms: float = 0.3,
+) -> Ranker:
+    """The ``late`` mode: the first ``pool`` fused, cosine + terms + late x MaxSim."""
+
+    def rank(a: Asked) -> list[int]:
+        fused = hybrid(a)[:pool]
+        li = late_interaction(questions[a.question], a.terms, [chunks[i] for i in fused])
+        score = [a.cosine[i] + terms * a.coverage[i] + late * li[n] for n, i in enumerate(fused)]
+        return [fused[j] for j in np.argsort(-np.array(score), kind="stable")]
+
+    return rank
 
 
 Ranker = Callable[[Asked], list[int]]
@@ -141,14 +176,33 @@ VARIANTS: dict[str, Ranker] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.realdocs.replay", description=__doc__)
     parser.add_argument("--index", type=Path, required=True, help="an index of docs/")
+    parser.add_argument("--late", action="store_true", help="also the late-interaction rows")
     args = parser.parse_args(argv)
     from converters.minilm_gguf import cached_gguf
     from edge_agent.rag.llama import LlamaEmbedder
 
     embedder = LlamaEmbedder(cached_gguf())
+    variants = dict(VARIANTS)
     with RagIndex.open(args.index, embedder.identity) as index:
         asked = ask_all(index, embedder)
-    for name, rank in VARIANTS.items():
+        if args.late:
+            chunks = chunk_tokens(index, embedder.embed_tokens)
+            questions = dict(
+                zip(
+                    [a.question for a in asked],
+                    embedder.embed_tokens([a.question for a in asked]),
+                    strict=True,
+                )
+            )
+            for pool in (10, 20):
+                for w in (0.5, 1.0, 1.5):
+                    variants[f"late first {pool}, terms 0.3, late {w}"] = late_reranked(
+                        pool, w, chunks, questions
+                    )
+                variants[f"late first {pool}, no terms, late 1.0"] = late_reranked(
+                    pool, 1.0, chunks, questions, 0.0
+                )
+    for name, rank in variants.items():
         print(f"{name:34} {json.dumps(scores(asked, rank))}")
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -12,6 +13,9 @@ from edge_agent.errors import BadRequestError, StoreError
 from edge_agent.rag import EmbeddingIdentity, RagEngine, RagIndex
 
 from .test_text_chunking import MANY_SCRIPTS
+
+if TYPE_CHECKING:
+    from edge_agent.rag.llama import LlamaEmbedder
 
 pytestmark = pytest.mark.slow
 
@@ -188,3 +192,53 @@ def test_the_reranker_orders_the_fused_candidates_by_its_score(handbook: RagEngi
         question, k=20
     )
     assert [s.chunk_id for s in by_terms] != [s.chunk_id for s in reranked]
+
+
+def test_token_vectors_pool_to_the_sentence_embedding_and_name_their_words(
+    embedder: LlamaEmbedder,
+) -> None:
+    question = "How do I make grep ignore case?"
+    other = "Log files are rotated count times before being removed."
+    [alone] = embedder.embed_tokens([question])
+    assert alone.words[0] == alone.words[-1] == ""  # [CLS] and [SEP]
+    assert alone.words.count("grep") == 2  # "gr" + "ep"
+    assert {"ignore", "case"} <= set(alone.words)
+    pooled = alone.vectors.mean(axis=0)
+    sentence = np.asarray(embedder.embed([question])[0])
+    assert float(pooled @ sentence / np.linalg.norm(pooled)) == pytest.approx(1.0, abs=1e-4)
+    _, second = embedder.embed_tokens([other, question])  # a text's vectors do not
+    assert np.allclose(second.vectors, alone.vectors, atol=1e-4)  # depend on its batch
+
+
+def test_the_late_mode_reranks_the_same_candidates_with_token_vectors(
+    handbook: RagEngine,
+) -> None:
+    import dataclasses
+
+    from edge_agent.rag import RetrievalSettings
+    from edge_agent.rag.rerank import RerankWeights
+
+    question = "How long does the Pika tag battery last?"
+    rerank = handbook.retrieve(question, k=20)
+    late_only = RetrievalSettings(mode="late", late_weights=RerankWeights(0.0, 0.0, 0.0, 1.0))
+    late = RagEngine(handbook.index, handbook.embedder, settings=late_only)
+    by_tokens = late.retrieve(question, k=20)
+    assert {s.chunk_id for s in by_tokens} == {s.chunk_id for s in rerank}
+    assert by_tokens[0].document == "pika-sensor-tags.md"
+    assert [s.chunk_id for s in by_tokens] != [s.chunk_id for s in rerank]
+
+    class PooledOnly:  # an embedder without per-token output: the late feature is left out
+        identity = handbook.embedder.identity
+        embed = handbook.embedder.embed
+
+    fallback = RagEngine(
+        handbook.index, PooledOnly(), settings=dataclasses.replace(late_only, mode="late")
+    )
+    assert [s.chunk_id for s in fallback.retrieve(question, k=20)] == [
+        s.chunk_id
+        for s in RagEngine(
+            handbook.index,
+            handbook.embedder,
+            settings=RetrievalSettings(rerank_weights=RerankWeights(0.0, 0.0, 0.0)),
+        ).retrieve(question, k=20)
+    ]

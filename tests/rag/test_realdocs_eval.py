@@ -24,6 +24,7 @@ from evals.realdocs.harness import (
 )
 
 if TYPE_CHECKING:
+    from edge_agent.rag.engine import RetrievalMode
     from edge_agent.rag.llama import LlamaEmbedder
 
 pytestmark = pytest.mark.slow
@@ -40,7 +41,9 @@ def heldout_report(
     path = tmp_path_factory.mktemp("realdocs") / "realdocs.sqlite"
     shutil.copy(built, path)
     with RagIndex.open(path, embedder.identity) as index:
-        return evaluate(index, embedder, splits=("heldout",))
+        # the gate reads the shipped retriever and the two single ones only
+        modes: tuple[RetrievalMode, ...] = tuple(dict.fromkeys(("bm25", "dense", SHIPPED)))
+        return evaluate(index, embedder, splits=("heldout",), modes=modes)
 
 
 def test_heldout_quality_keeps_the_baseline(heldout_report: dict[str, Any]) -> None:
@@ -53,7 +56,9 @@ def test_heldout_quality_keeps_the_baseline(heldout_report: dict[str, Any]) -> N
     reason="issue 14, open: on the held-out split dense-only reaches recall@5 0.87 / MRR 0.65"
     " and the shipped rerank 0.80 / 0.61 (it beats BM25-only and hybrid, and beat dense-only"
     " on the tuning split, 0.70 vs 0.57); a second tuning round found no variant that differs"
-    " by more than two tuning questions (docs/rag.md)",
+    " by more than two tuning questions, and the third (late interaction over MiniLM's token"
+    " vectors, mode 'late': 0.73 / 0.53 on tuning) reached 0.80 / 0.64 on held-out, still"
+    " below dense-only, at ~16x the answer latency, so it is not shipped (docs/rag.md)",
 )
 def test_heldout_shipped_retriever_beats_bm25_and_dense_alone(
     heldout_report: dict[str, Any],
