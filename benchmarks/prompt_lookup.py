@@ -1,10 +1,14 @@
 """Prompt-lookup decoding on the batched engine: drafting on vs off, side by side in one run
 (issue 13 item 8).
 
-Same GGUF model (SmolLM2-135M-Instruct Q4_1), loaded twice in this process as the agent
-loads it (``BatchedTextGenerator``, the agent's default threads): one engine drafts (up to
-``--draft`` tokens per step), the other does not. Every prompt is sent to both, one request
-at a time, in an order that alternates every round, temperature 0, ``--max-tokens`` each.
+Same GGUF model (SmolLM2-135M-Instruct Q4_1), loaded several times in this process as the
+agent loads it (``BatchedTextGenerator``, the agent's default threads): one engine per
+longest draft in ``--draft`` (``draft_<n>``), and one that does not draft (``off``). Every
+prompt is sent to each, one request at a time, the engine that goes first rotating from
+prompt to prompt, temperature 0, ``--max-tokens`` each; every round repeats all prompts.
+``verify_batch_ms_p50_by_tokens`` is what one decode batch of k tokens with logits at
+every position costs (a draft of k-1 tokens): drafting pays only where it grows slower
+than k.
 
 Cases:
 
@@ -19,7 +23,7 @@ model accepted, and the share of requests whose output is identical to plain dec
 (where not, how many tokens in the outputs part). JSON to
 ``benchmarks/results/prompt_lookup.json``; docs/local-api.md quotes it.
 
-    .venv/bin/python benchmarks/prompt_lookup.py [--rounds 3] [--max-tokens 128] [--draft 8]
+    .venv/bin/python benchmarks/prompt_lookup.py [--rounds 2] [--max-tokens 128] [--draft 1,2]
 """
 
 from __future__ import annotations
@@ -373,10 +377,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument(
-        "--draft", default="2,4,8", help="longest draft per step; a list: one engine each"
+        "--draft", default="1,2", help="longest draft per step; a list: one engine each"
     )
     parser.add_argument("--threads", type=int, default=0, help="decode threads (0: agent's)")
     parser.add_argument("--model", type=Path, default=None)
