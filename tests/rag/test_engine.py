@@ -216,7 +216,10 @@ def test_the_late_mode_reranks_the_same_candidates_with_token_vectors(
     import dataclasses
 
     from edge_agent.rag import RetrievalSettings
-    from edge_agent.rag.rerank import RerankWeights
+    from edge_agent.rag.chunking import with_context
+    from edge_agent.rag.engine import TokenEmbeddingModel
+    from edge_agent.rag.rerank import RerankWeights, late_interaction
+    from edge_agent.rag.text import question_terms
 
     question = "How long does the Pika tag battery last?"
     rerank = handbook.retrieve(question, k=20)
@@ -226,6 +229,19 @@ def test_the_late_mode_reranks_the_same_candidates_with_token_vectors(
     assert {s.chunk_id for s in by_tokens} == {s.chunk_id for s in rerank}
     assert by_tokens[0].document == "pika-sensor-tags.md"
     assert [s.chunk_id for s in by_tokens] != [s.chunk_id for s in rerank]
+    # the order is the MaxSim of the question's content tokens over each candidate's text
+    hybrid = RagEngine(
+        handbook.index, handbook.embedder, settings=RetrievalSettings(mode="hybrid")
+    ).retrieve(question, k=20)
+    stored = handbook.index.chunks([s.chunk_id for s in hybrid])
+    texts = [with_context(stored[s.chunk_id].as_chunk(), s.title) for s in hybrid]
+    model = handbook.embedder
+    assert isinstance(model, TokenEmbeddingModel)
+    maxsim = late_interaction(
+        model.embed_tokens([question])[0], question_terms(question), model.embed_tokens(texts)
+    )
+    expected = [hybrid[j].chunk_id for j in sorted(range(len(hybrid)), key=lambda j: -maxsim[j])]
+    assert [s.chunk_id for s in by_tokens][:5] == expected[:5]
 
     class PooledOnly:  # an embedder without per-token output: the late feature is left out
         identity = handbook.embedder.identity
