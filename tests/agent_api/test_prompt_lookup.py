@@ -217,3 +217,23 @@ def test_no_draft_while_another_sequence_decodes() -> None:
     assert text_b == run(list(reversed(PROMPT)), params, max_draft=0)[0]
     together = [b for b in backend.batches if len(b) == 2]
     assert together and not any(i.all_logits for b in together for i in b)
+
+
+# --- the setting ----------------------------------------------------------------------------
+
+
+def test_the_setting_and_a_release_override_turn_drafting_on_and_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edge_agent.runtime.options import resolve_options
+    from edge_agent.settings import AgentSettings
+
+    monkeypatch.delenv("OUTPOST_AGENT_PROMPT_LOOKUP", raising=False)
+    assert resolve_options(AgentSettings(), {}, "m").prompt_lookup_draft == 0  # off by default
+    monkeypatch.setenv("OUTPOST_AGENT_PROMPT_LOOKUP", "true")
+    on = AgentSettings()
+    assert resolve_options(on, {}, "m").prompt_lookup_draft == on.prompt_lookup_draft == 2
+    off_here = {"models": {"m": {"prompt_lookup": False}}}
+    assert resolve_options(on, off_here, "m").prompt_lookup_draft == 0
+    on_here = {"models": {"m": {"prompt_lookup": True}}}
+    assert resolve_options(AgentSettings(prompt_lookup=False), on_here, "m").prompt_lookup_draft
