@@ -552,7 +552,6 @@ class BatchEngine:
             slot.tokens = []
             self._finish(slot, None, error=e)
             return
-        self._max_batch = max(self._max_batch, 1)
         accepted = 0
         slot.tokens.append(tokens[0])
         for index in range(len(tokens)):
