@@ -305,6 +305,8 @@ class EngineStats:
     drafted_tokens: int = 0
     draft_tokens_accepted: int = 0
     """Drafted tokens the model agreed with (each saved one decode step)."""
+    tokens_generated: int = 0
+    """Tokens sampled for every request so far (end-of-generation tokens not counted)."""
 
 
 class BatchEngine:
@@ -348,6 +350,7 @@ class BatchEngine:
         self._prompt_tokens = 0
         self._evaluated = 0
         self._restores = 0
+        self._generated = 0
         self._max_batch = 0
         self._thread = threading.Thread(target=self._loop, name=f"batch-{name}", daemon=True)
         self._thread.start()
@@ -383,6 +386,7 @@ class BatchEngine:
                 draft_steps=self._draft_steps,
                 drafted_tokens=self._drafted,
                 draft_tokens_accepted=self._accepted,
+                tokens_generated=self._generated,
             )
 
     def close(self) -> None:
@@ -577,6 +581,7 @@ class BatchEngine:
             self._finish(slot, "stop", flush=True)
             return None
         slot.generated += 1
+        self._generated += 1
         decoded = slot.decoder.decode(self._backend.token_bytes(got.token))
         logprobs = () if got.logprob is None else (replace(got.logprob, offset=slot.chars),)
         slot.chars += len(decoded)

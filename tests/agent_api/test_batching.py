@@ -130,6 +130,7 @@ def test_concurrent_requests_match_one_at_a_time_and_share_batches() -> None:
             assert last.finish_reason == "length" and last.completion_tokens == 6
         assert max(len(b) for b in backend.batches) == 4  # decoded together
         assert eng.stats().max_batch_sequences == 4
+        assert eng.stats().tokens_generated == 4 * 6
         assert all(sum(len(i.tokens) for i in b) <= 16 for b in backend.batches)
     finally:
         eng.close()
