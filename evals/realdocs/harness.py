@@ -43,12 +43,33 @@ SPLITS = ("tune", "heldout")
 SHIPPED: RetrievalMode = RetrievalSettings().mode
 
 
-def build_index(path: Path, embedder: EmbeddingModel) -> RagIndex:
-    """A fresh index of ``DOCS`` in one transaction, as ``build-index`` makes it."""
+@dataclasses.dataclass(frozen=True)
+class Pack:
+    """Documents and the questions asked of them; each pack gets its own index."""
+
+    name: str
+    docs: Path
+    questions: Path
+    baseline: Path
+
+
+PACK1 = Pack("realdocs", DOCS, QUESTIONS, BASELINE)
+# all held-out: written after the first pack's tuning, never tuned on (README)
+PACK2 = Pack(
+    "realdocs-pack2",
+    PACK / "pack2" / "docs",
+    PACK / "pack2" / "questions.json",
+    PACK / "pack2" / "baseline.json",
+)
+PACKS = {"1": PACK1, "2": PACK2}
+
+
+def build_index(path: Path, embedder: EmbeddingModel, pack: Pack = PACK1) -> RagIndex:
+    """A fresh index of the pack's documents in one transaction, as ``build-index`` makes it."""
     index = RagIndex.create(path, embedder.identity)
     engine = RagEngine(index, embedder)
     with index.batch():
-        for result in engine.ingest_paths(sorted(DOCS.iterdir()), root=DOCS):
+        for result in engine.ingest_paths(sorted(pack.docs.iterdir()), root=pack.docs):
             if isinstance(result, Exception):
                 raise result
     return index
@@ -58,8 +79,8 @@ def build_index(path: Path, embedder: EmbeddingModel) -> RagIndex:
 _INGEST_MODULES = ("chunking", "dedupe", "engine", "grounding", "index", "loaders", "text")
 
 
-def index_key(identity_sha256: str) -> str:
-    """What an index of ``DOCS`` depends on: the documents, the modules that load, chunk,
+def index_key(identity_sha256: str, pack: Pack = PACK1) -> str:
+    """What an index of the pack depends on: the documents, the modules that load, chunk,
     embed and store them, and the embedding model. Equal keys mean equal indexes.
     """
     import hashlib
@@ -69,21 +90,21 @@ def index_key(identity_sha256: str) -> str:
     digest = hashlib.sha256(identity_sha256.encode())
     code = Path(edge_agent.rag.__file__).parent
     ingest = [code / f"{name}.py" for name in _INGEST_MODULES]
-    for path in [*sorted(DOCS.iterdir()), *ingest]:
+    for path in [*sorted(pack.docs.iterdir()), *ingest]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 
-def cached_index(cache_dir: Path, embedder: EmbeddingModel) -> Path:
-    """An index of ``DOCS`` in ``cache_dir``, built only when no index for the current
+def cached_index(cache_dir: Path, embedder: EmbeddingModel, pack: Pack = PACK1) -> Path:
+    """An index of the pack in ``cache_dir``, built only when no index for the current
     documents, code and model exists there yet (building takes minutes on 2 cores).
     """
-    path = cache_dir / f"realdocs-{index_key(embedder.identity.sha256)}.sqlite"
+    path = cache_dir / f"{pack.name}-{index_key(embedder.identity.sha256, pack)}.sqlite"
     if not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
         partial.unlink(missing_ok=True)
-        build_index(partial, embedder).close()
+        build_index(partial, embedder, pack).close()
         partial.replace(path)
     return path
 
@@ -114,10 +135,13 @@ def evaluate(
     splits: tuple[str, ...] = SPLITS,
     modes: tuple[RetrievalMode, ...] = RETRIEVAL_MODES,
     settings: RetrievalSettings | None = None,
+    pack: Pack = PACK1,
 ) -> dict[str, Any]:
-    """Every retriever on the same index and questions; metrics per split and retriever."""
-    pack = json.loads(QUESTIONS.read_text())
-    questions = [q for q in pack["questions"] if q["split"] in splits]
+    """Every retriever on the same index and questions; metrics per split and retriever
+    (the splits the pack has: pack 2 is held-out only)."""
+    asked = json.loads(pack.questions.read_text())["questions"]
+    splits = tuple(s for s in splits if any(q["split"] == s for q in asked))
+    questions = [q for q in asked if q["split"] in splits]
     base = settings or RetrievalSettings()
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     texts: dict[str, str] = {}
@@ -164,7 +188,7 @@ def evaluate(
     }
     counts = index.counts()
     return {
-        "pack": "evals/realdocs",
+        "pack": str(pack.docs.parent.relative_to(PACK.parent.parent)),
         "documents": counts["documents"],
         "chunks": counts["chunks"],
         "questions": {
@@ -205,6 +229,16 @@ def shipped_thresholds() -> dict[str, float | int | str]:
     }
 
 
+def pooled(reports: list[dict[str, Any]], split: str = "heldout") -> dict[str, dict[str, float]]:
+    """Metrics per retriever over the questions of ``split`` in every report together (the
+    held-out questions of both packs: the held-out part the gate judges)."""
+    modes = [m for m in reports[0]["rows"] if all(m in r["rows"] for r in reports)]
+    return {
+        mode: _metrics([row for r in reports for row in r["rows"][mode] if row["split"] == split])
+        for mode in modes
+    }
+
+
 def beats_single_retrievers(results: dict[str, dict[str, float]], mode: str) -> list[str]:
     """Where the shipped retriever does not beat the better of BM25-only and dense-only."""
     failed = []
@@ -215,7 +249,9 @@ def beats_single_retrievers(results: dict[str, dict[str, float]], mode: str) -> 
     return failed
 
 
-def http_latency(index: RagIndex, embedder: EmbeddingModel, *, rounds: int = 2) -> dict[str, Any]:
+def http_latency(
+    index: RagIndex, embedder: EmbeddingModel, *, rounds: int = 2, pack: Pack = PACK1
+) -> dict[str, Any]:
     """The p50/p95 of ``POST /v1/rag/query`` (``generate: false``, k=5) over loopback HTTP:
     the RAG router in a FastAPI app served by uvicorn, called with ``httpx``, every
     question of the pack ``rounds`` times (the first question once before, as warm-up).
@@ -240,7 +276,7 @@ def http_latency(index: RagIndex, embedder: EmbeddingModel, *, rounds: int = 2) 
             raise RuntimeError("uvicorn did not start within 30 s")
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    questions = [q["question"] for q in json.loads(QUESTIONS.read_text())["questions"]]
+    questions = [q["question"] for q in json.loads(pack.questions.read_text())["questions"]]
     ms: list[float] = []
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
@@ -265,11 +301,17 @@ def http_latency(index: RagIndex, embedder: EmbeddingModel, *, rounds: int = 2) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.realdocs", description=__doc__)
     parser.add_argument("--split", choices=(*SPLITS, "all"), default="tune")
+    parser.add_argument(
+        "--pack",
+        choices=sorted(PACKS),
+        default="1",
+        help="1: docs/ (tune and held-out splits); 2: pack2/docs/ (held-out only, never tuned on)",
+    )
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     parser.add_argument("--check-baseline", action="store_true", help="exit 1 on regression")
     parser.add_argument("--write-baseline", action="store_true", help="record a new baseline")
     parser.add_argument(
-        "--index", type=Path, help="reuse this index of docs/ (built there when missing)"
+        "--index", type=Path, help="reuse this index of the pack (built there when missing)"
     )
     parser.add_argument(
         "--http", action="store_true", help="also time /v1/rag/query over loopback HTTP"
@@ -278,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     from converters.minilm_gguf import cached_gguf
     from edge_agent.rag.llama import LlamaEmbedder
 
+    pack = PACKS[args.pack]
     splits = SPLITS if args.split == "all" else (args.split,)
     if args.check_baseline or args.write_baseline:
         splits = ("heldout",)
@@ -286,13 +329,15 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         path = args.index or Path(tmp) / "realdocs.sqlite"
         index = (
-            RagIndex.open(path, embedder.identity) if path.exists() else build_index(path, embedder)
+            RagIndex.open(path, embedder.identity)
+            if path.exists()
+            else build_index(path, embedder, pack)
         )
         report: dict[str, Any] = {"build_seconds": round(time.perf_counter() - started, 1)}
         with index:
-            report.update(evaluate(index, embedder, splits=splits))
+            report.update(evaluate(index, embedder, splits=splits, pack=pack))
             if args.http:
-                report["http"] = http_latency(index, embedder)
+                report["http"] = http_latency(index, embedder, pack=pack)
     summary = {k: v for k, v in report.items() if k not in ("rows", "metrics")}
     print(json.dumps(summary, indent=1))
     if args.out:
@@ -310,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             "thresholds": shipped_thresholds(),
             "metrics": gated,
         }
-        BASELINE.write_text(json.dumps(record, indent=1) + "\n")
+        pack.baseline.write_text(json.dumps(record, indent=1) + "\n")
     if args.check_baseline:
-        baseline = json.loads(BASELINE.read_text())["metrics"]
+        baseline = json.loads(pack.baseline.read_text())["metrics"]
         failed = regressions(report["metrics"], baseline)
         failed += beats_single_retrievers(report["results"]["heldout"], shipped)
         for line in failed:

@@ -1,6 +1,7 @@
 """CI gate on real third-party documentation (evals/realdocs): the shipped retriever, on
-the held-out questions, keeps the recorded baseline and should beat BM25-only and
-dense-only (it does not yet beat dense-only: a strict xfail records that).
+the held-out questions (pack 1's held-out split and pack 2, which is held-out only), keeps
+the recorded baselines and should beat BM25-only and dense-only on them together (it does
+not yet beat dense-only on recall@5: a strict xfail records that).
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from edge_agent.rag import RagIndex
 from evals.rag.runner import regressions
 from evals.realdocs.harness import (
     BASELINE,
+    PACK1,
+    PACK2,
     SHIPPED,
+    Pack,
     beats_single_retrievers,
     cached_index,
     evaluate,
     index_key,
+    pooled,
     shipped_thresholds,
 )
 
@@ -30,25 +35,60 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def heldout_report(
-    tmp_path_factory: pytest.TempPathFactory, embedder: LlamaEmbedder
+def heldout_of(
+    pack: Pack, tmp_path_factory: pytest.TempPathFactory, embedder: LlamaEmbedder
 ) -> dict[str, Any]:
     """The held-out report over an index of the pack (kept in the model cache per code)."""
     from converters.sources import cache_root
 
-    built = cached_index(cache_root() / "rag-eval", embedder)
-    path = tmp_path_factory.mktemp("realdocs") / "realdocs.sqlite"
+    built = cached_index(cache_root() / "rag-eval", embedder, pack)
+    path = tmp_path_factory.mktemp(pack.name) / f"{pack.name}.sqlite"
     shutil.copy(built, path)
     with RagIndex.open(path, embedder.identity) as index:
         # the gate reads the shipped retriever and the two single ones only
         modes: tuple[RetrievalMode, ...] = tuple(dict.fromkeys(("bm25", "dense", SHIPPED)))
-        return evaluate(index, embedder, splits=("heldout",), modes=modes)
+        return evaluate(index, embedder, splits=("heldout",), modes=modes, pack=pack)
+
+
+@pytest.fixture(scope="module")
+def heldout_report(
+    tmp_path_factory: pytest.TempPathFactory, embedder: LlamaEmbedder
+) -> dict[str, Any]:
+    return heldout_of(PACK1, tmp_path_factory, embedder)
+
+
+@pytest.fixture(scope="module")
+def pack2_report(
+    tmp_path_factory: pytest.TempPathFactory, embedder: LlamaEmbedder
+) -> dict[str, Any]:
+    return heldout_of(PACK2, tmp_path_factory, embedder)
 
 
 def test_heldout_quality_keeps_the_baseline(heldout_report: dict[str, Any]) -> None:
     baseline = json.loads(BASELINE.read_text())["metrics"]
     assert regressions(heldout_report["metrics"], baseline) == []
+
+
+def test_pack2_quality_keeps_its_baseline(pack2_report: dict[str, Any]) -> None:
+    """Pack 2 was written after pack 1's tuning and is never tuned on; its baseline is what
+    the shipped configuration measured the first time it was run."""
+    assert pack2_report["questions"] == {"heldout": {"answerable": 63, "unanswerable": 19}}
+    recorded = json.loads(PACK2.baseline.read_text())
+    assert recorded["thresholds"] == shipped_thresholds()
+    assert regressions(pack2_report["metrics"], recorded["metrics"]) == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 14, open: over both packs' held-out questions (93 answerable) the shipped"
+    " rerank reaches recall@5 0.72 / MRR 0.53 and dense-only 0.74 / 0.50 (pack 2 alone, never"
+    " tuned on: 0.68 / 0.50 against dense 0.68 / 0.44, BM25 0.54 / 0.37): better ranked,"
+    " two questions fewer in the top 5 (docs/rag.md)",
+)
+def test_both_packs_heldout_shipped_retriever_beats_bm25_and_dense_alone(
+    heldout_report: dict[str, Any], pack2_report: dict[str, Any]
+) -> None:
+    assert beats_single_retrievers(pooled([heldout_report, pack2_report]), SHIPPED) == []
 
 
 @pytest.mark.xfail(
@@ -87,20 +127,18 @@ def test_the_baseline_records_the_thresholds_that_ship() -> None:
 def test_the_index_cache_key_names_the_embedding_model() -> None:
     assert index_key("a" * 64) == index_key("a" * 64)
     assert index_key("a" * 64) != index_key("b" * 64)
+    assert index_key("a" * 64, PACK2) != index_key("a" * 64), "each pack has its own index"
 
 
-def test_the_replay_scores_the_rank_of_the_first_chunk_covering_each_gold_passage() -> None:
-    import numpy as np
+def test_pooled_metrics_count_every_question_once() -> None:
+    def row(split: str, recall: float, mrr: float, answerable: bool = True) -> dict[str, Any]:
+        scores = {"recall@1": recall, "recall@5": recall, "recall@10": recall, "mrr": mrr,
+                  "ndcg@10": mrr, "citation_supported": False}  # fmt: skip
+        return {"split": split, "answerable": answerable, "abstained": not answerable,
+                "ms": 1.0, **(scores if answerable else {})}  # fmt: skip
 
-    from evals.realdocs.replay import Asked, reranked, scores
-
-    # chunk 2 is the gold passage; by cosine it is third, term coverage lifts it to first
-    asked = Asked(
-        cosine=np.array([0.6, 0.5, 0.45, 0.1]),
-        sentence=np.array([0.6, 0.5, 0.45, 0.1]),
-        coverage=np.array([0.0, 0.0, 1.0, 0.0]),
-        lexical=[2, 3],
-        gold=[{2}],
-    )
-    assert scores([asked], reranked(10, 0.0)) == {"recall@1": 0.0, "recall@5": 1.0, "mrr": 0.333}
-    assert scores([asked], reranked(10, 0.3)) == {"recall@1": 1.0, "recall@5": 1.0, "mrr": 1.0}
+    one = {"rows": {"dense": [row("heldout", 1.0, 1.0), row("tune", 0.0, 0.0)]}}
+    two = {"rows": {"dense": [row("heldout", 0.0, 0.5)] * 3 + [row("heldout", 0, 0, False)]}}
+    got = pooled([one, two])["dense"]
+    # 1 + 3 answerable held-out rows (the tune row left out), 1 unanswerable one abstained
+    assert (got["recall@5"], got["mrr"], got["abstention_recall"]) == (0.25, 0.625, 1.0)
