@@ -20,6 +20,7 @@ import pydoc
 import re
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,20 +100,20 @@ def extract(source: Source) -> str:
     return Path(source.ref).read_text(encoding="utf-8")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.realdocs.extract", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="compare, do not write")
-    args = parser.parse_args(argv)
+def extract_all(sources: Sequence[Source], docs: Path, *, check: bool) -> int:
+    """Write (or with ``check`` compare) every source's text into ``docs``; the exit code:
+    1 when a pinned version is not installed or a document differs."""
     failed = 0
-    for source in SOURCES:
+    docs.mkdir(exist_ok=True)
+    for source in sources:
         have = _installed_version(source)
         if have != source.version:
             print(f"{source.out}: needs {source.package} {source.version}, found {have}")
             failed += 1
             continue
         text = extract(source)
-        target = DOCS / source.out
-        if args.check:
+        target = docs / source.out
+        if check:
             same = target.exists() and target.read_text(encoding="utf-8") == text
             print(f"{source.out}: {'same' if same else 'DIFFERENT'}")
             failed += not same
@@ -120,6 +121,13 @@ def main(argv: list[str] | None = None) -> int:
             target.write_text(text, encoding="utf-8")
             print(f"{source.out}: {len(text.splitlines())} lines")
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.realdocs.extract", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="compare, do not write")
+    args = parser.parse_args(argv)
+    return extract_all(SOURCES, DOCS, check=args.check)
 
 
 if __name__ == "__main__":

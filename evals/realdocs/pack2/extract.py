@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from evals.realdocs.extract import Source, _installed_version, extract
+from evals.realdocs.extract import Source, extract_all
 
 DOCS = Path(__file__).resolve().parent / "docs"
 
@@ -42,24 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
-    failed = 0
-    DOCS.mkdir(exist_ok=True)
-    for source in SOURCES:
-        have = _installed_version(source)
-        if have != source.version:
-            print(f"{source.out}: needs {source.package} {source.version}, found {have}")
-            failed += 1
-            continue
-        text = extract(source)
-        target = DOCS / source.out
-        if args.check:
-            same = target.exists() and target.read_text(encoding="utf-8") == text
-            print(f"{source.out}: {'same' if same else 'DIFFERENT'}")
-            failed += not same
-        else:
-            target.write_text(text, encoding="utf-8")
-            print(f"{source.out}: {len(text.splitlines())} lines")
-    return 1 if failed else 0
+    return extract_all(SOURCES, DOCS, check=args.check)
 
 
 if __name__ == "__main__":
