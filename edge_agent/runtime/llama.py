@@ -345,7 +345,12 @@ class LlamaEmbedder:
             counts.append(n)
         if not texts:
             return Embeddings([], 0)
-        raw: Any = self._llama.embed(list(texts), truncate=False)
+        if self._pool_here:
+            # llama-cpp-python 0.3.36 reads the per-token outputs of the second and later
+            # texts of one unpooled call at the wrong offset: one text per call
+            raw: Any = [self._llama.embed([t], truncate=False)[0] for t in texts]
+        else:
+            raw = self._llama.embed(list(texts), truncate=False)
         vectors = [self._pooled(v) for v in raw]
         return Embeddings(vectors, sum(counts))
 
