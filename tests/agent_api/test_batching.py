@@ -24,8 +24,8 @@ from edge_agent.runtime.batching import (
     common_prefix,
     reusable,
 )
+from tests.agent_api.toy_kv import END, ToyKV
 
-END = 0
 VOCAB = 50
 
 
@@ -36,11 +36,11 @@ def _next(tokens: Sequence[int]) -> int:
     return 1 + h % (VOCAB - 1)  # never END unless told
 
 
-class ToyBackend:
+class ToyBackend(ToyKV):
     """Each sequence's "KV" is the list of tokens at positions 0..n-1."""
 
     def __init__(self, slots: int, end_after: int | None = None) -> None:
-        self.kv: list[list[int]] = [[] for _ in range(slots)]
+        super().__init__(slots)
         self.batches: list[list[BatchItem]] = []
         self._logits: list[list[int]] = []
         self.end_after = end_after
@@ -63,9 +63,6 @@ class ToyBackend:
                 self._logits.append(list(kv))
         self.decoded.release()
 
-    def new_sampler(self, seq_id: int, params: GenerationParams) -> None:
-        pass
-
     def sample(self, seq_id: int, batch_index: int, logprobs: int | None) -> Sampled:
         flat = [(i, j == len(i.tokens) - 1) for i in self.batches[-1] for j in range(len(i.tokens))]
         item, is_last = flat[batch_index]  # the position of a token that asked for logits
@@ -75,22 +72,6 @@ class ToyBackend:
         if self.end_after is not None and len(seen) >= self.end_after:
             return Sampled(END)
         return Sampled(_next(seen))
-
-    def truncate(self, seq_id: int, keep: int) -> None:
-        del self.kv[seq_id][keep:]
-
-    def save(self, seq_id: int) -> bytes:
-        return bytes(self.kv[seq_id])
-
-    def restore(self, seq_id: int, state: bytes) -> bool:
-        self.kv[seq_id] = list(state)
-        return True
-
-    def token_bytes(self, token: int) -> bytes:
-        return f"<{token}>".encode()
-
-    def is_end(self, token: int) -> bool:
-        return token == END
 
 
 def reference(prompt: Sequence[int], n: int) -> str:

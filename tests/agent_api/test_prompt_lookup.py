@@ -23,8 +23,8 @@ from edge_agent.runtime.batching import (
 )
 from edge_agent.runtime.prompt_lookup import propose_draft
 from tests.agent_api.test_batching import collect
+from tests.agent_api.toy_kv import END, ToyKV
 
-END = 0
 VOCAB = 40
 
 
@@ -41,12 +41,12 @@ def toy_next(tokens: Sequence[int]) -> int:
     return 1 + (last * 7) % (VOCAB - 1)
 
 
-class CopyingToy:
+class CopyingToy(ToyKV):
     """One KV "cache" per sequence: the tokens at positions 0..n-1. Logits are kept for
     every position that asked for them (a checked draft asks for all)."""
 
     def __init__(self, slots: int, end_at: int | None = None) -> None:
-        self.kv: list[list[int]] = [[] for _ in range(slots)]
+        super().__init__(slots)
         self.end_at = end_at
         self.batches: list[list[BatchItem]] = []
         self._seen: dict[int, list[int]] = {}
@@ -64,30 +64,11 @@ class CopyingToy:
                     self._seen[index] = list(kv)
                 index += 1
 
-    def new_sampler(self, seq_id: int, params: GenerationParams) -> None:
-        pass
-
     def sample(self, seq_id: int, batch_index: int, logprobs: int | None) -> Sampled:
         seen = self._seen[batch_index]  # only positions that asked for logits
         if self.end_at is not None and len(seen) >= self.end_at:
             return Sampled(END)
         return Sampled(toy_next(seen))
-
-    def truncate(self, seq_id: int, keep: int) -> None:
-        del self.kv[seq_id][keep:]
-
-    def save(self, seq_id: int) -> bytes:
-        return bytes(self.kv[seq_id])
-
-    def restore(self, seq_id: int, state: bytes) -> bool:
-        self.kv[seq_id] = list(state)
-        return True
-
-    def token_bytes(self, token: int) -> bytes:
-        return f"<{token}>".encode()
-
-    def is_end(self, token: int) -> bool:
-        return token == END
 
 
 PROMPT = [5, 6, 7, 8, 9, 10, 11, 12, 5, 6, 7, 13, 14, 15, 5, 6]
