@@ -332,7 +332,9 @@ class RagEngine:
     def retrieve(
         self, question: str, *, k: int = 5, filters: Mapping[str, FilterValue] | None = None
     ) -> list[Source]:
-        """Hybrid retrieval: BM25 (FTS5) and vector KNN, fused by reciprocal rank."""
+        """BM25 (FTS5) and vector KNN, fused by reciprocal rank, then (modes ``rerank``,
+        the default, and ``late``) the second stage over the first candidates; the single
+        retrievers in modes ``bm25`` and ``dense``."""
         if not question.strip():
             raise BadRequestError("the question is empty")
         if not 1 <= k <= 50:
