@@ -321,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     from edge_agent.rag.llama import LlamaEmbedder
 
     pack = PACKS[args.pack]
+    if pack is PACK2 and args.split == "tune":
+        parser.error("pack 2 is held-out only (nobody tunes on it): use --split heldout or all")
     splits = SPLITS if args.split == "all" else (args.split,)
     if args.check_baseline or args.write_baseline:
         splits = ("heldout",)

@@ -99,3 +99,12 @@ def test_every_document_is_pinned_and_has_a_license_row(documents: dict[str, str
     for row in re.findall(r"^\| `([^`]+)` \|(.+)\|\s*$", section, re.MULTILINE):
         licenses[row[0]] = row[1].split("|")[-1].strip()
     assert {name: bool(licenses.get(name)) for name in documents} == dict.fromkeys(documents, True)
+
+
+def test_the_harness_refuses_to_tune_on_pack_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from evals.realdocs.harness import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--pack", "2", "--split", "tune"])
+    assert exit_info.value.code == 2
+    assert "pack 2 is held-out only" in capsys.readouterr().err
