@@ -85,6 +85,37 @@ def _centered_unit(rows: Floats, center: Floats) -> Floats:
     return _unit(rows - center)
 
 
+@dataclass(frozen=True)
+class CenteredTokens:
+    """The question's picked tokens and each chunk's non-special tokens, as unit vectors
+    centered on the mean unit token of the chunks (see ``late_interaction``)."""
+
+    words: tuple[str, ...]  # the question word each row of ``question`` belongs to
+    question: Floats
+    chunks: list[Floats]  # one matrix per chunk, empty for a chunk without tokens
+
+
+def centered_tokens(
+    question: TokenVectors, content_words: Sequence[str], chunks: Sequence[TokenVectors]
+) -> CenteredTokens | None:
+    """The question's tokens that belong to ``content_words`` (all its non-special tokens
+    when none does) and the chunks' tokens, centered; None when either side has none."""
+    rows = [_unit(c.vectors[[i for i, w in enumerate(c.words) if w]]) for c in chunks]
+    pooled = [r for r in rows if len(r)]
+    if not pooled or not any(question.words):
+        return None
+    center = np.concatenate(pooled).mean(axis=0).astype(np.float32)
+    wanted = set(content_words)
+    picked = [i for i, w in enumerate(question.words) if w and w in wanted]
+    if not picked:
+        picked = [i for i, w in enumerate(question.words) if w]
+    return CenteredTokens(
+        words=tuple(question.words[i] for i in picked),
+        question=_centered_unit(_unit(question.vectors[picked]), center),
+        chunks=[_centered_unit(r, center) if len(r) else r for r in rows],
+    )
+
+
 def late_interaction(
     question: TokenVectors, content_words: Sequence[str], chunks: Sequence[TokenVectors]
 ) -> list[float]:
@@ -97,16 +128,8 @@ def late_interaction(
     normalized again (a chunk's tokens are otherwise all "similar" to every question
     token); chunks without tokens score 0.
     """
-    rows = [_unit(c.vectors[[i for i, w in enumerate(c.words) if w]]) for c in chunks]
-    pooled = [r for r in rows if len(r)]
-    if not pooled or not any(question.words):
+    tokens = centered_tokens(question, content_words, chunks)
+    if tokens is None:
         return [0.0] * len(chunks)
-    center = np.concatenate(pooled).mean(axis=0).astype(np.float32)
-    wanted = set(content_words)
-    picked = [i for i, w in enumerate(question.words) if w and w in wanted]
-    if not picked:
-        picked = [i for i, w in enumerate(question.words) if w]
-    q = _centered_unit(_unit(question.vectors[picked]), center)
-    return [
-        float((q @ _centered_unit(r, center).T).max(axis=1).mean()) if len(r) else 0.0 for r in rows
-    ]
+    q = tokens.question
+    return [float((q @ r.T).max(axis=1).mean()) if len(r) else 0.0 for r in tokens.chunks]

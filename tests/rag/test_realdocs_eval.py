@@ -142,3 +142,11 @@ def test_pooled_metrics_count_every_question_once() -> None:
     got = pooled([one, two])["dense"]
     # 1 + 3 answerable held-out rows (the tune row left out), 1 unanswerable one abstained
     assert (got["recall@5"], got["mrr"], got["abstention_recall"]) == (0.25, 0.625, 1.0)
+
+
+def test_the_abstention_front_pairs_each_answerable_count_with_the_most_caught() -> None:
+    from evals.realdocs.abstain_tokens import front
+
+    # (answerable, worst-matched word): unanswerable questions at 0.1 and 0.3
+    rows = [(False, 0.1), (True, 0.2), (False, 0.3), (True, 0.4)]
+    assert front(rows) == {0: 1, 1: 2, 2: 2}
