@@ -1,6 +1,7 @@
-"""The second real-document pack (evals/realdocs/pack2) is well formed: held-out only, with
-enough questions, gold quotes that are really in the documents as RAG normalizes them,
-answers inside their quotes, and a license recorded for every document. No model runs.
+"""The extra real-document packs are well formed: pack 2 (evals/realdocs/pack2) held-out
+only, pack 3 (evals/realdocs/pack3) tuning only, each with enough questions, gold quotes
+that are really in the documents as RAG normalizes them, answers inside their quotes, and a
+license recorded for every document. No model runs.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +17,30 @@ import pytest
 
 from edge_agent.rag.loaders import load_document
 from edge_agent.rag.text import normalize_text
-from evals.realdocs.pack2.extract import SOURCES
+from evals.realdocs.extract import Source
+from evals.realdocs.pack2.extract import SOURCES as PACK2_SOURCES
+from evals.realdocs.pack3.extract import SOURCES as PACK3_SOURCES
 
-PACK2 = Path(__file__).resolve().parents[2] / "evals" / "realdocs" / "pack2"
-README = PACK2.parent / "README.md"
+REALDOCS = Path(__file__).resolve().parents[2] / "evals" / "realdocs"
+README = REALDOCS / "README.md"
 PACK1_ANSWERABLE = {"id", "split", "question", "gold", "answer"}
 PACK1_UNANSWERABLE = {"id", "split", "question", "gold", "near"}
+
+
+@dataclass(frozen=True)
+class Spec:
+    folder: str
+    split: str  # the one split every question has
+    section: str  # its README heading
+    sources: tuple[Source, ...]
+    answerable: int  # at least
+    unanswerable: int  # at least
+
+
+SPECS = {
+    "pack2": Spec("pack2", "heldout", "## Pack 2 (held-out only)", PACK2_SOURCES, 45, 15),
+    "pack3": Spec("pack3", "tune", "## Pack 3 (tuning only)", PACK3_SOURCES, 60, 15),
+}
 
 
 def _squash(text: str) -> str:
@@ -28,29 +48,37 @@ def _squash(text: str) -> str:
     return " ".join(text.split())
 
 
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def spec(request: pytest.FixtureRequest) -> Spec:
+    return SPECS[request.param]
+
+
 @pytest.fixture(scope="module")
-def questions() -> list[dict[str, Any]]:
-    pack: dict[str, Any] = json.loads((PACK2 / "questions.json").read_text(encoding="utf-8"))
+def questions(spec: Spec) -> list[dict[str, Any]]:
+    path = REALDOCS / spec.folder / "questions.json"
+    pack: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return list(pack["questions"])
 
 
 @pytest.fixture(scope="module")
-def documents() -> dict[str, str]:
+def documents(spec: Spec) -> dict[str, str]:
     """Every document of the pack as the index stores it: loaded, then normalized."""
     return {
         path.name: normalize_text(load_document(path.read_bytes(), name=path.name).text)
-        for path in sorted((PACK2 / "docs").iterdir())
+        for path in sorted((REALDOCS / spec.folder / "docs").iterdir())
     }
 
 
-def test_every_question_is_heldout(questions: list[dict[str, Any]]) -> None:
-    assert {q["split"] for q in questions} == {"heldout"}
+def test_every_question_has_the_packs_one_split(
+    spec: Spec, questions: list[dict[str, Any]]
+) -> None:
+    assert {q["split"] for q in questions} == {spec.split}
 
 
-def test_the_pack_has_enough_questions(questions: list[dict[str, Any]]) -> None:
+def test_the_pack_has_enough_questions(spec: Spec, questions: list[dict[str, Any]]) -> None:
     answerable = [q for q in questions if q["gold"]]
-    assert len(answerable) >= 45
-    assert len(questions) - len(answerable) >= 15
+    assert len(answerable) >= spec.answerable
+    assert len(questions) - len(answerable) >= spec.unanswerable
 
 
 def test_questions_have_pack_1s_fields_and_unique_ids(questions: list[dict[str, Any]]) -> None:
@@ -92,9 +120,11 @@ def test_questions_cover_every_document(
     assert set(near) <= set(documents)
 
 
-def test_every_document_is_pinned_and_has_a_license_row(documents: dict[str, str]) -> None:
-    assert sorted(s.out for s in SOURCES) == sorted(documents)
-    section = README.read_text(encoding="utf-8").split("## Pack 2 (held-out only)", 1)[1]
+def test_every_document_is_pinned_and_has_a_license_row(
+    spec: Spec, documents: dict[str, str]
+) -> None:
+    assert sorted(s.out for s in spec.sources) == sorted(documents)
+    section = README.read_text(encoding="utf-8").split(spec.section, 1)[1].split("\n## ", 1)[0]
     licenses = {}
     for row in re.findall(r"^\| `([^`]+)` \|(.+)\|\s*$", section, re.MULTILINE):
         licenses[row[0]] = row[1].split("|")[-1].strip()
@@ -108,3 +138,15 @@ def test_the_harness_refuses_to_tune_on_pack_2(capsys: pytest.CaptureFixture[str
         main(["--pack", "2", "--split", "tune"])
     assert exit_info.value.code == 2
     assert "pack 2 is held-out only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", [["--split", "heldout"], ["--check-baseline"]])
+def test_the_harness_refuses_to_hold_out_pack_3(
+    flag: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from evals.realdocs.harness import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--pack", "3", *flag])
+    assert exit_info.value.code == 2
+    assert "pack 3 is tuning only" in capsys.readouterr().err
