@@ -2,9 +2,9 @@
 (pack 1's tuning split, pack 3): for each question, the worst-matched content word (its
 best centered token cosine, ``rerank.centered_tokens``, with any token of the shipped top 3
 sources), the features the shipped rules read, and the fronts (answerable abstained ->
-unanswerable caught) of the worst-matched word alone, of the shipped rules, and of the
-shipped rules with rule 3 (similarity and term coverage) replaced by a threshold on the
-worst-matched word.
+unanswerable caught) of the worst-matched word alone, of the shipped rules with other
+thresholds, and of the shipped rules with rule 3 (similarity and term coverage) replaced by
+a threshold on the worst-matched word.
 
     python -m evals.realdocs.abstain_tokens [--pack 1] [--pack 3] [--index FILE] [--out F]
 """
@@ -97,6 +97,33 @@ def word_rule(
         )
 
 
+def threshold_rules(
+    features: list[Features], policy: EvidencePolicy | None = None
+) -> Iterable[tuple[Any, list[bool]]]:
+    """The shipped rules with other thresholds (no token vectors): rule 2's unknown share
+    and paraphrase similarity, rule 3's term coverage; rules 1, 4 and 5 as they ship."""
+    base = policy or EvidencePolicy()
+    for unknown, paraphrase, coverage in itertools.product(
+        (0.2, 0.25, 0.3, 0.34, 0.4, 0.5), (0.6, 0.65, 0.7, 0.75), (0.0, 0.1, 0.2, 0.3, 0.4)
+    ):
+        yield (
+            {
+                "max_unknown_share": unknown,
+                "paraphrase_similarity": paraphrase,
+                "min_term_coverage": coverage,
+            },
+            [
+                f.shape
+                or (f.unknown >= unknown and f.similarity < paraphrase)
+                or (
+                    f.similarity < base.confident_similarity
+                    and (f.similarity < base.min_similarity or f.coverage < coverage)
+                )
+                for f in features
+            ],
+        )
+
+
 def features_of(index: RagIndex, embedder: LlamaEmbedder, pack: Pack) -> list[Features]:
     """Every tuning question of the pack, asked once."""
     engine = RagEngine(index, embedder)
@@ -174,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
         "worst-matched word alone:",
         front([(f.answerable, f.worst_word) for f in features]),
     )
+    print("shipped rules, other thresholds (unknown share, paraphrase, term coverage):")
+    for wrong, (n, setting) in rule_front(features, threshold_rules(features)).items():
+        print(f"  {wrong:3} -> {n:3}  {json.dumps(setting)}")
     print("shipped rules with rule 3 replaced (min similarity, worst-matched word):")
     for wrong, (n, setting) in rule_front(features, word_rule(features)).items():
         print(f"  {wrong:3} -> {n:3}  {json.dumps(setting)}")

@@ -26,6 +26,7 @@ import numpy as np
 
 from edge_agent.rag import RagEngine, RagIndex, RetrievalSettings
 from edge_agent.rag.engine import RETRIEVAL_MODES, EmbeddingModel, RetrievalMode
+from edge_agent.rag.grounding import EvidencePolicy
 from evals.rag.runner import (
     GoldSpan,
     occurrences,
@@ -144,6 +145,7 @@ def evaluate(
     splits: tuple[str, ...] = SPLITS,
     modes: tuple[RetrievalMode, ...] = RETRIEVAL_MODES,
     settings: RetrievalSettings | None = None,
+    evidence: EvidencePolicy | None = None,
     pack: Pack = PACK1,
 ) -> dict[str, Any]:
     """Every retriever on the same index and questions; metrics per split and retriever
@@ -155,7 +157,9 @@ def evaluate(
     rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
     texts: dict[str, str] = {}
     for mode in modes:
-        engine = RagEngine(index, embedder, settings=dataclasses.replace(base, mode=mode))
+        engine = RagEngine(
+            index, embedder, settings=dataclasses.replace(base, mode=mode), evidence=evidence
+        )
         engine.answer("warm-up question", k=5, generate=False)
         for q in questions:
             golds = []
@@ -220,11 +224,44 @@ def evaluate(
     }
 
 
+def variant(assignments: list[str]) -> tuple[RetrievalSettings, EvidencePolicy]:
+    """The shipped settings with ``KEY=VALUE`` overrides, for trying a variant on the tuning
+    packs: ``evidence.<field>`` (``EvidencePolicy``), ``rerank.<field>`` (the ``rerank``
+    mode's ``RerankWeights``) or ``retrieval.<field>`` (``RetrievalSettings``, numbers).
+    """
+    settings, policy = RetrievalSettings(), EvidencePolicy()
+    for item in assignments:
+        key, sep, raw = item.partition("=")
+        group, _, name = key.partition(".")
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        target: Any = {
+            "evidence": policy,
+            "rerank": settings.rerank_weights,
+            "retrieval": settings,
+        }.get(group)
+        fields = {f.name: f for f in dataclasses.fields(target)} if target is not None else {}
+        kind = str(fields[name].type) if name in fields else ""
+        if not sep or value is None or kind not in ("float", "int", str(float), str(int)):
+            known = "evidence.<field>, rerank.<field> or retrieval.<field>, a number"
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY {known}")
+        number = int(value) if "int" in kind else value
+        changed = dataclasses.replace(target, **{name: number})
+        if group == "evidence":
+            policy = changed
+        elif group == "rerank":
+            settings = dataclasses.replace(settings, rerank_weights=changed)
+        else:
+            settings = changed
+    return settings, policy
+
+
 def shipped_thresholds() -> dict[str, float | int | str]:
     """The abstention thresholds and second-stage settings that ship, as the baseline file
     records them (chosen on the tuning split; docs/rag.md has the calibration).
     """
-    from edge_agent.rag.grounding import EvidencePolicy
 
     settings = RetrievalSettings()
     return {
@@ -328,7 +365,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--http", action="store_true", help="also time /v1/rag/query over loopback HTTP"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="try a variant: evidence.<field>, rerank.<field> or retrieval.<field> (repeatable)",
+    )
     args = parser.parse_args(argv)
+    try:
+        settings, policy = variant(args.set)
+    except ValueError as e:
+        parser.error(str(e))
+    if args.set and (args.check_baseline or args.write_baseline):
+        parser.error("--set tries a variant; baselines hold for the shipped settings only")
     from converters.minilm_gguf import cached_gguf
     from edge_agent.rag.llama import LlamaEmbedder
 
@@ -351,7 +401,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         report: dict[str, Any] = {"build_seconds": round(time.perf_counter() - started, 1)}
         with index:
-            report.update(evaluate(index, embedder, splits=splits, pack=pack))
+            report.update(
+                evaluate(
+                    index, embedder, splits=splits, settings=settings, evidence=policy, pack=pack
+                )
+            )
+            if args.set:
+                report["variant"] = args.set
             if args.http:
                 report["http"] = http_latency(index, embedder, pack=pack)
     summary = {k: v for k, v in report.items() if k not in ("rows", "metrics")}

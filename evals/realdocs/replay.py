@@ -207,6 +207,10 @@ VARIANTS: dict[str, Ranker] = {
     **{f"rerank first 20, terms {w}": reranked(20, w) for w in (0.1, 0.2, 0.5)},
     **{f"rerank first 20, + sentence {w}": reranked(20, 0.3, w) for w in (0.25, 0.5, 1.0)},
     **{
+        f"rerank first {p}, terms {t}, sentence {w}": reranked(p, t, w)
+        for p, t, w in itertools.product((10, 20, 40), (0.2, 0.3, 0.5), (0.25, 0.5, 0.75, 1.0))
+    },
+    **{
         f"pool dense {d} + bm25 {b}, terms {w}": pooled_rerank(d, b, w)
         for d, b, w in itertools.product((10, 20), (0, 5, 10), (0.1, 0.2, 0.3))
     },
