@@ -123,11 +123,18 @@ def extract_all(sources: Sequence[Source], docs: Path, *, check: bool) -> int:
     return 1 if failed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.realdocs.extract", description=__doc__)
+def run(
+    sources: Sequence[Source], docs: Path, *, prog: str, doc: str | None, argv: list[str] | None
+) -> int:
+    """The command line of a pack's extractor: ``[--check]`` over its pinned ``sources``."""
+    parser = argparse.ArgumentParser(prog=prog, description=doc)
     parser.add_argument("--check", action="store_true", help="compare, do not write")
     args = parser.parse_args(argv)
-    return extract_all(SOURCES, DOCS, check=args.check)
+    return extract_all(sources, docs, check=args.check)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(SOURCES, DOCS, prog="python -m evals.realdocs.extract", doc=__doc__, argv=argv)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,10 @@ missing or other version.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from evals.realdocs.extract import Source, extract_all
+from evals.realdocs.extract import Source, run
 
 DOCS = Path(__file__).resolve().parent / "docs"
 
@@ -29,12 +28,8 @@ SOURCES = (
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m evals.realdocs.pack3.extract", description=__doc__
-    )
-    parser.add_argument("--check", action="store_true", help="compare, do not write")
-    args = parser.parse_args(argv)
-    return extract_all(SOURCES, DOCS, check=args.check)
+    prog = "python -m evals.realdocs.pack3.extract"
+    return run(SOURCES, DOCS, prog=prog, doc=__doc__, argv=argv)
 
 
 if __name__ == "__main__":
