@@ -40,8 +40,7 @@ def say(message: str) -> None:
     print(f"[bootstrap] {message}", flush=True)
 
 
-def cpu_fingerprint() -> str:
-    """Identify the CPU features a -march=native build depends on."""
+def _cpu_facts() -> list[str]:
     facts = [platform.machine(), platform.system()]
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -52,7 +51,32 @@ def cpu_fingerprint() -> str:
                     break
     else:
         facts.append(platform.processor())
+    return facts
+
+
+# ggml's AMX matrix kernels (compiled in by -march=native on CPUs that report AMX) crash
+# llama.cpp 0.3.36's generation with a segfault in ggml_backend_amx_mul_mat on such a VM
+# (seen 2026-12-02: SmolLM2's Q4_1 weights); AVX-512 serves them instead.
+NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+
+
+def llama_cmake_args() -> str:
+    """The CMake arguments of this CPU's llama.cpp builds (the wheel and llama-server)."""
+    args = "-DLLAVA_BUILD=OFF"
+    if any(" amx" in fact for fact in _cpu_facts() if fact.startswith("flags")):
+        args += f" '-DCMAKE_C_FLAGS={NO_AMX}' '-DCMAKE_CXX_FLAGS={NO_AMX}'"
+    return args
+
+
+def cpu_fingerprint() -> str:
+    """Identify the CPU features a -march=native build depends on, and the build's flags."""
+    facts = [*_cpu_facts(), llama_cmake_args()]
     return hashlib.sha256("\n".join(facts).encode()).hexdigest()[:12]
+
+
+def llama_wheel_folder(cache_root: Path) -> Path:
+    """Where this CPU's llama-cpp-python wheel is cached."""
+    return cache_root / f"llama-cpp-python-{LLAMA_VERSION}-{cpu_fingerprint()}"
 
 
 def run(
@@ -88,17 +112,27 @@ def run(
 
 def llama_wheel(cache_root: Path, pip: list[str]) -> Path:
     """The cached llama-cpp-python wheel for this CPU, building it on first use."""
-    folder = cache_root / f"llama-cpp-python-{LLAMA_VERSION}-{cpu_fingerprint()}"
+    folder = llama_wheel_folder(cache_root)
     wheels = sorted(folder.glob("llama_cpp_python-*.whl"))
     if wheels:
         say(f"llama-cpp-python wheel from cache: {wheels[-1]}")
         return wheels[-1]
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
-    env.setdefault("CMAKE_ARGS", "-DLLAVA_BUILD=OFF")
+    env.setdefault("CMAKE_ARGS", llama_cmake_args())
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
     run(
-        [*pip, "wheel", "--no-deps", "-w", str(folder), f"llama-cpp-python=={LLAMA_VERSION}"],
+        # --no-cache-dir: pip's own wheel cache ignores CMAKE_ARGS and would hand back a
+        # wheel built with other flags
+        [
+            *pip,
+            "wheel",
+            "--no-deps",
+            "--no-cache-dir",
+            "-w",
+            str(folder),
+            f"llama-cpp-python=={LLAMA_VERSION}",
+        ],
         label="building llama-cpp-python (first time on this CPU only, ~6 min on 2 cores)",
         log=folder / "build.log",
         env=env,
@@ -153,7 +187,11 @@ def main() -> None:
         )
     pip = [str(python), "-m", "pip"]
     wheel = llama_wheel(args.wheel_cache, pip)
-    run([*pip, "install", "-q", str(wheel)], label="installing llama-cpp-python")
+    # forced: a venv may hold the same version built with other flags (see NO_AMX)
+    run(
+        [*pip, "install", "-q", "--no-deps", "--force-reinstall", str(wheel)],
+        label="installing llama-cpp-python",
+    )
     run(
         [*pip, "install", "-q", "--find-links", str(wheel.parent), "-e", f".[{EXTRAS}]"],
         label="installing Outpost and its dependencies",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bootstrap import LLAMA_VERSION, cpu_fingerprint
+from bootstrap import LLAMA_VERSION, cpu_fingerprint, llama_cmake_args
 
 DEFAULT_CACHE = Path(os.environ.get("OUTPOST_WHEEL_CACHE", Path.home() / ".cache/outpost/wheels"))
 BINARY = "llama-server"
@@ -129,6 +130,8 @@ def build(target: Path, jobs: int) -> Path:
                 "-DLLAMA_BUILD_TESTS=OFF",
                 "-DLLAMA_BUILD_EXAMPLES=OFF",
                 "-DLLAMA_BUILD_SERVER=ON",
+                # the same flags as the wheel (no AMX kernels where they crash)
+                *shlex.split(llama_cmake_args()),
             ],
             label="configuring llama.cpp (cmake)",
             log=log,

@@ -21,11 +21,22 @@ AGENT_TEST_EXTRAS = "llm,rag,vision,tflite"
 
 
 def llama_wheel_dir() -> Path:
-    """The folder where ``scripts/bootstrap.py`` caches this CPU's llama-cpp-python wheel."""
+    """The folder where ``scripts/bootstrap.py`` caches this CPU's llama-cpp-python wheel
+    (for this CPU and build flags: another folder may hold a wheel built otherwise)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bootstrap", REPO / "scripts/bootstrap.py")
+    assert spec is not None and spec.loader is not None
+    bootstrap = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bootstrap)
     cache = Path(os.environ.get("OUTPOST_WHEEL_CACHE", Path.home() / ".cache/outpost/wheels"))
-    found = sorted(cache.glob("llama-cpp-python-*/llama_cpp_python-*.whl"))
-    require(bool(found), "the cached llama-cpp-python wheel", "run `make setup`")
-    return found[-1].parent
+    folder: Path = bootstrap.llama_wheel_folder(cache)
+    require(
+        any(folder.glob("llama_cpp_python-*.whl")),
+        "the cached llama-cpp-python wheel",
+        "run `make setup`",
+    )
+    return folder
 
 
 @pytest.fixture(scope="session")
