@@ -5,11 +5,15 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from edge_agent.rag import RagEngine, RagIndex
 from tests.requirements import LLAMA, MINILM, require_installed, smollm2_gguf_path
+
+if TYPE_CHECKING:
+    from edge_agent.rag.llama import LlamaChat, LlamaEmbedder
 
 DOCS = Path(__file__).resolve().parents[2] / "evals" / "rag" / "docs"
 
@@ -28,7 +32,7 @@ def minilm_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedder(minilm_gguf: Path) -> Iterator[object]:
+def embedder(minilm_gguf: Path) -> Iterator[LlamaEmbedder]:
     _needs_llama()
     from edge_agent.rag.llama import LlamaEmbedder
 
@@ -43,7 +47,7 @@ def smollm_gguf() -> Path:
 
 
 @pytest.fixture(scope="session")
-def chat(smollm_gguf: Path) -> Iterator[object]:
+def chat(smollm_gguf: Path) -> Iterator[LlamaChat]:
     _needs_llama()
     from edge_agent.rag.llama import LlamaChat
 
@@ -53,21 +57,21 @@ def chat(smollm_gguf: Path) -> Iterator[object]:
 
 
 @pytest.fixture(scope="session")
-def handbook_index(tmp_path_factory: pytest.TempPathFactory, embedder: object) -> Path:
+def handbook_index(tmp_path_factory: pytest.TempPathFactory, embedder: LlamaEmbedder) -> Path:
     """The eval pack's handbook, ingested once; copy it before changing it."""
     path = tmp_path_factory.mktemp("handbook") / "handbook.sqlite"
-    with RagIndex.create(path, embedder.identity) as index:  # type: ignore[attr-defined]
-        engine = RagEngine(index, embedder)  # type: ignore[arg-type]
+    with RagIndex.create(path, embedder.identity) as index:
+        engine = RagEngine(index, embedder)
         results = engine.ingest_paths(sorted(DOCS.iterdir()), root=DOCS)
         assert not [r for r in results if isinstance(r, Exception)]
     return path
 
 
 @pytest.fixture
-def handbook(tmp_path: Path, handbook_index: Path, embedder: object) -> Iterator[RagEngine]:
+def handbook(tmp_path: Path, handbook_index: Path, embedder: LlamaEmbedder) -> Iterator[RagEngine]:
     """A private, writable copy of the handbook index with an engine around it."""
     path = tmp_path / "handbook.sqlite"
     shutil.copy(handbook_index, path)
-    index = RagIndex.open(path, embedder.identity)  # type: ignore[attr-defined]
-    yield RagEngine(index, embedder)  # type: ignore[arg-type]
+    index = RagIndex.open(path, embedder.identity)
+    yield RagEngine(index, embedder)
     index.close()

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import pytest
 
 from edge_agent.rag import RagEngine
 from edge_agent.rag.api import RagChatOptions, augment_chat_messages, cite_chat_answer
 
+if TYPE_CHECKING:
+    from edge_agent.rag.llama import LlamaChat
+
 pytestmark = pytest.mark.slow
 
 
 def test_chat_messages_get_numbered_sources_and_the_answer_gets_citations(
-    handbook: RagEngine, chat: object
+    handbook: RagEngine, chat: LlamaChat
 ) -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are the Tidewater handbook assistant."},
         {"role": "user", "content": "Hi"},
         {"role": "assistant", "content": "Hello! Ask me about the handbook."},
@@ -26,7 +31,7 @@ def test_chat_messages_get_numbered_sources_and_the_answer_gets_citations(
     assert "[1]" in grounded[-1]["content"] and "Question: How often" in grounded[-1]["content"]
     assert sources[0].document == "pika-sensor-tags.md"
 
-    answer = chat.complete(grounded, max_tokens=60)  # type: ignore[attr-defined]
+    answer = chat.complete(grounded, max_tokens=60)
     assert answer.strip()
     citations = cite_chat_answer(handbook, answer, sources)
     assert citations, answer
@@ -37,10 +42,10 @@ def test_chat_messages_get_numbered_sources_and_the_answer_gets_citations(
 
 
 def test_a_generated_answer_through_the_engine_is_grounded(
-    handbook: RagEngine, chat: object
+    handbook: RagEngine, chat: LlamaChat
 ) -> None:
     """The handbook states the battery life: the engine answers (greedy) and cites it."""
-    handbook.chat = chat  # type: ignore[assignment]
+    handbook.chat = chat
     answer = handbook.answer("How long does the Pika tag battery last?", k=3, max_tokens=60)
     assert answer.abstained is False, answer.reason
     assert answer.citations, answer.answer
@@ -49,9 +54,9 @@ def test_a_generated_answer_through_the_engine_is_grounded(
 
 
 def test_a_question_the_handbook_does_not_answer_is_abstained_on(
-    handbook: RagEngine, chat: object
+    handbook: RagEngine, chat: LlamaChat
 ) -> None:
-    handbook.chat = chat  # type: ignore[assignment]
+    handbook.chat = chat
     answer = handbook.answer("Who won the football world cup in 1998?", k=3, max_tokens=60)
     assert answer.abstained is True and answer.citations == []
     assert answer.reason and answer.answer.startswith("I don't know")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -14,6 +15,9 @@ from converters.minilm_gguf import (
     default_source_dir,
     source_sha256,
 )
+
+if TYPE_CHECKING:
+    from edge_agent.rag.llama import LlamaEmbedder
 
 pytestmark = pytest.mark.slow
 
@@ -57,17 +61,17 @@ def test_the_gguf_declares_a_mean_pooled_bert_with_a_wordpiece_vocab(minilm_gguf
     assert len(reader.tensors) == 5 + 6 * 16
 
 
-def test_llama_cpp_tokenizes_like_the_reference_tokenizer(embedder: object) -> None:
+def test_llama_cpp_tokenizes_like_the_reference_tokenizer(embedder: LlamaEmbedder) -> None:
     tokenizer = WordPieceTokenizer.from_dir(default_source_dir())
-    llm = embedder._llm  # type: ignore[attr-defined]
+    llm = embedder._llm
     for text in SENTENCES:
         assert llm.tokenize(text.encode()) == tokenizer.encode(text), text
 
 
 def test_llama_cpp_vectors_match_the_numpy_reference(
-    embedder: object, reference: ReferenceEncoder
+    embedder: LlamaEmbedder, reference: ReferenceEncoder
 ) -> None:
-    got = np.asarray(embedder.embed(list(SENTENCES)))  # type: ignore[attr-defined]
+    got = np.asarray(embedder.embed(list(SENTENCES)))
     want = reference.embed(SENTENCES)
     cosines = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
     assert cosines.min() >= 0.9999, cosines
