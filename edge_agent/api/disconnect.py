@@ -10,14 +10,12 @@ which the error handler logs as one short line.
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from fastapi import Request
 
 from edge_agent.errors import ClientGoneError
-from edge_agent.runtime import TextPiece
 
 T = TypeVar("T")
 
@@ -50,17 +48,3 @@ async def unless_client_leaves(
     on_leave()
     job.cancel()
     raise ClientGoneError(f"{request.method} {request.url.path}: the client went away; {what}")
-
-
-def until_cancelled(pieces: Iterator[TextPiece], cancelled: threading.Event) -> Iterator[TextPiece]:
-    """Forward ``pieces`` until ``cancelled`` is set, then close the generation (runs on the
-    model's thread; llama.cpp stops after the token it is on)."""
-    try:
-        for piece in pieces:
-            yield piece
-            if cancelled.is_set():
-                return
-    finally:
-        close = getattr(pieces, "close", None)
-        if close is not None:
-            close()

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from fastapi import Request
 
-from edge_agent.api.disconnect import unless_client_leaves, until_cancelled
+from edge_agent.api.disconnect import unless_client_leaves
 from edge_agent.api.inbound import InvalidParameterError
 from edge_agent.api.streaming import PieceStream
 from edge_agent.errors import ClientGoneError
@@ -21,6 +21,7 @@ from edge_agent.runtime import (
     TextGenerator,
     TextPiece,
     join_pieces,
+    until_cancelled,
 )
 from edge_agent.settings import AgentSettings
 from edge_agent.telemetry.instrument import GenerationObserver

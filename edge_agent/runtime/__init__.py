@@ -18,6 +18,7 @@ from edge_agent.runtime.backends import (
     TokenLogprob,
     ToolCall,
     join_pieces,
+    until_cancelled,
 )
 from edge_agent.runtime.options import ModelOverrides, resolve_options
 from edge_agent.runtime.registry import (
@@ -51,4 +52,5 @@ __all__ = [
     "is_idle",
     "join_pieces",
     "resolve_options",
+    "until_cancelled",
 ]

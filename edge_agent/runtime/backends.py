@@ -6,6 +6,7 @@ them into OpenAI wire messages, and nothing here imports a runtime.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -89,6 +90,20 @@ class GeneratedText:
     prompt_tokens: int
     completion_tokens: int
     logprobs: tuple[TokenLogprob, ...] = ()
+
+
+def until_cancelled(pieces: Iterator[TextPiece], cancelled: threading.Event) -> Iterator[TextPiece]:
+    """Forward ``pieces`` until ``cancelled`` is set, then close the generation (runs on the
+    model's thread; llama.cpp stops after the token it is on)."""
+    try:
+        for piece in pieces:
+            yield piece
+            if cancelled.is_set():
+                return
+    finally:
+        close = getattr(pieces, "close", None)
+        if close is not None:
+            close()
 
 
 def join_pieces(pieces: Iterable[TextPiece]) -> GeneratedText:
