@@ -7,6 +7,7 @@ The lead's app includes ``rag_router(engine_provider)``; its exception handler t
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -286,16 +287,27 @@ def rag_router(
         return IngestResponse.of(outcome)
 
     @router.post("/query", response_model=QueryResponse)
-    async def query(body: QueryRequest) -> QueryResponse:
-        """Answer from the index with citations; ``abstained`` says when it would not."""
+    async def query(request: Request, body: QueryRequest) -> QueryResponse:
+        """Answer from the index with citations; ``abstained`` says when it would not. A
+        generated answer stops after the token it is on when the client hangs up."""
+        # imported here: the HTTP layer imports this module (grounded chat)
+        from edge_agent.api.disconnect import unless_client_leaves
+
         engine = engine_provider()
-        answer = await run_in_threadpool(
-            engine.answer,
-            body.question,
-            k=body.k,
-            filters=body.filters or None,
-            max_tokens=body.max_tokens,
-            generate=body.generate,
+        cancelled = threading.Event()
+        answer = await unless_client_leaves(
+            request,
+            run_in_threadpool(
+                engine.answer,
+                body.question,
+                k=body.k,
+                filters=body.filters or None,
+                max_tokens=body.max_tokens,
+                generate=body.generate,
+                cancelled=cancelled,
+            ),
+            cancelled.set,
+            "its answer was cancelled",
         )
         return QueryResponse.of(answer)
 

@@ -85,7 +85,15 @@ class TokenEmbeddingModel(Protocol):
 class ChatModel(Protocol):
     """A chat model that completes a list of ``{"role", "content"}`` messages."""
 
-    def complete(self, messages: Sequence[Mapping[str, str]], *, max_tokens: int) -> str: ...
+    def complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        cancelled: threading.Event | None = None,
+    ) -> str:
+        """The reply; stop generating soon after ``cancelled`` is set (its caller left)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -480,11 +488,13 @@ class RagEngine:
         filters: Mapping[str, FilterValue] | None = None,
         max_tokens: int = 256,
         generate: bool = True,
+        cancelled: threading.Event | None = None,
     ) -> Answer:
         """Answer from the index with citations, or abstain and say why.
 
         Without a chat model (or with ``generate=False``) the answer is extractive: the
-        best-matching source sentences, quoted.
+        best-matching source sentences, quoted. ``cancelled`` (set when whoever asked has
+        gone) stops a generated answer after the token it is on.
         """
         sources = self.retrieve(question, k=k, filters=filters)
         evidence = self.assess(question, sources)
@@ -496,7 +506,7 @@ class RagEngine:
         relevance = self.relevance(sentences)
         if self.chat is not None and generate:
             prompt = build_messages(_clip_tokens(question, self.settings.max_query_tokens), sources)
-            text = self.chat.complete(prompt, max_tokens=max_tokens)
+            text = self.chat.complete(prompt, max_tokens=max_tokens, cancelled=cancelled)
             if model_declined(text):
                 reason = "the model found no answer in the retrieved sources"
                 return Answer(question, text.strip(), True, reason, [], sources)

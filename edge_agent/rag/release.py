@@ -141,12 +141,18 @@ class RegistryChat:
         self._registry = registry
         self._name = name
 
-    def complete(self, messages: Sequence[Mapping[str, str]], *, max_tokens: int) -> str:
+    def complete(
+        self,
+        messages: Sequence[Mapping[str, str]],
+        *,
+        max_tokens: int,
+        cancelled: threading.Event | None = None,
+    ) -> str:
         turns = [
             ChatTurn(role=_role(m.get("role", "user")), content=m["content"]) for m in messages
         ]
         sampling = Sampling(max_tokens=max_tokens, temperature=0.0)
-        return self._registry.chat(self._name, turns, sampling).text
+        return self._registry.chat(self._name, turns, sampling, cancelled=cancelled).text
 
 
 def _role(role: str) -> ChatRole:

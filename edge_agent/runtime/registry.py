@@ -37,6 +37,7 @@ from edge_agent.runtime.backends import (
     Sampling,
     TextGenerator,
     join_pieces,
+    until_cancelled,
 )
 from edge_agent.runtime.memory_budget import MemoryEstimate, Resident, estimate_file, plan_unloads
 from edge_agent.runtime.options import resolve_options
@@ -581,10 +582,26 @@ class ModelRegistry:
 
     # --- blocking conveniences for other parts of the agent -----------------------------
 
-    def chat(self, name: str, turns: Sequence[ChatTurn], sampling: Sampling) -> GeneratedText:
-        """Generate a whole chat reply (blocking: call it from a worker thread)."""
+    def chat(
+        self,
+        name: str,
+        turns: Sequence[ChatTurn],
+        sampling: Sampling,
+        *,
+        cancelled: threading.Event | None = None,
+    ) -> GeneratedText:
+        """Generate a whole chat reply (blocking: call it from a worker thread); with
+        ``cancelled``, stop after the token on which it is set (or before starting)."""
+
+        def whole(m: TextGenerator) -> GeneratedText:
+            if cancelled is None:
+                return join_pieces(m.chat(turns, sampling))
+            if cancelled.is_set():  # whoever asked left while this job was queued
+                return GeneratedText("", "stop", 0, 0)
+            return join_pieces(until_cancelled(m.chat(turns, sampling), cancelled))
+
         with self.lease_generator(name) as lease:
-            return lease.run(lambda m: join_pieces(m.chat(turns, sampling))).result()
+            return lease.run(whole).result()
 
     def complete(self, name: str, prompt: str, sampling: Sampling) -> GeneratedText:
         """Continue ``prompt`` (blocking: call it from a worker thread)."""

@@ -3,16 +3,21 @@ real SmolLM2, the converted MiniLM, and an index of the eval pack's handbook."""
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 import pytest
 
 from edge_agent.api import create_local_api
 from edge_agent.rag import RagEngine
+from edge_agent.rag.api import rag_router
 from edge_agent.rag.release import ReleaseRagEngines
 from edge_agent.runtime import ModelRegistry
 from tests.agent_api.conftest import (
@@ -33,6 +38,13 @@ OFF_TOPIC = "How do I bake sourdough bread?"
 # price and no phone number: whatever the model writes, its citations cannot support it.
 PRICE = "What is the price of a Kestrel K2 gateway?"
 PHONE = "What is the phone number of the 24-hour fleet support line?"
+# a document that makes the counting question answerable, so that the model generates a long
+# answer (to the end of its token budget unless stopped)
+COUNTING = (
+    "Counting drill: at every shift change the depot crew lists the numbers from 1 to 1000,"
+    " separated by commas, without stopping."
+)
+ENDLESS = "List the numbers from 1 to 1000 separated by commas, without stopping."
 WASH_ROTA = "The night crew at depot Vega washes the delivery trucks every Friday after midnight."
 
 
@@ -42,6 +54,7 @@ class GroundedApi:
     url: str  # chat grounded in the handbook index
     no_rag_url: str  # an agent started without a RAG provider
     no_embedder_url: str  # a release that ships no embedding model
+    registry: ModelRegistry
 
 
 def client(url: str) -> openai.OpenAI:
@@ -60,6 +73,7 @@ def api(
     results = engine.ingest_paths(sorted(DOCS.iterdir()), root=DOCS)
     assert not [r for r in results if isinstance(r, Exception)]
     engine.ingest_text("wash-rota.txt", WASH_ROTA, metadata={"team": "night"})
+    engine.ingest_text("counting-drill.txt", COUNTING)
 
     bare = ModelRegistry(settings)
     bare.activate(release("g2", {LLM: ("llm", smollm2)}))
@@ -70,8 +84,9 @@ def api(
             bare, settings, api_token=TOKEN, chat_grounding=ReleaseRagEngines(bare, Path("/x"))
         ),
     )
+    apps[0].include_router(rag_router(engines))  # as the agent mounts it (edge_agent.serving)
     with LiveServer(apps[0]) as grounded, LiveServer(apps[1]) as plain, LiveServer(apps[2]) as b:
-        yield GroundedApi(engine, grounded.url, plain.url, b.url)
+        yield GroundedApi(engine, grounded.url, plain.url, b.url, registry)
     engines.close()
     registry.close()
     bare.close()
@@ -302,3 +317,35 @@ def test_without_rag_the_reply_has_no_grounding_fields(api: GroundedApi) -> None
         model=LLM, messages=ask("Say hello."), max_tokens=4, temperature=0
     )
     assert not {"citations", "sources", "abstained"} & set(reply.model_extra or {})
+
+
+def test_a_generated_rag_answer_stops_when_its_client_hangs_up(api: GroundedApi) -> None:
+    def generated() -> int:
+        served = next(m for m in api.registry.models() if m.name == LLM)
+        return int(served.engine.get("tokens_generated", 0))  # {} until it is loaded
+
+    def admitted() -> int:
+        return next(m.admitted for m in api.registry.models() if m.name == LLM)
+
+    before = generated()
+    # k=1: only the counting drill, so the model counts on to its 1,200-token budget
+    body = json.dumps({"question": ENDLESS, "generate": True, "max_tokens": 1200, "k": 1})
+    host, port = urlsplit(api.url).netloc.split(":")
+    with socket.create_connection((host, int(port))) as conn:
+        conn.sendall(
+            (
+                f"POST /v1/rag/query HTTP/1.1\r\nHost: {host}\r\n"
+                f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n{body}"
+            ).encode()
+        )
+        deadline = time.monotonic() + 120
+        while generated() - before < 20:  # hang up once the answer is being generated
+            assert time.monotonic() < deadline, "no answer was being generated"
+            time.sleep(0.02)
+    left = generated()
+    while admitted() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    # the generation stops within a few tokens of the client leaving (running on to its
+    # budget would be a thousand more); counted, not timed
+    assert generated() - left <= 24, f"{generated() - left} tokens after the client left"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -60,3 +61,13 @@ def test_a_question_the_handbook_does_not_answer_is_abstained_on(
     answer = handbook.answer("Who won the football world cup in 1998?", k=3, max_tokens=60)
     assert answer.abstained is True and answer.citations == []
     assert answer.reason and answer.answer.startswith("I don't know")
+
+
+def test_a_cancelled_completion_stops_after_the_token_it_is_on(chat: LlamaChat) -> None:
+    count = [{"role": "user", "content": "List the numbers from 1 to 1000 separated by commas."}]
+    whole = chat.complete(count, max_tokens=40)
+    gone = threading.Event()
+    gone.set()  # whoever asked has already left
+    stopped = chat.complete(count, max_tokens=40, cancelled=gone)
+    assert len(whole.split(",")) > 10, whole
+    assert len(stopped) <= 4 and whole.startswith(stopped), stopped
