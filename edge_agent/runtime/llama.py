@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import llama_cpp
@@ -289,6 +290,12 @@ class LlamaTextGenerator:
         self._llama.close()
 
 
+@dataclass(frozen=True)
+class EmbedderStats:
+    texts_embedded: int
+    tokens_embedded: int
+
+
 class LlamaEmbedder:
     """Backend for kind ``embedding``: a GGUF embedding model, one pooled vector per text.
 
@@ -300,6 +307,8 @@ class LlamaEmbedder:
         self._name = name
         self._llama = llama
         self._normalize = normalize
+        self._texts_embedded = 0
+        self._tokens_embedded = 0
         pooling = int(llama_cpp.llama_pooling_type(llama.ctx))
         self._pool_here = pooling == llama_cpp.LLAMA_POOLING_TYPE_NONE
         train_ctx = int(llama_cpp.llama_model_n_ctx_train(llama.model))
@@ -352,7 +361,13 @@ class LlamaEmbedder:
         else:
             raw = self._llama.embed(list(texts), truncate=False)
         vectors = [self._pooled(v) for v in raw]
+        self._texts_embedded += len(texts)
+        self._tokens_embedded += sum(counts)
         return Embeddings(vectors, sum(counts))
+
+    def engine_stats(self) -> EmbedderStats:
+        """What this model has embedded since it was loaded (``/v1/status``'s ``engine``)."""
+        return EmbedderStats(self._texts_embedded, self._tokens_embedded)
 
     def _pooled(self, value: Any) -> list[float]:
         array = np.asarray(value, dtype=np.float32)
