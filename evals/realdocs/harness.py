@@ -242,12 +242,15 @@ def variant(assignments: list[str]) -> tuple[RetrievalSettings, EvidencePolicy]:
             "rerank": settings.rerank_weights,
             "retrieval": settings,
         }.get(group)
-        fields = {f.name: f for f in dataclasses.fields(target)} if target is not None else {}
-        kind = str(fields[name].type) if name in fields else ""
-        if not sep or value is None or kind not in ("float", "int", str(float), str(int)):
+        names = {f.name for f in dataclasses.fields(target)} if target is not None else set()
+        current = getattr(target, name) if name in names else None
+        numeric = isinstance(current, int | float) and not isinstance(current, bool)
+        if not sep or value is None or not numeric:
             known = "evidence.<field>, rerank.<field> or retrieval.<field>, a number"
             raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY {known}")
-        number = int(value) if "int" in kind else value
+        if isinstance(current, int) and not value.is_integer():
+            raise ValueError(f"--set {item!r}: {key} is a whole number")
+        number = int(value) if isinstance(current, int) else value
         changed = dataclasses.replace(target, **{name: number})
         if group == "evidence":
             policy = changed
@@ -262,7 +265,6 @@ def shipped_thresholds() -> dict[str, float | int | str]:
     """The abstention thresholds and second-stage settings that ship, as the baseline file
     records them (chosen on the tuning split; docs/rag.md has the calibration).
     """
-
     settings = RetrievalSettings()
     return {
         **{f"evidence.{k}": v for k, v in dataclasses.asdict(EvidencePolicy()).items()},

@@ -42,6 +42,11 @@ def test_a_bad_assignment_is_refused_with_the_keys_it_takes(bad: str) -> None:
         variant([bad])
 
 
+def test_a_count_takes_a_whole_number() -> None:
+    with pytest.raises(ValueError, match="retrieval.rerank_candidates is a whole number"):
+        variant(["retrieval.rerank_candidates=10.5"])
+
+
 @pytest.mark.parametrize("flag", ["--check-baseline", "--write-baseline"])
 def test_a_variant_is_never_a_baseline(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
