@@ -43,7 +43,7 @@ def test_a_bad_assignment_is_refused_with_the_keys_it_takes(bad: str) -> None:
 
 
 def test_a_count_takes_a_whole_number() -> None:
-    with pytest.raises(ValueError, match="retrieval.rerank_candidates is a whole number"):
+    with pytest.raises(ValueError, match=r"retrieval\.rerank_candidates is a whole number"):
         variant(["retrieval.rerank_candidates=10.5"])
 
 
