@@ -27,16 +27,23 @@ VISION_NAME = "text-orientation"  # what the release calls it, whichever variant
 
 
 def text_orientation_path(precision: str) -> Path:
-    """The FP32 original or its INT8 variant, from ``python -m converters prepare``."""
+    """The FP32 original or its INT8 variant, from ``python -m converters prepare`` (run
+    here when the model cache does not hold it yet: a fresh machine's first test run)."""
 
     def find() -> Path:
         _, relative = DEMO_ARTIFACTS[f"text-orientation-{precision}"]
         path = cache_root() / relative
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing")
+            from converters.__main__ import main as converters_main
+
+            converters_main(["--cache", str(cache_root()), "prepare"])
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing after python -m converters prepare")
         return path
 
-    return require_file(find, f"the text-orientation {precision} model", "run make setup")
+    return require_file(
+        find, f"the text-orientation {precision} model", "python -m converters prepare"
+    )
 
 
 def suite_release(tmp: Path, precision: str = "fp32") -> InstalledRelease:
