@@ -178,6 +178,15 @@ def weighted_hybrid(dense_weight: float, pool: int, terms: float) -> Ranker:
     return rank
 
 
+def head_then(m: int, first: Ranker, second: Ranker) -> Ranker:
+    """The top ``m`` of ``first``, then ``second``'s order for the rest (no repeats)."""
+
+    def rank(a: Asked) -> list[int]:
+        return list(dict.fromkeys([*first(a)[:m], *second(a)]))
+
+    return rank
+
+
 def scores(asked: list[Asked], rank: Ranker) -> dict[str, float]:
     """Recall@1/5 and MRR@10 over the gold passages."""
     return scores_of([(a, rank) for a in asked])
@@ -214,6 +223,8 @@ VARIANTS: dict[str, Ranker] = {
         f"pool dense {d} + bm25 {b}, terms {w}": pooled_rerank(d, b, w)
         for d, b, w in itertools.product((10, 20), (0, 5, 10), (0.1, 0.2, 0.3))
     },
+    **{f"shipped top {m}, then dense": head_then(m, reranked(20, 0.3), dense) for m in (2, 3)},
+    **{f"dense top {m}, then shipped": head_then(m, dense, reranked(20, 0.3)) for m in (1, 2)},
     **{
         f"rrf dense x{dw}, first {p}, terms {w}": weighted_hybrid(dw, p, w)
         for dw, p, w in itertools.product((1.5, 2.0, 3.0), (10, 20), (0.2, 0.3))
