@@ -20,8 +20,7 @@ from edge_agent.runtime import (
     ModelRegistry,
     TextGenerator,
     TextPiece,
-    join_pieces,
-    until_cancelled,
+    join_until_cancelled,
 )
 from edge_agent.settings import AgentSettings
 from edge_agent.telemetry.instrument import GenerationObserver
@@ -109,9 +108,7 @@ async def start_generation(
         cancelled = threading.Event()
 
         def whole_text(m: TextGenerator) -> GeneratedText:
-            if cancelled.is_set():  # the client left while this job was queued
-                return GeneratedText("", "stop", 0, 0)
-            return join_pieces(until_cancelled(produce(m), cancelled))
+            return join_until_cancelled(lambda: produce(m), cancelled)
 
         whole = lease.run(whole_text)
         lease.release_when_done(whole)

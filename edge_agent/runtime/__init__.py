@@ -18,6 +18,7 @@ from edge_agent.runtime.backends import (
     TokenLogprob,
     ToolCall,
     join_pieces,
+    join_until_cancelled,
     until_cancelled,
 )
 from edge_agent.runtime.options import ModelOverrides, resolve_options
@@ -51,6 +52,7 @@ __all__ = [
     "ToolCall",
     "is_idle",
     "join_pieces",
+    "join_until_cancelled",
     "resolve_options",
     "until_cancelled",
 ]

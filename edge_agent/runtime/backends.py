@@ -106,6 +106,16 @@ def until_cancelled(pieces: Iterator[TextPiece], cancelled: threading.Event) -> 
             close()
 
 
+def join_until_cancelled(
+    produce: Callable[[], Iterator[TextPiece]], cancelled: threading.Event
+) -> GeneratedText:
+    """``join_pieces`` of a generation that stops after the token on which ``cancelled`` is
+    set, and does not start when it is set already (whoever asked left while it queued)."""
+    if cancelled.is_set():
+        return GeneratedText("", "stop", 0, 0)
+    return join_pieces(until_cancelled(produce(), cancelled))
+
+
 def join_pieces(pieces: Iterable[TextPiece]) -> GeneratedText:
     """Collect a stream of pieces into one result."""
     parts: list[str] = []

@@ -37,7 +37,7 @@ from edge_agent.runtime.backends import (
     Sampling,
     TextGenerator,
     join_pieces,
-    until_cancelled,
+    join_until_cancelled,
 )
 from edge_agent.runtime.memory_budget import MemoryEstimate, Resident, estimate_file, plan_unloads
 from edge_agent.runtime.options import resolve_options
@@ -594,11 +594,9 @@ class ModelRegistry:
         ``cancelled``, stop after the token on which it is set (or before starting)."""
 
         def whole(m: TextGenerator) -> GeneratedText:
-            if cancelled is None:
-                return join_pieces(m.chat(turns, sampling))
-            if cancelled.is_set():  # whoever asked left while this job was queued
-                return GeneratedText("", "stop", 0, 0)
-            return join_pieces(until_cancelled(m.chat(turns, sampling), cancelled))
+            return join_until_cancelled(
+                lambda: m.chat(turns, sampling), cancelled or threading.Event()
+            )
 
         with self.lease_generator(name) as lease:
             return lease.run(whole).result()
