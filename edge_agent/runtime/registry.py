@@ -112,6 +112,13 @@ class _Slot:
         self.estimate: MemoryEstimate | None = None
         self.reserved = False  # counted in the memory budget (loading or loaded)
 
+    @property
+    def in_use(self) -> int:
+        """Requests that hold the model, plus jobs running on it that hold no admission
+        (a warm-up). ``_active`` is read without ``_cond``: a load holds that lock for its
+        whole length, and an int is read whole."""
+        return self.admitted + self._active
+
     def submit(self, job: Callable[[Any], T]) -> Future[T]:
         return self._executor.submit(self._run, job)
 
@@ -226,6 +233,23 @@ def _llama_loaders() -> dict[str, ModelLoader]:
     return {LLM: _load_llm, EMBEDDING: _load_embedder}
 
 
+def _first_run(kind: str) -> Callable[[Any], None]:
+    """The warm-up job for a model of ``kind``: a model's first evaluation allocates
+    llama.cpp's compute buffers and touches its weight pages, a cost that would otherwise
+    land on the first request (and on the p95 a rollout gate compares)."""
+
+    def run(model: Any) -> None:
+        if kind == LLM:
+            join_pieces(cast(TextGenerator, model).complete("Hello", _WARM_UP))
+        elif kind == EMBEDDING:
+            cast(Embedder, model).embed(["hello"])
+
+    return run
+
+
+_WARM_UP = Sampling(max_tokens=1, temperature=0.0)
+
+
 class ModelRegistry:
     """Serves the models of the active release by artifact name.
 
@@ -323,11 +347,13 @@ class ModelRegistry:
         slot.free()
 
     def warm(self, names: Iterable[str] | None = None) -> None:
-        """Load models now instead of on first use (all of them by default); blocks."""
+        """Load models now instead of on first use (all of them by default), and run each
+        once (one generated token, one embedded word) so that the first request does not
+        pay llama.cpp's first evaluation; blocks."""
         wanted = None if names is None else set(names)
         with self._lock:
             slots = [s for n, s in self._slots.items() if wanted is None or n in wanted]
-        for future in [slot.submit(lambda _m: None) for slot in slots]:
+        for future in [slot.submit(_first_run(slot.artifact.kind)) for slot in slots]:
             future.result()
 
     def close(self) -> None:
@@ -397,7 +423,7 @@ class ModelRegistry:
                 Resident(
                     name=str(i),
                     mb=s.estimate.total_mb if s.estimate else 0.0,
-                    idle=s.admitted == 0 and s.loaded,
+                    idle=s.in_use == 0 and s.loaded,
                     last_used=s.last_used,
                 )
                 for i, s in enumerate(others)
@@ -552,12 +578,12 @@ class ModelRegistry:
                 for s in self._slots.values()
                 if is_idle(
                     loaded=s.loaded,
-                    admitted=s.admitted,
+                    admitted=s.in_use,
                     last_used=s.last_used,
                     now=at,
                     idle_after=self._idle_after(s),
                 )
-                or (s.keep_alive == 0 and s.loaded and s.admitted == 0)
+                or (s.keep_alive == 0 and s.loaded and s.in_use == 0)
             ]
             for s in idle:
                 if s.keep_alive == 0:  # done: the next load is under the setting again

@@ -203,10 +203,11 @@ def test_an_embedding_whose_client_leaves_stops_between_batches(hostile: Hostile
     hostile.wait_admitted(EMBEDDER, 0, timeout=60.0)
     after_leaving = hostile.embedded(EMBEDDER) - left
 
-    # it stops after the batch it is on (32 texts; the rest would be up to 2,048 more);
-    # counted, not timed
+    # it stops after the batch it is on, or at worst after one more that began before the
+    # hang-up reached the agent's event loop (32 texts each; without the check the rest,
+    # up to 2,048, would be embedded); counted, not timed
     assert left - before < len(inputs), "the embedding had finished before the client left"
-    assert after_leaving <= EMBEDDING_BATCH, f"{after_leaving} texts after the client left"
+    assert after_leaving <= 2 * EMBEDDING_BATCH, f"{after_leaving} texts after the client left"
     r = embed(hostile, ["one more"])
     assert r.status_code == 200 and len(r.json()["data"]) == 1
 

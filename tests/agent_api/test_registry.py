@@ -26,7 +26,7 @@ from edge_agent.runtime import (
     resolve_options,
 )
 from edge_agent.runtime.llama import LlamaTextGenerator
-from tests.agent_api.conftest import LLM, release, settings_for_tests
+from tests.agent_api.conftest import EMBEDDER, LLM, release, settings_for_tests
 
 GREEDY = Sampling(max_tokens=4, temperature=0)
 
@@ -127,6 +127,21 @@ def test_models_load_lazily_and_unload_when_idle(smollm2: Path) -> None:
         assert registry.unload_idle(now=clock.now + 60) == [LLM]
         registry.warm()  # the unload ran before this job on the model's thread
         assert loader.closes == [LLM] and loader.loads == [LLM, LLM]
+    finally:
+        registry.close()
+
+
+@pytest.mark.slow
+def test_warm_runs_every_model_once_so_no_request_pays_its_first_evaluation(
+    smollm2: Path, minilm: Path
+) -> None:
+    registry = ModelRegistry(settings_for_tests())
+    try:
+        registry.activate(release("r1", {LLM: ("llm", smollm2), EMBEDDER: ("embedding", minilm)}))
+        registry.warm()
+        engines = {m.name: m.engine for m in registry.models()}
+        assert engines[LLM]["tokens_generated"] == 1, engines  # one token, no more
+        assert engines[EMBEDDER]["texts_embedded"] == 1, engines
     finally:
         registry.close()
 

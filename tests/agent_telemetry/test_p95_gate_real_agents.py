@@ -200,7 +200,8 @@ def test_a_slower_release_from_real_agents_halts_on_the_p95_gate_at_the_first_st
 
     shown = wait_until(finished, timeout=120, what="the p95 gate to judge the stage")
     reason = shown["reason"]
-    assert shown["state"] == "halted", reason
+    events = "; ".join(f"{e['kind']}: {e['message']}" for e in shown["events"])
+    assert shown["state"] == "halted", f"{reason} (events: {events})"
     assert shown["stage"] == 1
     assert "p95 time to first token" in reason and reason.count("95% CI") == 2, reason
     assert "on p95-real-agents@2.0.0 (2 devices)" in reason, reason
