@@ -69,7 +69,15 @@ class LiveServer:
 
     def __init__(self, app: FastAPI) -> None:
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            access_log=False,
+            # log_config=None: uvicorn's dictConfig would close the handlers other libraries
+            # installed (absl's closes pytest's captured stderr; `make unit` died of it)
+            log_config=None,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)

@@ -254,7 +254,16 @@ class LiveServer:
     """Runs an app under uvicorn in a thread on a free loopback port."""
 
     def __init__(self, app: FastAPI) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            # log_config=None: uvicorn's dictConfig would close the handlers other libraries
+            # installed (absl's closes pytest's captured stderr; `make unit` died of it)
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            log_config=None,
+        )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -12,10 +12,10 @@ import pytest
 from converters.__main__ import main
 from edge_agent.vision.spec import PreprocessSpec, VisionModelSpec
 from tests.converters.test_quantize_search import _write
-from tests.requirements import require_module
+from tests.requirements import require_installed
 
-require_module("ai_edge_litert", "ai-edge-litert (the 'tflite' extra)", "make setup installs it")
-require_module("ai_edge_quantizer", "ai-edge-quantizer (the 'convert' extra)", "make setup")
+require_installed("ai_edge_litert", "ai-edge-litert (the 'tflite' extra)", "make setup installs it")
+require_installed("ai_edge_quantizer", "ai-edge-quantizer (the 'convert' extra)", "make setup")
 
 from tests.converters.tiny_tflite import fc_classifier  # noqa: E402
 

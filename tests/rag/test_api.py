@@ -39,7 +39,9 @@ def artifact(name: str, kind: str, fmt: str, path: Path) -> InstalledArtifact:
 
 class Server:
     def __init__(self, app: object) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")  # type: ignore[arg-type]
+        # log_config=None: uvicorn's dictConfig would close the handlers other libraries
+        # installed (absl's closes pytest's captured stderr; `make unit` died of it)
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None)  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()

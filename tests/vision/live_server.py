@@ -23,7 +23,16 @@ def free_port() -> int:
 def serving(app: FastAPI) -> Iterator[str]:
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            # log_config=None: uvicorn's dictConfig would close the handlers other libraries
+            # installed (absl's closes pytest's captured stderr; `make unit` died of it)
+            log_config=None,
+        )
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
