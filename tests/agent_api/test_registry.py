@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.errors import (
+    BadRequestError,
     BusyError,
     ConfigError,
     ContextOverflowError,
@@ -142,6 +143,25 @@ def test_warm_runs_every_model_once_so_no_request_pays_its_first_evaluation(
         engines = {m.name: m.engine for m in registry.models()}
         assert engines[LLM]["tokens_generated"] == 1, engines  # one token, no more
         assert engines[EMBEDDER]["texts_embedded"] == 1, engines
+    finally:
+        registry.close()
+
+
+@pytest.mark.slow
+def test_warm_runs_a_model_whose_template_refuses_a_lone_user_turn_as_a_completion(
+    smollm2: Path,
+) -> None:
+    template = (
+        "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}"
+    )
+    config = {"models": {LLM: {"chat_template": template}}}
+    registry = ModelRegistry(settings_for_tests())
+    try:
+        registry.activate(release("r1", {LLM: ("llm", smollm2)}, config))
+        registry.warm()  # does not fail the release: its chats need a system turn first
+        assert registry.models()[0].engine["tokens_generated"] == 1
+        with pytest.raises(BadRequestError, match="system first"):
+            registry.chat(LLM, [ChatTurn("user", "Hi")], GREEDY)
     finally:
         registry.close()
 
