@@ -359,8 +359,8 @@ class ModelRegistry:
 
     def warm(self, names: Iterable[str] | None = None) -> None:
         """Load models now instead of on first use (all of them by default), and run each
-        once (one generated token, one embedded word) so that the first request does not
-        pay llama.cpp's first evaluation; blocks."""
+        once (a one-token chat, one embedded word) so that the first request does not pay
+        the first use; blocks."""
         wanted = None if names is None else set(names)
         with self._lock:
             slots = [s for n, s in self._slots.items() if wanted is None or n in wanted]
