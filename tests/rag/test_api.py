@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from edge_agent.api import create_local_api
 from edge_agent.rag.api import rag_router
@@ -38,10 +39,10 @@ def artifact(name: str, kind: str, fmt: str, path: Path) -> InstalledArtifact:
 
 
 class Server:
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: FastAPI) -> None:
         # log_config=None: uvicorn's dictConfig would close the handlers other libraries
         # installed (absl's closes pytest's captured stderr; `make unit` died of it)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None)  # type: ignore[arg-type]
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
