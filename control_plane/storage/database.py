@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+import threading
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +26,11 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 _MIGRATION_LOCK_ID = 0x6F757470
 
 T = TypeVar("T")
+
+# Waits between retries: full jitter over a doubling ceiling, so writers that collided
+# spread out instead of colliding again in step.
+_RETRY_FIRST_CEILING_S = 0.002
+_RETRY_MAX_CEILING_S = 0.1
 
 
 class ConcurrentUpdateError(Exception):
@@ -80,6 +88,10 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        # SQLite has one writer at a time anyway; taking turns inside this process keeps
+        # a read-modify-write from losing its compare-and-swap to a sibling thread again
+        # and again. Re-entrant, so a unit of work may call another.
+        self._writer_turns = threading.RLock() if engine.dialect.name == "sqlite" else None
 
     @classmethod
     def from_url(cls, url: str) -> Database:
@@ -100,6 +112,11 @@ class Database:
                 "the database is unavailable or busy; retry shortly"
             ) from e
 
+    def writer_turn(self) -> AbstractContextManager[object]:
+        """Held around a retried unit of work: this process's writers take turns on SQLite
+        (a no-op on PostgreSQL, whose row locks and compare-and-swaps serialize them)."""
+        return self._writer_turns if self._writer_turns is not None else nullcontext()
+
     def ping(self) -> None:
         try:
             with self.engine.connect() as connection:
@@ -116,10 +133,15 @@ def retrying(db: Database, work: Callable[[Session], T], *, attempts: int = 8) -
 
     ``work`` must re-read what it depends on; a unique-constraint violation or a failed
     compare-and-swap (:class:`ConcurrentUpdateError`) means "someone got there first".
+    Between attempts it waits a random time under a doubling ceiling.
     """
-    for _ in range(attempts):
+    ceiling = _RETRY_FIRST_CEILING_S
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(random.uniform(0, ceiling))
+            ceiling = min(ceiling * 2, _RETRY_MAX_CEILING_S)
         try:
-            with db.transaction() as session:
+            with db.writer_turn(), db.transaction() as session:
                 return work(session)
         except (IntegrityError, ConcurrentUpdateError):
             continue

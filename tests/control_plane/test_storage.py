@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
 
 from control_plane import audit
 from control_plane.repository.metadata_store import read_file, save_files
@@ -118,3 +121,27 @@ def test_timestamp_swap_fails_when_another_writer_moved_it(db: Database) -> None
     with db.transaction() as session:
         assert read_file(session, "timestamp.json") == b"t2"
         assert read_file(session, "2.snapshot.json") is None  # B's insert rolled back too
+
+
+def test_sqlite_writers_in_one_process_take_turns_so_none_loses_its_swap(tmp_path: Path) -> None:
+    """Eight threads read a counter, pause, and compare-and-swap it, with one attempt each:
+    on SQLite they take turns, so no swap fails and no increment is lost."""
+    db = Database.from_url(f"sqlite:///{tmp_path / 'turns.db'}")
+    with db.transaction() as session:
+        session.execute(text("CREATE TABLE counter (n INTEGER NOT NULL)"))
+        session.execute(text("INSERT INTO counter VALUES (0)"))
+
+    def increment(session: Session) -> None:
+        seen = session.execute(text("SELECT n FROM counter")).scalar_one()
+        time.sleep(0.002)  # wide enough for a sibling to read the same value
+        swapped = session.execute(
+            text("UPDATE counter SET n = :new WHERE n = :seen"), {"new": seen + 1, "seen": seen}
+        )
+        if swapped.rowcount != 1:  # type: ignore[attr-defined]
+            raise ConcurrentUpdateError
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda _: retrying(db, increment, attempts=1), range(48)))
+    with db.transaction() as session:
+        assert session.execute(text("SELECT n FROM counter")).scalar_one() == 48
+    db.dispose()
