@@ -49,8 +49,16 @@ class Asked:
     question: str = ""
 
 
-def ask_all(index: RagIndex, embedder: EmbeddingModel, pack: Pack = PACK1) -> list[Asked]:
-    """The pack's answerable tuning questions, asked once each."""
+def ask_all(
+    index: RagIndex,
+    embedder: EmbeddingModel,
+    pack: Pack = PACK1,
+    *,
+    unanswerable: bool = False,
+    split: str = "tune",
+) -> list[Asked]:
+    """The pack's answerable questions of ``split`` (and with ``unanswerable`` the
+    unanswerable ones too, whose ``gold`` is empty), asked once each."""
     everything = index.exact_vector_search(np.zeros(index.identity.dimension, np.float32), 10**9)
     ids = sorted(i for i, _ in everything)
     position = {i: n for n, i in enumerate(ids)}
@@ -59,7 +67,7 @@ def ask_all(index: RagIndex, embedder: EmbeddingModel, pack: Pack = PACK1) -> li
     texts = [with_context(stored[i].as_chunk(), stored[i].title) for i in ids]
     asked = []
     for q in json.loads(pack.questions.read_text())["questions"]:
-        if q["split"] != "tune" or not q["gold"]:
+        if q["split"] != split or not (q["gold"] or unanswerable):
             continue
         question = normalize_text(q["question"])
         spans = token_spans(question)
