@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import os
-import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from edge_agent.api import create_local_api
 from edge_agent.release import InstalledArtifact, InstalledRelease
 from edge_agent.runtime import ModelRegistry
 from edge_agent.settings import AgentSettings
+from tests.live_server import LiveServer
 from tests.requirements import LLAMA, MINILM, require_installed, smollm2_gguf_path
 
 TOKEN = "test-token-0123456789abcdef"
@@ -62,44 +59,6 @@ def release(
         artifacts=artifacts,
         config=dict(config or {}),
     )
-
-
-class LiveServer:
-    """uvicorn serving ``app`` on a free loopback port, in a background thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        config = uvicorn.Config(
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="off",
-            access_log=False,
-            # log_config=None: uvicorn's dictConfig would close the handlers other libraries
-            # installed (absl's closes pytest's captured stderr; `make unit` died of it)
-            log_config=None,
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="uvicorn", daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        return self
-
-    @property
-    def url(self) -> str:
-        sockets = self._server.servers[0].sockets
-        port = sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
 
 
 @dataclass

@@ -24,10 +24,10 @@ from tests.agent_api.conftest import (
     EMBEDDER,
     LLM,
     TOKEN,
-    LiveServer,
     release,
     settings_for_tests,
 )
+from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 

@@ -28,7 +28,8 @@ import pytest
 from edge_agent.api import create_local_api
 from edge_agent.api.generation import EMBEDDING_BATCH
 from edge_agent.runtime import ModelRegistry
-from tests.agent_api.conftest import EMBEDDER, LLM, TOKEN, LiveServer, release, settings_for_tests
+from tests.agent_api.conftest import EMBEDDER, LLM, TOKEN, release, settings_for_tests
+from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 

@@ -28,11 +28,11 @@ from tests.agent_api.conftest import (
     LLM,
     N_CTX,
     TOKEN,
-    LiveServer,
     Served,
     release,
     settings_for_tests,
 )
+from tests.live_server import LiveServer
 from tests.requirements import require_module
 
 pytestmark = pytest.mark.slow

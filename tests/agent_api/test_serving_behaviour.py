@@ -28,11 +28,11 @@ from tests.agent_api.conftest import (
     EMBEDDER,
     LLM,
     TOKEN,
-    LiveServer,
     Served,
     release,
     settings_for_tests,
 )
+from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,8 @@ import pytest
 
 from edge_agent.api import create_local_api
 from edge_agent.runtime import ModelRegistry
-from tests.agent_api.conftest import LLM, TOKEN, LiveServer, Served, release, settings_for_tests
+from tests.agent_api.conftest import LLM, TOKEN, Served, release, settings_for_tests
+from tests.live_server import LiveServer
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from control_plane.cli import main
-from tests.control_plane.conftest import ControlPlaneUnderTest, LiveServer, make_control_plane
+from tests.control_plane.conftest import ControlPlaneUnderTest, make_control_plane
+from tests.live_server import serving
 
 
 @dataclass(frozen=True)
@@ -62,5 +63,5 @@ class OperatorShell:
 @contextmanager
 def operator_shell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Iterator[OperatorShell]:
     cp = make_control_plane(tmp_path)
-    with cp.client, LiveServer(cp.app) as url:
+    with cp.client, serving(cp.app) as url:
         yield OperatorShell(cp=cp, url=url, tmp_path=tmp_path, capsys=capsys)

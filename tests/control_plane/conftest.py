@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +15,6 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -245,41 +242,6 @@ def cp_any_db(tmp_path: Path, database_url: str | None) -> Iterator[ControlPlane
     under_test = make_control_plane(tmp_path, database_url)
     with under_test.client:
         yield under_test
-
-
-# --- a real HTTP server on loopback --------------------------------------------------------
-
-
-class LiveServer:
-    """Runs an app under uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app: FastAPI) -> None:
-        config = uvicorn.Config(
-            # log_config=None: uvicorn's dictConfig would close the handlers other libraries
-            # installed (absl's closes pytest's captured stderr; `make unit` died of it)
-            app,
-            host="127.0.0.1",
-            port=0,
-            log_level="warning",
-            lifespan="off",
-            log_config=None,
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 # --- artifacts ------------------------------------------------------------------------------

@@ -27,11 +27,11 @@ from protocol import (
 from protocol.keys import generate_key_pair
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
-    LiveServer,
     enroll_body,
     make_control_plane,
     small_gguf,
 )
+from tests.live_server import serving
 
 
 def director_keys_from_root(root: bytes) -> dict[str, object]:
@@ -151,7 +151,7 @@ def test_one_enrollment_token_enrolls_one_device_even_concurrently(
 ) -> None:
     cp = cp_any_db
     token = cp.enrollment_token()
-    with LiveServer(cp.app) as base, httpx.Client(base_url=base, timeout=30) as http:
+    with serving(cp.app) as base, httpx.Client(base_url=base, timeout=30) as http:
 
         def attempt(i: int) -> int:
             body = enroll_body(token, generate_key_pair(), name=f"racer-{i}")
@@ -171,7 +171,7 @@ def test_concurrent_publishes_lose_no_target(
     cp = cp_any_db
     artifacts = [cp.upload(small_gguf(tmp_path, seed=i), name=f"m{i}") for i in range(6)]
     headers = cp.auth("release-manager")
-    with LiveServer(cp.app) as base, httpx.Client(base_url=base, timeout=60) as http:
+    with serving(cp.app) as base, httpx.Client(base_url=base, timeout=60) as http:
 
         def publish(i: int) -> int:
             body = {"name": f"rel{i}", "version": "1", "artifacts": [artifacts[i]["id"]]}

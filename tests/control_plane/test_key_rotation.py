@@ -20,9 +20,9 @@ from protocol.keys import generate_key_pair, load_private_key, write_private_key
 from protocol.messages import ASSIGNMENT_PAYLOAD_TYPE
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
-    LiveServer,
     small_gguf,
 )
+from tests.live_server import serving
 
 
 def rotate(
@@ -57,7 +57,7 @@ def test_a_client_that_trusted_root_v1_follows_rotated_snapshot_and_timestamp_ke
     metadata_dir.mkdir(parents=True)
     (tmp_path / "client" / "targets").mkdir()
 
-    with LiveServer(cp.app) as base:
+    with serving(cp.app) as base:
 
         def client(bootstrap: bytes | None) -> Updater:
             return Updater(

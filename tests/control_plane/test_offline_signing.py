@@ -23,11 +23,11 @@ from control_plane.repository import tuf_signer
 from protocol.keys import Ed25519KeyPair, generate_key_pair, load_private_key, write_private_key
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
-    LiveServer,
     sha256_hex,
     small_gguf,
 )
 from tests.control_plane.test_repository_http import updater
+from tests.live_server import serving
 
 
 def take_targets_key_offline(cp: ControlPlaneUnderTest, tmp_path: Path) -> Path:
@@ -120,7 +120,7 @@ def test_sign_targets_cli_publishes_and_ngclient_finds_the_targets(
         cp.publish([second["id"], embedder["id"]], name="rag", version="1"),
     ]
     assert {r["state"] for r in waiting} == {"pending-signature"}
-    with LiveServer(cp.app) as base:
+    with serving(cp.app) as base:
         rc = main(
             [
                 "sign-targets",
@@ -183,7 +183,7 @@ def test_declining_the_confirmation_signs_nothing(
         questions.append(question)
         return False
 
-    with LiveServer(cp.app) as base:
+    with serving(cp.app) as base:
         outcome = sign_targets(
             server=base,
             token=token_file(cp, tmp_path).read_text().strip(),
@@ -219,7 +219,7 @@ def test_the_cli_refuses_a_key_that_did_not_sign_the_repository(
     cp.publish([cp.upload(small_gguf(tmp_path))["id"]])
     wrong = tmp_path / "wrong.key"
     write_private_key(generate_key_pair(), wrong)
-    with LiveServer(cp.app) as base, pytest.raises(SigningAbortedError, match="not signed by"):
+    with serving(cp.app) as base, pytest.raises(SigningAbortedError, match="not signed by"):
         sign_targets(
             server=base,
             token=token_file(cp, tmp_path).read_text().strip(),

@@ -14,11 +14,11 @@ from tuf.ngclient import Updater
 
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
-    LiveServer,
     make_control_plane,
     sha256_hex,
     small_gguf,
 )
+from tests.live_server import serving
 
 
 def updater(cp: ControlPlaneUnderTest, base: str, tmp_path: Path, name: str = "client") -> Updater:
@@ -40,7 +40,7 @@ def test_published_release_verifies_with_ngclient(
     data = small_gguf(tmp_path)
     artifact = cp.upload(data, name="tiny-chat", runtime="llama.cpp")
     cp.publish([artifact["id"]])
-    with LiveServer(cp.app) as base:
+    with serving(cp.app) as base:
         client = updater(cp, base, tmp_path)
         client.refresh()
         info = client.get_targetinfo(artifact["target_path"])
@@ -85,7 +85,7 @@ def test_an_online_client_never_sees_an_expired_timestamp(tmp_path: Path) -> Non
     cp = make_control_plane(
         tmp_path, start=datetime.now(UTC) - timedelta(seconds=20), timestamp_lifetime_seconds=16
     )
-    with cp.client, LiveServer(cp.app) as base:
+    with cp.client, serving(cp.app) as base:
         cp.clock.now = datetime.now(UTC)
         client = updater(cp, base, tmp_path)
         client.refresh()
@@ -97,7 +97,7 @@ def test_client_refuses_an_expired_timestamp(tmp_path: Path) -> None:
     cp = make_control_plane(
         tmp_path, start=datetime.now(UTC) - timedelta(seconds=20), timestamp_lifetime_seconds=16
     )
-    with cp.client, LiveServer(cp.app) as base, pytest.raises(ExpiredMetadataError):
+    with cp.client, serving(cp.app) as base, pytest.raises(ExpiredMetadataError):
         updater(cp, base, tmp_path).refresh()
 
 
@@ -167,7 +167,7 @@ def test_targets_support_range_and_head(cp: ControlPlaneUnderTest, tmp_path: Pat
     artifact = cp.upload(data)
     cp.publish([artifact["id"]])
     url = f"/repo/targets/{artifact['target_path']}"
-    with LiveServer(cp.app) as base, httpx.Client(base_url=base) as http:
+    with serving(cp.app) as base, httpx.Client(base_url=base) as http:
         whole = http.get(url)
         assert (whole.status_code, whole.content) == (200, data)
         assert whole.headers["accept-ranges"] == "bytes"
@@ -210,7 +210,7 @@ def test_a_tampered_metadata_file_is_refused_by_the_client(
         session.execute(
             update(TufMetadataFile).where(TufMetadataFile.id == row.id).values(content=forged)
         )
-    with LiveServer(cp.app) as base:
+    with serving(cp.app) as base:
         client = updater(cp, base, tmp_path)
         with pytest.raises(RepositoryError):
             client.refresh()

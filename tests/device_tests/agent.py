@@ -18,8 +18,8 @@ from edge_agent.release import InstalledRelease
 from edge_agent.runtime import ModelRegistry
 from edge_agent.serving import ReleaseServing
 from edge_agent.settings import AgentSettings
-from tests.agent_api.conftest import LiveServer
 from tests.fuzz.test_agent_schema import _artifact, full_release
+from tests.live_server import LiveServer
 from tests.requirements import require_file
 
 TOKEN = "device-tests-token-0123456789"

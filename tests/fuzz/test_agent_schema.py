@@ -31,7 +31,6 @@ from edge_agent.settings import AgentSettings
 from edge_agent.store import sha256_file
 from edge_agent.telemetry.agent import TelemetryAgent
 from protocol.remote_config import TelemetrySettings
-from tests.agent_api.conftest import LiveServer
 from tests.fuzz.harness import (
     FuzzReport,
     KnownIssue,
@@ -41,6 +40,7 @@ from tests.fuzz.harness import (
     load_schema,
     model_schema,
 )
+from tests.live_server import LiveServer
 from tests.requirements import LLAMA, MINILM, require_installed, smollm2_gguf_path
 
 pytestmark = pytest.mark.fuzz

@@ -31,7 +31,6 @@ from protocol.telemetry import TelemetryReport
 from tests.control_plane.conftest import (
     ControlPlaneUnderTest,
     FakeDevice,
-    LiveServer,
     make_control_plane,
     small_gguf,
 )
@@ -44,6 +43,7 @@ from tests.fuzz.harness import (
     load_schema,
     model_schema,
 )
+from tests.live_server import serving
 
 pytestmark = pytest.mark.fuzz
 
@@ -138,7 +138,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World, str]]:
     tmp_path = tmp_path_factory.mktemp("fuzz-cp")
     cp = make_control_plane(tmp_path)
-    with cp.client, LiveServer(cp.app) as url:
+    with cp.client, serving(cp.app) as url:
         yield World(cp, tmp_path), url
 
 

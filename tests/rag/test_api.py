@@ -8,15 +8,11 @@ import contextlib
 import hashlib
 import json
 import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
 from edge_agent.api import create_local_api
 from edge_agent.rag.api import rag_router
@@ -24,6 +20,7 @@ from edge_agent.rag.release import ReleaseRagEngines
 from edge_agent.release import InstalledArtifact, InstalledRelease
 from edge_agent.runtime import ModelRegistry
 from edge_agent.settings import AgentSettings
+from tests.live_server import LiveServer
 
 from .test_loaders import pdf_with_text
 
@@ -36,26 +33,6 @@ UPLOAD_CAP = 2_000_000
 def artifact(name: str, kind: str, fmt: str, path: Path) -> InstalledArtifact:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return InstalledArtifact(name, kind, fmt, digest, path.stat().st_size, path)
-
-
-class Server:
-    def __init__(self, app: FastAPI) -> None:
-        # log_config=None: uvicorn's dictConfig would close the handlers other libraries
-        # installed (absl's closes pytest's captured stderr; `make unit` died of it)
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", log_config=None)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.05)
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +64,9 @@ def api(
         api_token=TOKEN,
         extra_routers=[rag_router(engines, max_upload_bytes=UPLOAD_CAP)],
     )
-    server = Server(app)
-    yield server.url, state
-    server.stop()
+    # lifespan "auto", as uvicorn runs the agent's app
+    with LiveServer(app, lifespan="auto", start_timeout_s=20) as server:
+        yield server.url, state
     engines.close()
     registry.close()
 

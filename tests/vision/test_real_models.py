@@ -16,8 +16,8 @@ from converters.demo import demo_release
 from converters.sources import cache_root
 from edge_agent.vision.decode import decode_image
 from edge_agent.vision.provider import ReleaseVisionModels
+from tests.live_server import serving
 from tests.vision.conftest import AUTH, app_with
-from tests.vision.live_server import serving
 
 pytestmark = pytest.mark.slow
 
