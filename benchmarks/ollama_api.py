@@ -38,7 +38,8 @@ import httpx
 
 from edge_agent.api import create_local_api
 from edge_agent.runtime import ModelRegistry
-from tests.agent_api.conftest import LiveServer, release, settings_for_tests
+from tests.agent_api.conftest import release, settings_for_tests
+from tests.live_server import LiveServer
 from tests.requirements import smollm2_gguf_path
 
 TOKEN = "bench-token-0123456789abcdef"

@@ -44,8 +44,9 @@ from edge_agent.runtime import ModelRegistry
 from edge_agent.settings import AgentSettings
 from edge_agent.telemetry.instrument import GenerationObserver, TelemetryMiddleware
 from edge_agent.telemetry.metrics import AgentMetrics
-from tests.agent_api.conftest import LiveServer, release
+from tests.agent_api.conftest import release
 from tests.agent_telemetry.helpers import telemetry_app
+from tests.live_server import LiveServer
 
 RESULTS = ROOT / "benchmarks" / "results" / "telemetry_overhead.json"
 TOKEN = "benchmark-token-0123456789"

@@ -15,8 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.runtime import ModelRegistry
 from edge_agent.telemetry.agent import TelemetryAgent
-from tests.agent_api.conftest import LLM, TOKEN, LiveServer, release, settings_for_tests
+from tests.agent_api.conftest import LLM, TOKEN, release, settings_for_tests
 from tests.agent_telemetry.helpers import telemetry_app
+from tests.live_server import LiveServer
 from tests.requirements import LLAMA, require_installed, smollm2_gguf_path
 
 DEVICE_ID = "dev-canary-7f3a"

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.control_plane.conftest import LiveServer
 from tests.dashboard.conftest import DEVICES, HOSTILE_NAME, SeededFleet, send_telemetry
+from tests.live_server import serving
 from tests.requirements import require, require_module
 
 pytestmark = pytest.mark.slow
@@ -89,7 +89,7 @@ def test_an_operator_signs_in_and_reads_the_fleet_in_chromium(
 
     send_telemetry(seeded)
     token = seeded.cp.auth("viewer")["Authorization"].removeprefix("Bearer ")
-    with LiveServer(seeded.cp.app) as base:
+    with serving(seeded.cp.app) as base:
         browser.get(f"{base}/dashboard")
         assert browser.current_url == f"{base}/dashboard/login", "a stranger is sent to sign in"
         browser.find_element(By.ID, "token").send_keys(token)
