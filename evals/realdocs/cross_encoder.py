@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,7 +30,14 @@ from edge_agent.rag import RagIndex
 from edge_agent.rag.chunking import with_context
 from evals.realdocs.abstain_tokens import front
 from evals.realdocs.harness import PACK1, PACK2, PACK3, Pack, cached_index
-from evals.realdocs.replay import Asked, ask_all, dense, reranked, scores_of
+from evals.realdocs.replay import Asked, Ranker, ask_all, dense, reranked, scores_of
+
+if TYPE_CHECKING:
+    import torch
+
+# The cross-encoder module is a class defined inside build_model, where torch is imported
+# (the `convert` extra); callers reach its head, null logit and pooled() by attribute.
+Model = Any
 
 POOL = 20
 MAX_TOKENS = 192
@@ -63,7 +70,7 @@ def load(pack: Pack, split: str = "tune") -> Packed:
     return Packed(f"{pack.name} ({split})", asked, texts)
 
 
-def build_model(model_dir: Path):  # type: ignore[no-untyped-def]
+def build_model(model_dir: Path) -> Model:
     import torch
     from torch import nn
 
@@ -86,12 +93,12 @@ def build_model(model_dir: Path):  # type: ignore[no-untyped-def]
             )
             self.up, self.down = nn.Linear(h, f), nn.Linear(f, h)
 
-        def forward(self, x, bias):  # type: ignore[no-untyped-def]
+        def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
             b, n, h = x.shape
             heads = cfg.num_heads
             d = h // heads
 
-            def split(t):  # type: ignore[no-untyped-def]
+            def split(t: torch.Tensor) -> torch.Tensor:
                 return t.view(b, n, heads, d).transpose(1, 2)
 
             att = torch.nn.functional.scaled_dot_product_attention(
@@ -115,7 +122,9 @@ def build_model(model_dir: Path):  # type: ignore[no-untyped-def]
             # the logit of "no passage answers": what the best candidate must beat
             self.null = nn.Parameter(torch.tensor(12.0))
 
-        def pooled(self, ids, types, mask):  # type: ignore[no-untyped-def]
+        def pooled(
+            self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
             """The mean of the encoder's output vectors over the unmasked tokens."""
             n = ids.shape[1]
             pos = torch.arange(n).unsqueeze(0)
@@ -126,7 +135,9 @@ def build_model(model_dir: Path):  # type: ignore[no-untyped-def]
             m = mask.unsqueeze(-1).float()
             return (x * m).sum(1) / m.sum(1)
 
-        def forward(self, ids, types, mask):  # type: ignore[no-untyped-def]
+        def forward(
+            self, ids: torch.Tensor, types: torch.Tensor, mask: torch.Tensor
+        ) -> torch.Tensor:
             return self.head(self.pooled(ids, types, mask)).squeeze(-1)
 
     model = CrossEncoder()
@@ -163,7 +174,9 @@ class Encoder:
             self.cache[text] = self.tok.encode(text, 10_000)[1:-1]
         return self.cache[text]
 
-    def batch(self, question: str, passages: list[str]):  # type: ignore[no-untyped-def]
+    def batch(
+        self, question: str, passages: list[str]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         import torch
 
         q = self.ids(question)[:QUESTION_TOKENS]
@@ -192,7 +205,9 @@ def prior(a: Asked, positions: list[int]) -> np.ndarray:
     return np.array([a.cosine[i] + 0.3 * a.coverage[i] for i in positions])
 
 
-def train(model, enc: Encoder, packs: list[Packed], epochs: int, seed: int, null: bool) -> None:  # type: ignore[no-untyped-def]
+def train(
+    model: Model, enc: Encoder, packs: list[Packed], epochs: int, seed: int, null: bool
+) -> None:
     import torch
 
     rng = random.Random(seed)
@@ -221,16 +236,16 @@ def train(model, enc: Encoder, packs: list[Packed], epochs: int, seed: int, null
     for epoch in range(epochs):
         rng.shuffle(groups)
         total = 0.0
-        for p, a, golds, negatives in groups:
+        for p, a, gold_positions, negatives in groups:
             negs = rng.sample(negatives, min(7, len(negatives)))
-            positions = [rng.choice(golds), *negs] if golds else negs
+            positions = [rng.choice(gold_positions), *negs] if gold_positions else negs
             ids, types, mask = enc.batch(a.question, [p.texts[i] for i in positions])
             logits = model(ids, types, mask) + torch.tensor(
                 prior(a, positions) * 20.0, dtype=torch.float32
             )
             if null:  # "no passage answers" competes with the candidates
                 logits = torch.cat([logits, model.null.reshape(1)])
-            target = 0 if golds else len(positions)
+            target = 0 if gold_positions else len(positions)
             loss = torch.nn.functional.cross_entropy(logits.unsqueeze(0), torch.tensor([target]))
             opt.zero_grad()
             loss.backward()
@@ -249,7 +264,7 @@ def train(model, enc: Encoder, packs: list[Packed], epochs: int, seed: int, null
 _CORRECTIONS: dict[tuple[int, str], list[np.ndarray]] = {}
 
 
-def corrections_of(model, enc: Encoder, p: Packed, key: int) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def corrections_of(model: Model, enc: Encoder, p: Packed, key: int) -> list[np.ndarray]:
     """The cross-encoder's score correction (in cosine units) for each question's pool."""
     import torch
 
@@ -268,7 +283,7 @@ def corrections_of(model, enc: Encoder, p: Packed, key: int) -> list[np.ndarray]
     return out
 
 
-def score(model, enc: Encoder, packs: list[Packed], key: int = 0) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def score(model: Model, enc: Encoder, packs: list[Packed], key: int = 0) -> dict[str, Any]:
     """Recall@1/5 and MRR of dense, shipped and shipped + cross-encoder, and abstention
     fronts, over the questions of ``packs`` pooled; ``key`` names the model's state."""
     asked = [a for p in packs for a in p.asked]
@@ -276,7 +291,7 @@ def score(model, enc: Encoder, packs: list[Packed], key: int = 0) -> dict[str, A
     fix_of = {id(a): c for a, c in zip(asked, fixes, strict=True)}
     null = float(model.null.detach()) / 20.0
 
-    def crossed(weight: float):  # type: ignore[no-untyped-def]
+    def crossed(weight: float) -> Ranker:
         def rank(a: Asked) -> list[int]:
             pool = pool_of(a)
             s = prior(a, pool) + weight * fix_of[id(a)]
@@ -308,7 +323,7 @@ def score(model, enc: Encoder, packs: list[Packed], key: int = 0) -> dict[str, A
     return rows
 
 
-def export_and_time(model, enc: Encoder, p: Packed, out: Path) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+def export_and_time(model: Model, enc: Encoder, p: Packed, out: Path) -> dict[str, Any]:
     """Export to ONNX (fp32 and int8 dynamic-quantized) and time onnxruntime on the top
     5/10/20 candidates of the scored pack's questions, against torch on the same inputs."""
     import onnxruntime as ort
