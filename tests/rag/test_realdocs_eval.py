@@ -178,3 +178,26 @@ def test_the_cross_encoder_starts_from_minilm_and_ranks_as_what_ships_untrained(
     with torch.no_grad():
         corrections = model(*enc.batch("How do I compress a file?", [text, "Other text."]))
     assert corrections.tolist() == [0.0, 0.0]
+
+
+def test_the_mpnet_port_embeds_as_the_reference_implementation_does() -> None:
+    """The sixth round's torch MPNet (``<s> ... </s>``, a relative-position bias shared by
+    its layers, mean pooling) gives the token ids and vectors that Hugging Face
+    transformers 4.57 (``AutoModel`` and ``AutoTokenizer`` on the same folder, mean pooled
+    as sentence-transformers does) gave for these texts, recorded here once."""
+    require_installed("torch", "torch (the convert extra)", "make setup")
+    from evals.realdocs.mpnet import MPNetEncoder, model_dir
+
+    enc = MPNetEncoder(model_dir())
+    assert enc.tokenizer.encode("Über naïve café — résumé") == [
+        0, 19173, 15747, 7672, 1521, 13750, 2
+    ]  # fmt: skip
+    question = "How do I search a file with grep, ignoring case?"
+    entry = "-i, --ignore-case  Ignore case distinctions in patterns and input data."
+    vectors = enc.embed([question, entry])
+    reference = [
+        [0.02488, 0.00324, -0.05381, 0.00435],
+        [0.01259, 0.04925, -0.06574, 0.05537],
+    ]
+    np.testing.assert_allclose(vectors[:, :4], reference, atol=2e-4)
+    assert abs(float(vectors[0] @ vectors[1]) - 0.46173) < 1e-3
