@@ -2,6 +2,7 @@
 
     python -m evals.realdocs.second_stage [--out FILE]             # tuning packs 1 and 3
     python -m evals.realdocs.second_stage --heldout [--out FILE]   # the one look
+    python -m evals.realdocs.second_stage --pack4 [--out FILE]     # the fresh judge (once)
 
 The shipped pool (reciprocal-rank fusion of BM25 and MiniLM's dense list, first 20) is
 re-scored with a second cosine, the question's against each chunk under all-mpnet-base-v2
@@ -9,6 +10,8 @@ re-scored with a second cosine, the question's against each chunk under all-mpne
 score = MiniLM cosine + w x MPNet cosine + t x term coverage. Beside it, in the same run:
 BM25, dense MiniLM, dense MPNet, the two hybrids and what ships. ``CHOSEN`` was fixed on
 the tuning packs before the held-out judges were read; only ``--heldout`` reads them.
+``--pack4`` reads pack 4, written after that look to judge ``CHOSEN`` on questions that no
+round has seen (docs/rag.md, "Seventh round").
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 from edge_agent.rag.fusion import reciprocal_rank_fusion
 from evals.realdocs.abstain_tokens import front
 from evals.realdocs.cross_encoder import Packed, load
-from evals.realdocs.harness import PACK1, PACK2, PACK3, Pack, index_key
+from evals.realdocs.harness import PACK1, PACK2, PACK3, PACK4, Pack, index_key
 from evals.realdocs.mpnet import MPNetEncoder, model_dir
 from evals.realdocs.replay import Asked, Ranker, dense, hybrid, reranked, scores_of
 
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m evals.realdocs.second_stage", description=__doc__
     )
-    parser.add_argument("--heldout", action="store_true", help="the held-out judges (once)")
+    judge = parser.add_mutually_exclusive_group()
+    judge.add_argument("--heldout", action="store_true", help="the held-out judges (once)")
+    judge.add_argument("--pack4", action="store_true", help="the fresh judge, pack 4 (once)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
@@ -127,11 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     from converters.sources import cache_root
     from edge_agent.rag.llama import LlamaEmbedder
 
-    judges: list[tuple[Pack, str]] = (
-        [(PACK1, "heldout"), (PACK2, "heldout")]
-        if args.heldout
-        else [(PACK1, "tune"), (PACK3, "tune")]
-    )
+    judges: list[tuple[Pack, str]] = [(PACK1, "tune"), (PACK3, "tune")]
+    if args.heldout:
+        judges = [(PACK1, "heldout"), (PACK2, "heldout")]
+    elif args.pack4:
+        judges = [(PACK4, "heldout")]
     enc = MPNetEncoder(model_dir(), threads=args.threads)
     identity = LlamaEmbedder(cached_gguf())
     keys = {p.name: index_key(identity.identity.sha256, p) for p, _ in judges}
@@ -148,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         second.update(cosines)
         packed.append(p)
     ranks = rankers(second)
-    if args.heldout:  # the look is at the rows named before it, not at a grid
+    if args.heldout or args.pack4:  # the look is at the rows named before it, not at a grid
         ranks = {k: v for k, v in ranks.items() if not k.startswith(("cos +", "MPNet cos"))}
     report: dict[str, Any] = {"judges": [p.name for p in packed], "chosen": CHOSEN, "rows": {}}
     for name, rank in ranks.items():

@@ -1,7 +1,7 @@
-"""The extra real-document packs are well formed: pack 2 (evals/realdocs/pack2) held-out
-only, pack 3 (evals/realdocs/pack3) tuning only, each with enough questions, gold quotes
-that are really in the documents as RAG normalizes them, answers inside their quotes, and a
-license recorded for every document. No model runs.
+"""The extra real-document packs are well formed: packs 2 and 4 (evals/realdocs/pack2 and
+pack4) held-out only, pack 3 (evals/realdocs/pack3) tuning only, each with enough
+questions, gold quotes that are really in the documents as RAG normalizes them, answers
+inside their quotes, and a license recorded for every document. No model runs.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from edge_agent.rag.text import normalize_text
 from evals.realdocs.extract import Source
 from evals.realdocs.pack2.extract import SOURCES as PACK2_SOURCES
 from evals.realdocs.pack3.extract import SOURCES as PACK3_SOURCES
+from evals.realdocs.pack4.extract import SOURCES as PACK4_SOURCES
 
 REALDOCS = Path(__file__).resolve().parents[2] / "evals" / "realdocs"
 README = REALDOCS / "README.md"
@@ -40,6 +41,7 @@ class Spec:
 SPECS = {
     "pack2": Spec("pack2", "heldout", "## Pack 2 (held-out only)", PACK2_SOURCES, 45, 15),
     "pack3": Spec("pack3", "tune", "## Pack 3 (tuning only)", PACK3_SOURCES, 60, 15),
+    "pack4": Spec("pack4", "heldout", "## Pack 4 (held-out only", PACK4_SOURCES, 60, 20),
 }
 
 
@@ -131,13 +133,16 @@ def test_every_document_is_pinned_and_has_a_license_row(
     assert {name: bool(licenses.get(name)) for name in documents} == dict.fromkeys(documents, True)
 
 
-def test_the_harness_refuses_to_tune_on_pack_2(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("pack", ["2", "4"])
+def test_the_harness_refuses_to_tune_on_a_held_out_pack(
+    pack: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from evals.realdocs.harness import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["--pack", "2", "--split", "tune"])
+        main(["--pack", pack, "--split", "tune"])
     assert exit_info.value.code == 2
-    assert "pack 2 is held-out only" in capsys.readouterr().err
+    assert f"pack {pack} is held-out only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flag", [["--split", "heldout"], ["--check-baseline"]])
