@@ -155,3 +155,18 @@ def test_the_harness_refuses_to_hold_out_pack_3(
         main(["--pack", "3", *flag])
     assert exit_info.value.code == 2
     assert "pack 3 is tuning only" in capsys.readouterr().err
+
+
+def test_the_pool_command_judges_the_reports_together(capsys: pytest.CaptureFixture[str]) -> None:
+    """``python -m evals.realdocs.pool`` counts each committed report's held-out questions
+    once, as the CI gate pools its judges: pack 4 alone passes the gate's rule, all three
+    judges together do not (docs/rag.md, "Seventh round")."""
+    from evals.realdocs.pool import main
+
+    results = REALDOCS.parents[0] / "results"
+    judges = ["realdocs.json", "realdocs-pack2.json", "realdocs-pack4.json"]
+    assert main([str(results / "realdocs-pack4.json")]) == 0
+    assert "70 answerable" in capsys.readouterr().out
+    assert main([str(results / name) for name in judges]) == 1
+    out = capsys.readouterr().out
+    assert "163 answerable" in out and "gate: rerank recall@5 0.779 < 0.782" in out
