@@ -82,8 +82,7 @@ def one_run(variant: str, run: int, chats: int) -> dict[str, float]:
     if variant == "warm_up_run":
         registry.warm()
     else:  # load only, through the model's own thread, as warm() did before
-        slot = registry._slots[MODEL]  # the peer needs the bare load
-        slot.submit(lambda _model: None).result()
+        registry.warm(first_run=False)
     warm_ms = (time.perf_counter() - started) * 1000
     try:
         app = create_local_api(registry, settings, api_token=TOKEN)

@@ -239,6 +239,10 @@ def _llama_loaders() -> dict[str, ModelLoader]:
     return {LLM: _load_llm, EMBEDDING: _load_embedder}
 
 
+def _load_only(_model: Any) -> None:
+    """A job that does nothing: submitting it loads the slot's model on its own thread."""
+
+
 def _first_run(kind: str) -> Callable[[Any], None]:
     """The warm-up job for a model of ``kind``: the first chat after a bare load answers
     its first token in ~2.4x the time of the next ones (benchmarks/first_request.py), a
@@ -357,14 +361,16 @@ class ModelRegistry:
                 self._live.remove(slot)
         slot.free()
 
-    def warm(self, names: Iterable[str] | None = None) -> None:
+    def warm(self, names: Iterable[str] | None = None, *, first_run: bool = True) -> None:
         """Load models now instead of on first use (all of them by default), and run each
         once (a one-token chat, one embedded word) so that the first request does not pay
-        the first use; blocks."""
+        the first use; blocks. ``first_run=False`` only loads them (what the benchmark of
+        that first use compares against)."""
         wanted = None if names is None else set(names)
         with self._lock:
             slots = [s for n, s in self._slots.items() if wanted is None or n in wanted]
-        for future in [slot.submit(_first_run(slot.artifact.kind)) for slot in slots]:
+        jobs = [_first_run(s.artifact.kind) if first_run else _load_only for s in slots]
+        for future in [slot.submit(job) for slot, job in zip(slots, jobs, strict=True)]:
             future.result()
 
     def close(self) -> None:

@@ -148,6 +148,20 @@ def test_warm_runs_every_model_once_so_no_request_pays_its_first_evaluation(
 
 
 @pytest.mark.slow
+def test_warm_without_the_first_run_only_loads(smollm2: Path, minilm: Path) -> None:
+    registry = ModelRegistry(settings_for_tests())
+    try:
+        registry.activate(release("r1", {LLM: ("llm", smollm2), EMBEDDER: ("embedding", minilm)}))
+        registry.warm(first_run=False)
+        models = {m.name: m for m in registry.models()}
+        assert all(m.loaded for m in models.values()), models
+        assert models[LLM].engine["tokens_generated"] == 0, models[LLM].engine
+        assert models[EMBEDDER].engine["texts_embedded"] == 0, models[EMBEDDER].engine
+    finally:
+        registry.close()
+
+
+@pytest.mark.slow
 def test_warm_runs_a_model_whose_template_refuses_a_lone_user_turn_as_a_completion(
     smollm2: Path,
 ) -> None:
