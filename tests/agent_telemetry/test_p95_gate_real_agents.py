@@ -6,10 +6,10 @@ release 1.0.0 of a real ``python -m control_plane serve`` (SQLite and PostgreSQL
 traffic goes to each agent's local API through the official ``openai`` client. Release
 2.0.0 differs only in its chat template, which appends standing instructions after the
 conversation: every chat's first token then needs ~300 more tokens of prompt processing.
-(With ~150, the gate once let 2.0.0 through and the rollout completed: with ten chats per
-release, one slow chat of 1.0.0 on a busy 2-core box can hide that much. ~300 make 2.0.0
-much slower, well past such noise. ~600 were tried too: the agents then did not take
-2.0.0 within 3 minutes, which was not looked into.)
+(With ~150 the gate once let 2.0.0 through and the rollout completed, on SQLite; its
+reason was not recorded and the cause is not known. ~300 widen the margin; ~600 were
+tried too, and the agents then did not take 2.0.0 within 3 minutes, also not looked
+into.)
 (A long *system* prompt would not do: it comes first, and llama.cpp reuses the evaluated
 prefix of the previous request, so it costs only the first chat.) The rollout is created
 with the real ``outpost-cp rollout create --max-p95-regression 20%``; its only stage is the
